@@ -1,0 +1,32 @@
+# `make train` and `make test` set up .venv on first use, then run.
+# TORCH selects the torch build; torch==2.13.0 is the CPU build on machines that ship it locally.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test test-slow test-all clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -r requirements.txt
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) train_hydra.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf logs .pytest_cache

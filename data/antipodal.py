@@ -1,0 +1,216 @@
+"""Antipodal regime-switching data: the primary task of the project.
+
+A latent linear system whose dynamics flip sign when a hidden regime switches,
+    r_t in {+1, -1}, r_0 = +1, P(r_{t+1} = -r_t) = p_switch
+    z_{t+1} = r_t A z_t + eps_t,  eps_t ~ N(0, sigma_epsilon^2 I)
+    x_t     = C z_t + eta_t,      eta_t ~ N(0, sigma_eta^2 I)
+with A = Q diag(0.95, ..., 0.60) Q^T (Q random orthogonal), C_ij ~ N(0, 1/4), z_0 ~ N(0, I).
+The flip x -> -x is an exact symmetry of the process; a regime switch is the seam where the sign
+convention of the dynamics flips. Steps within `window_radius` of a switch are transition steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from scipy.stats import ortho_group
+from torch.utils.data import DataLoader, Dataset
+
+TARGET_MODES = ("last", "next_step")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class AntipodalProcessConfig:
+    """Parameters of the generator; every field is validated once, here."""
+
+    T: int = 10000
+    latent_dim: int = 8
+    obs_dim: int = 4
+    p_switch: float = 0.05
+    sigma_epsilon: float = 0.01
+    sigma_eta: float = 0.05
+    window_radius: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("T", "latent_dim", "obs_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"generator.{name}={getattr(self, name)} must be a positive integer.")
+        if not 0.0 <= self.p_switch <= 1.0:
+            raise ValueError(f"generator.p_switch={self.p_switch} is outside the allowed range [0, 1].")
+        for name in ("sigma_epsilon", "sigma_eta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"generator.{name}={getattr(self, name)} must be >= 0.")
+        if self.window_radius < 0:
+            raise ValueError(f"generator.window_radius={self.window_radius} must be >= 0.")
+
+
+@dataclass(frozen=True)
+class AntipodalSequence:
+    """One generated trajectory and the true parameters that produced it (for reference filters)."""
+
+    x: np.ndarray  # (T, obs_dim) observations
+    z: np.ndarray  # (T, latent_dim) latent states
+    regime: np.ndarray  # (T,) in {+1, -1}
+    transition: np.ndarray  # (T,) bool, within window_radius of a switch
+    A: np.ndarray
+    C: np.ndarray
+    config: AntipodalProcessConfig = field(repr=False)
+
+    @property
+    def switch_steps(self) -> np.ndarray:
+        """Steps s with r_s != r_{s-1}."""
+        return np.flatnonzero(self.regime[1:] != self.regime[:-1]) + 1
+
+
+def transition_mask(regime: np.ndarray, window_radius: int) -> np.ndarray:
+    """Step t is a transition step when some switch s has s - w <= t <= s + w - 1."""
+    mask = np.zeros(len(regime), dtype=bool)
+    for s in np.flatnonzero(regime[1:] != regime[:-1]) + 1:
+        mask[max(0, s - window_radius) : s + window_radius] = True
+    return mask
+
+
+def generate_antipodal(config: AntipodalProcessConfig) -> AntipodalSequence:
+    """Draw one trajectory; the same config (seed included) always gives the same arrays."""
+    rng = np.random.default_rng(config.seed)
+    n, m, steps = config.latent_dim, config.obs_dim, config.T
+    rotation = ortho_group.rvs(n, random_state=rng) if n > 1 else np.ones((1, 1))
+    A = rotation @ np.diag(np.linspace(0.95, 0.60, n)) @ rotation.T
+    C = rng.normal(0.0, 0.5, size=(m, n))
+
+    flips = rng.random(steps - 1) < config.p_switch
+    regime = np.concatenate([[1], np.where(flips, -1, 1)]).cumprod().astype(np.int64)
+
+    process_noise = rng.normal(0.0, config.sigma_epsilon, size=(steps, n))
+    z = np.empty((steps, n))
+    z[0] = rng.normal(size=n)
+    for t in range(steps - 1):
+        z[t + 1] = regime[t] * (A @ z[t]) + process_noise[t]
+    x = z @ C.T + rng.normal(0.0, config.sigma_eta, size=(steps, m))
+    return AntipodalSequence(
+        x=x, z=z, regime=regime, transition=transition_mask(regime, config.window_radius), A=A, C=C, config=config
+    )
+
+
+def split_bounds(length: int, fractions: tuple[float, float, float]) -> dict[str, tuple[int, int]]:
+    """Chronological [start, stop) bounds of the train/val/test segments."""
+    cuts = np.round(np.cumsum([0.0, *fractions]) * length).astype(int)
+    return {name: (int(cuts[i]), int(cuts[i + 1])) for i, name in enumerate(SPLITS)}
+
+
+class AntipodalWindows(Dataset):
+    """Windows of `history_length` observations inside one segment [start, stop).
+
+    A window covering steps s .. s+H-1 has its target at s+H (`last`) or at s+1 .. s+H
+    (`next_step`); both need s+H < stop, so no window or target leaves its segment.
+    `regime` and `transition` describe the target step(s).
+    """
+
+    def __init__(self, sequence: AntipodalSequence, start: int, stop: int, history_length: int, target_mode: str):
+        self.x = torch.as_tensor(sequence.x, dtype=torch.float32)
+        self.regime = torch.as_tensor(sequence.regime, dtype=torch.float32)
+        self.transition = torch.as_tensor(sequence.transition)
+        self.starts = torch.arange(start, stop - history_length)
+        self.history_length = history_length
+        self.target_mode = target_mode
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def covered_steps(self) -> torch.Tensor:
+        """Every time index that some window of this dataset reads, input or target."""
+        if len(self.starts) == 0:
+            return self.starts
+        return torch.arange(int(self.starts[0]), int(self.starts[-1]) + self.history_length + 1)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s, h = int(self.starts[index]), self.history_length
+        target = slice(s + h, s + h + 1) if self.target_mode == "last" else slice(s + 1, s + h + 1)
+        squeeze = (lambda v: v[0]) if self.target_mode == "last" else (lambda v: v)
+        return {
+            "x": self.x[s : s + h],
+            "y": squeeze(self.x[target]),
+            "regime": squeeze(self.regime[target]),
+            "transition": squeeze(self.transition[target]),
+        }
+
+
+class AntipodalDataModule(pl.LightningDataModule):
+    """Seeded antipodal regime-switching data, split chronologically into train/val/test.
+
+    Declares the task contract of shared/DESIGN.md: `task`, `input_dim`, `output_dim` and
+    `target_mode`; batches are dicts with `x`, `y`, `regime` and `transition`.
+    """
+
+    task = "regression"
+
+    def __init__(
+        self,
+        generator: dict | AntipodalProcessConfig | None = None,
+        history_length: int = 10,
+        target_mode: str = "last",
+        split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        process = generator if isinstance(generator, AntipodalProcessConfig) else AntipodalProcessConfig(**(generator or {}))
+        if target_mode not in TARGET_MODES:
+            raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: {', '.join(TARGET_MODES)}.")
+        split = tuple(float(f) for f in split)
+        if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1.0) > 1e-6:
+            raise ValueError(f"split={list(split)} must be three positive fractions (train, val, test) that sum to 1.")
+        if history_length < 1:
+            raise ValueError(f"history_length={history_length} must be a positive integer.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be a positive integer.")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0.")
+        self.bounds = split_bounds(process.T, split)
+        shortest = min(stop - start for start, stop in self.bounds.values())
+        if history_length + 1 > shortest:
+            raise ValueError(
+                f"history_length={history_length} is too long: a window and its target need "
+                f"{history_length + 1} steps but the shortest split has {shortest} (raise generator.T or lower history_length)."
+            )
+        self.process = process
+        self.history_length = history_length
+        self.target_mode = target_mode
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.input_dim = self.output_dim = process.obs_dim
+        self.save_hyperparameters({"generator": asdict(process), "history_length": history_length,
+                                   "target_mode": target_mode, "split": list(split), "batch_size": batch_size})
+        self.sequence: AntipodalSequence | None = None
+        self.datasets: dict[str, AntipodalWindows] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sequence is None:
+            self.sequence = generate_antipodal(self.process)
+            self.datasets = {
+                name: AntipodalWindows(self.sequence, start, stop, self.history_length, self.target_mode)
+                for name, (start, stop) in self.bounds.items()
+            }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

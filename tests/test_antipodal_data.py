@@ -1,0 +1,108 @@
+"""The antipodal generator and its DataModule: statistics, determinism, splits and windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from data.antipodal import (
+    AntipodalDataModule,
+    AntipodalProcessConfig,
+    generate_antipodal,
+    transition_mask,
+)
+
+
+def test_switch_rate_matches_p_switch_within_binomial_bound():
+    config = AntipodalProcessConfig(T=50_000, p_switch=0.05, seed=3)
+    sequence = generate_antipodal(config)
+    switches = len(sequence.switch_steps)
+    low, high = stats.binom.interval(0.999, config.T - 1, config.p_switch)
+    assert low <= switches <= high
+
+
+def test_transition_fraction_matches_window_radius():
+    # An interior step is a transition step when a switch lands in the 2w steps (t-w, t+w].
+    config = AntipodalProcessConfig(T=50_000, p_switch=0.05, window_radius=5, seed=4)
+    sequence = generate_antipodal(config)
+    expected = 1 - (1 - config.p_switch) ** (2 * config.window_radius)
+    assert sequence.transition.mean() == pytest.approx(expected, abs=0.02)
+    assert not generate_antipodal(AntipodalProcessConfig(T=1000, p_switch=0.0)).transition.any()
+
+
+def test_transition_mask_marks_s_minus_w_to_s_plus_w_minus_1():
+    regime = np.array([1] * 10 + [-1] * 10)
+    mask = transition_mask(regime, window_radius=3)
+    assert np.flatnonzero(mask).tolist() == [7, 8, 9, 10, 11, 12]
+
+
+def test_dynamics_follow_the_regime_sign():
+    config = AntipodalProcessConfig(T=500, sigma_epsilon=0.0, seed=5)
+    s = generate_antipodal(config)
+    predicted = s.regime[:-1, None] * (s.z[:-1] @ s.A.T)
+    np.testing.assert_allclose(s.z[1:], predicted, atol=1e-12)
+    eigenvalues = np.sort(np.linalg.eigvalsh(s.A))[::-1]
+    np.testing.assert_allclose(eigenvalues, np.linspace(0.95, 0.60, 8), atol=1e-10)
+    assert s.regime[0] == 1
+
+
+def test_same_seed_same_data_different_seed_different_data():
+    a = generate_antipodal(AntipodalProcessConfig(T=300, seed=1))
+    b = generate_antipodal(AntipodalProcessConfig(T=300, seed=1))
+    c = generate_antipodal(AntipodalProcessConfig(T=300, seed=2))
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.regime, b.regime)
+    assert not np.allclose(a.x, c.x)
+
+
+@pytest.mark.parametrize("target_mode", ["last", "next_step"])
+def test_no_time_index_appears_in_two_splits(target_mode):
+    dm = AntipodalDataModule(generator={"T": 1000}, history_length=10, target_mode=target_mode)
+    dm.setup()
+    covered = {name: set(ds.covered_steps().tolist()) for name, ds in dm.datasets.items()}
+    assert not covered["train"] & covered["val"]
+    assert not covered["val"] & covered["test"]
+    assert not covered["train"] & covered["test"]
+    assert max(covered["train"]) < min(covered["val"]) and max(covered["val"]) < min(covered["test"])
+    for name, (start, stop) in dm.bounds.items():
+        assert min(covered[name]) >= start and max(covered[name]) < stop
+
+
+def test_windows_and_targets_in_both_modes():
+    last = AntipodalDataModule(generator={"T": 500, "seed": 9}, history_length=7, target_mode="last")
+    step = AntipodalDataModule(generator={"T": 500, "seed": 9}, history_length=7, target_mode="next_step")
+    last.setup()
+    step.setup()
+    x = torch.as_tensor(last.sequence.x, dtype=torch.float32)
+    item = last.datasets["val"][3]
+    s = last.bounds["val"][0] + 3
+    assert torch.equal(item["x"], x[s : s + 7])
+    assert torch.equal(item["y"], x[s + 7])
+    assert item["transition"].item() == bool(last.sequence.transition[s + 7])
+    assert item["regime"].item() == last.sequence.regime[s + 7]
+    item = step.datasets["val"][3]
+    assert torch.equal(item["y"], x[s + 1 : s + 8])
+    assert item["regime"].shape == item["transition"].shape == (7,)
+    batch = next(iter(step.train_dataloader()))
+    assert set(batch) == {"x", "y", "regime", "transition"}
+    assert batch["x"].shape == batch["y"].shape == (64, 7, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"generator": {"p_switch": 1.5}}, "generator.p_switch=1.5"),
+        ({"generator": {"T": 0}}, "generator.T=0"),
+        ({"generator": {"sigma_eta": -1.0}}, "generator.sigma_eta=-1.0"),
+        ({"history_length": 3000}, "history_length=3000"),
+        ({"target_mode": "middle"}, "target_mode='middle'"),
+        ({"batch_size": 0}, "batch_size=0"),
+    ],
+)
+def test_bad_arguments_fail_naming_the_argument(kwargs, key):
+    with pytest.raises(ValueError) as error:
+        AntipodalDataModule(**kwargs)
+    message = str(error.value)
+    assert message.startswith(key) and message.count("\n") == 0

@@ -1,0 +1,140 @@
+"""End-to-end runs through the composed Hydra config: every model, both target modes, precision,
+run outputs and the one-sentence errors of the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_module import resolve_accelerator, resolve_precision, warmup_cosine
+from train_hydra import CONFIG_DIR, ConfigError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIGS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+SMALL_DATA = ["data.generator.T=600", "data.batch_size=16"]
+
+
+def test_every_model_config_is_registered():
+    from models import list_models
+
+    assert set(MODEL_CONFIGS) <= set(list_models())
+
+
+@pytest.mark.parametrize("target_mode", ["last", "next_step"])
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
+def test_fast_dev_run_of_every_model(make_config, model, target_mode):
+    cfg = make_config([f"model={model}", f"data.target_mode={target_mode}", "debug=fdr", *SMALL_DATA])
+    record = train(cfg)
+    metrics = record["metrics"]
+    for key in ("val/mse", "test/mse", "val/mse_zero", "test/loss"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    assert record["num_parameters"] > 0
+    assert (Path(cfg.paths.output_dir) / "metrics.json").is_file()
+
+
+def test_a_run_writes_metrics_checkpoints_and_tensorboard_events(make_config):
+    cfg = make_config(["trainer.max_epochs=2", "trainer.limit_train_batches=5", "trainer.limit_val_batches=3",
+                       "trainer.limit_test_batches=3", "callbacks.rich_progress_bar=null", *SMALL_DATA])
+    record = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"]["val/mse"] == pytest.approx(record["metrics"]["val/mse"])
+    assert {"num_parameters", "wall_time_s", "device", "precision"} <= set(saved)
+    assert saved["device"] == "cpu" and saved["precision"] == "32-true"
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert Path(saved["evaluated_checkpoint"]).parent == out / "checkpoints"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["hyper_parameters"]["model_type"] == "z2_seam"
+
+
+def test_learning_rate_and_gradient_norm_are_logged(make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config(["trainer.max_epochs=1", "trainer.limit_train_batches=12", "trainer.limit_val_batches=2",
+                       "trainer.log_every_n_steps=1", "test=false", "callbacks=none", *SMALL_DATA])
+    train(cfg)
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/lr", "train/grad_norm", "train/loss_step", "val/mse", "val/mse_transition"} <= tags
+    learning_rates = [event.value for event in events.Scalars("train/lr")]
+    assert len(learning_rates) == 12 and learning_rates[5] > learning_rates[0]  # onecycle warms up
+    assert all(event.value > 0 for event in events.Scalars("train/grad_norm"))
+
+
+def test_bf16_mixed_trains_on_cpu(make_config):
+    record = train(make_config(["debug=fdr", "trainer.precision=bf16-mixed", *SMALL_DATA]))
+    assert record["precision"] == "bf16-mixed"
+    assert torch.isfinite(torch.tensor(record["metrics"]["val/mse"]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback of fp16 AMP")
+def test_16_mixed_falls_back_on_cpu_with_one_warning(make_config, caplog):
+    with pytest.warns(UserWarning, match="AMP with fp16 is not supported on CPU") as warnings:
+        record = train(make_config(["debug=fdr", "trainer.precision=16-mixed", *SMALL_DATA]))
+    assert len([w for w in warnings if "fp16" in str(w.message)]) == 1
+    assert record["precision"] == "bf16-mixed"
+
+
+def test_auto_device_and_precision_rules():
+    assert resolve_accelerator("cpu") == "cpu"
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("auto", "mps") == "32-true"
+    assert resolve_precision("16-mixed", "cpu") == "16-mixed"  # kept; Lightning warns and swaps it
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert resolve_accelerator("auto") == "cpu"
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ckpt_path=/does/not/exist.ckpt", "ckpt_path=/does/not/exist.ckpt does not exist"),
+        ("optim.scheduler=triangle", "optim.scheduler='triangle' is not allowed"),
+        ("model.hidden_dim=0", "model.hidden_dim=0 is not allowed"),
+        ("data.history_length=9000", "data.history_length=9000 is too long"),
+    ],
+)
+def test_bad_config_values_raise_one_sentence_naming_the_key(make_config, override, message):
+    with pytest.raises(ConfigError) as error:
+        train(make_config([override]))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model=nonexistent",
+         "Invalid config: model=nonexistent is not a registered model; choose one of: gru, lstm, z2_equiv, z2_seam."),
+        ("data.generator.p_switch=1.5",
+         "Invalid config: data.generator.p_switch=1.5 is outside the allowed range [0, 1]."),
+    ],
+)
+def test_cli_rejects_bad_input_in_one_sentence(tmp_path, override, expected):
+    result = run_cli(override, f"paths.log_dir={tmp_path}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == expected
+    assert "Traceback" not in result.stderr
+
+
+def test_multirun_gives_one_job_dir_per_model(tmp_path):
+    result = run_cli("-m", "model=z2_seam,z2_equiv,lstm", "debug=fdr", *SMALL_DATA, f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(path.parent for path in tmp_path.glob("debug/multiruns/*/*/metrics.json"))
+    assert [json.loads((job / "metrics.json").read_text())["model"] for job in jobs] == ["z2_seam", "z2_equiv", "lstm"]

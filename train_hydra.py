@@ -1,0 +1,182 @@
+"""Hydra entry point: compose the config, validate it, train, test and record the run.
+
+    python train_hydra.py model=z2_delta
+    python train_hydra.py -m model=z2_seam,z2_equiv,lstm model.hidden_dim=32,64
+
+`train(cfg)` is the one training path of the project; main.py and the tests call it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_module import SeamGatedLightningModule
+from models import check_task
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message is one sentence naming the key."""
+
+
+def instantiate_from(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """instantiate(cfg[key]), with a constructor's complaint re-raised as a ConfigError naming `key`."""
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{key}.{cause}") from cause
+        raise
+
+
+def instantiate_collection(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a callbacks/logger group; entries set to null are left out."""
+    if not cfg:
+        return []
+    return [instantiate(entry) for entry in cfg.values() if entry is not None and "_target_" in entry]
+
+
+def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGatedLightningModule:
+    """The LightningModule for `cfg.model` on the task and sizes that `datamodule` declares."""
+    model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    model_type = model_kwargs.pop("name")
+    data_name = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+    try:
+        check_task(model_type, datamodule.task, f"data={data_name or type(datamodule).__name__}")
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    try:
+        return SeamGatedLightningModule(
+            model_type=model_type,
+            model_kwargs=model_kwargs,
+            task=datamodule.task,
+            input_dim=datamodule.input_dim,
+            output_dim=datamodule.output_dim,
+            target_mode=datamodule.target_mode,
+            **cfg.optim,
+        )
+    except ValueError as error:
+        # Messages start with the argument they reject; name it by its place in the config.
+        group = "optim" if str(error).split("=")[0] in cfg.optim else "model"
+        raise ConfigError(f"{group}.{error}") from error
+
+
+def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
+    """The checkpoint to resume from, checked to exist before any work starts."""
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file or null.")
+    return str(path)
+
+
+def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the configured model; write metrics.json into the run dir and return its content."""
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate_from(cfg, "data")
+    module = build_module(cfg, datamodule)
+    callbacks = instantiate_collection(cfg.get("callbacks"))
+    loggers = instantiate_collection(cfg.get("logger"))
+    trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(run_config, resolve=True))
+
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    evaluated_ckpt = ckpt_path
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # Report val and test metrics of the same weights: the best checkpoint where one exists.
+        evaluated_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+        if evaluated_ckpt:
+            trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated_ckpt, weights_only=True, verbose=False)
+        metrics.update(run_metrics(trainer))
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=evaluated_ckpt or None, weights_only=True, verbose=False)
+        metrics.update(run_metrics(trainer))
+
+    record = {
+        "model": cfg.model.name,
+        "metrics": metrics,
+        "optimized_metric": cfg.optimized_metric,
+        "num_parameters": module.num_parameters,
+        "wall_time_s": time.perf_counter() - started,
+        "device": str(trainer.strategy.root_device),
+        "precision": str(trainer.precision),
+        "evaluated_checkpoint": evaluated_ckpt or None,
+    }
+    if trainer.is_global_zero:
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Train and return the optimized metric, so that every Hydra sweeper works unchanged."""
+    try:
+        record = train(cfg)
+    except ConfigError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(f"Invalid config: {error}")
+    value = record["metrics"].get(cfg.optimized_metric)
+    if value is None:
+        log.warning(f"optimized_metric={cfg.optimized_metric} was not logged; logged: {sorted(record['metrics'])}.")
+        return None
+    return value if math.isfinite(value) else float("inf")
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Fail in one sentence when a command-line override picks a config that does not exist.
+
+    Hydra would report it too, but as a multi-line listing of config files; for `model=` the
+    useful answer is the list of registered models.
+    """
+    try:
+        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+    except Exception:  # malformed overrides: Hydra's own parser explains those
+        return
+    for override in overrides:
+        group = override.key_or_group
+        if override.package is not None or group == "hydra" or not (CONFIG_DIR / group).is_dir():
+            continue
+        available = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+        chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for choice in chosen:
+            if choice is not None and str(choice) not in available:
+                kind = "a registered model" if group == "model" else f"a config in configs/{group}"
+                sys.exit(f"Invalid config: {group}={choice} is not {kind}; choose one of: {', '.join(available)}.")
+
+
+if __name__ == "__main__":
+    check_group_choices(sys.argv[1:])
+    main()
