@@ -12,7 +12,7 @@ GATES = ["kstar", "learned", "fixed", "none"]
 
 
 def test_registry_lists_the_configured_models():
-    assert {"z2_seam", "z2_equiv", "lstm", "gru"} <= set(list_models())
+    assert {"z2_seam", "z2_equiv", "z2_delta", "lstm", "gru"} <= set(list_models())
 
 
 def test_unknown_model_lists_registered_names():
@@ -30,7 +30,7 @@ def test_unsupported_task_names_model_data_and_alternatives():
         check_task("z2_seam", "seq2seq", "data=x")
 
 
-@pytest.mark.parametrize("name", ["z2_seam", "z2_equiv", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["z2_seam", "z2_equiv", "z2_delta", "lstm", "gru"])
 def test_forward_contract(name):
     model = build_model(name, input_dim=4, output_dim=4, hidden_dim=16)
     x = torch.randn(3, 7, 4)

@@ -1,0 +1,166 @@
+"""Z2 gated-delta RNN (`z2_delta`): a seam-gated delta rule whose gates read inputs only.
+
+Because no gate reads the state, the whole sequence is one linear recurrence
+h_t = a_t * h_{t-1} + b_t, computed by the parallel scan of models/scan.py instead of a per-step
+loop. Per block, with u the (odd) block input and e_t its invariant features:
+    odd:  h_odd,t  = (1 - beta_t)(1 - 2 s_t) h_odd,{t-1} + beta_t (W u_t)
+    even: h_even,t = (1 - beta_t) h_even,{t-1} + beta_t tanh(Q e_t + c)
+s_t is the seam gate (a chart flip folded into the decay, so a_t may be negative) and beta_t the
+update gate. Blocks stack as pre-norm residual blocks on an odd residual stream; RMSNorm without
+bias and bias-free odd maps keep model(-x) = -model(x) exact. Equations: shared/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.parity import parity_energy, split_hidden_dim
+from models.registry import register_model
+from models.scan import linear_scan, linear_scan_reference
+
+NUM_BASE_INVARIANTS = 3  # u_t . u_{t-1}, ||u_t||^2, ||u_{t-1}||^2
+
+
+class LowRankLinear(nn.Module):
+    """A bias-free (hence odd) linear map d_in -> d_out of rank `rank`."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(d_in, rank, bias=False)
+        self.up = nn.Linear(rank, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+class GatedDeltaUnit(nn.Module):
+    """One gated-delta layer over a whole sequence: (B, T, d) odd input -> odd and even states.
+
+    Args:
+        stream_dim: size d of the odd input (and of W u_t, the odd state).
+        even_dim: size of the even state.
+        delta_rank: number of low-rank bilinear invariants u_t^T U_k V_k^T u_{t-1}.
+        temperature: sharpness of the seam gate.
+        use_parallel_scan: the scan op (True) or the float64 sequential reference loop (False).
+    """
+
+    def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float,
+                 use_parallel_scan: bool = True) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.use_parallel_scan = use_parallel_scan
+        self.even_dim = even_dim
+        num_invariants = NUM_BASE_INVARIANTS + delta_rank
+        self.bilinear_left = nn.Linear(stream_dim, delta_rank, bias=False)
+        self.bilinear_right = nn.Linear(stream_dim, delta_rank, bias=False)
+        self.seam_score = nn.Linear(num_invariants, 1)
+        self.update_gate = nn.Linear(num_invariants, stream_dim + even_dim)
+        self.odd_input = nn.Linear(stream_dim, stream_dim, bias=False)
+        self.even_input = nn.Linear(num_invariants, even_dim)
+        with torch.no_grad():
+            # Seam gate nearly closed (s ~ 0.05) and a slow update (beta ~ 0.27) at the start, so
+            # the state carries memory from the first step instead of being flipped or erased.
+            self.seam_score.weight.normal_(0.0, 0.01)
+            self.seam_score.bias.fill_(-3.0 * temperature)
+            self.update_gate.bias.fill_(-1.0)
+
+    def invariants(self, u: torch.Tensor) -> torch.Tensor:
+        """Features of (u_t, u_{t-1}) unchanged by u -> -u, (B, T, 3 + delta_rank)."""
+        previous = nn.functional.pad(u[:, :-1], (0, 0, 1, 0))
+        bilinear = self.bilinear_left(u) * self.bilinear_right(previous)
+        base = torch.stack([(u * previous).sum(-1), u.pow(2).sum(-1), previous.pow(2).sum(-1)], dim=-1)
+        return torch.cat([base, bilinear], dim=-1)
+
+    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        features = self.invariants(u)
+        seam = torch.sigmoid(self.seam_score(features).squeeze(-1) / self.temperature)
+        beta = torch.sigmoid(self.update_gate(features))
+        beta_odd, beta_even = beta[..., : u.shape[-1]], beta[..., u.shape[-1] :]
+        decay = torch.cat([(1.0 - beta_odd) * (1.0 - 2.0 * seam).unsqueeze(-1), 1.0 - beta_even], dim=-1)
+        drive = torch.cat(
+            [beta_odd * self.odd_input(u), beta_even * torch.tanh(self.even_input(features))], dim=-1
+        )
+        if self.use_parallel_scan:
+            states = linear_scan(decay, drive)
+        else:
+            states = linear_scan_reference(decay, drive).to(drive.dtype)
+        h_odd, h_even = states[..., : u.shape[-1]], states[..., u.shape[-1] :]
+        diagnostics = {"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
+        return h_odd, h_even, diagnostics
+
+
+class GatedDeltaBlock(nn.Module):
+    """Pre-norm residual block: r + out(h_odd * sigmoid(G h_even)) with h from a GatedDeltaUnit.
+
+    The even state modulates the odd one multiplicatively (invariant times odd is odd); the
+    layer-to-layer projection `out` has rank `delta_rank` when that is below the stream size.
+    """
+
+    def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float,
+                 use_parallel_scan: bool) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(stream_dim)
+        self.unit = GatedDeltaUnit(stream_dim, even_dim, delta_rank, temperature, use_parallel_scan)
+        self.even_modulation = nn.Linear(even_dim, stream_dim)
+        self.out = (LowRankLinear(stream_dim, stream_dim, delta_rank) if delta_rank < stream_dim
+                    else nn.Linear(stream_dim, stream_dim, bias=False))
+
+    def forward(self, stream: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        h_odd, h_even, diagnostics = self.unit(self.norm(stream))
+        return stream + self.out(h_odd * torch.sigmoid(self.even_modulation(h_even))), diagnostics
+
+
+@register_model("z2_delta")
+class Z2GatedDeltaRNN(nn.Module):
+    """Stacked Z2 gated-delta blocks with an odd readout, predicting x_{t+1} at every step.
+
+    The readout reads the residual stream without a final norm, so predictions keep the scale of
+    the input (a regression target scales with x).
+
+    Args:
+        input_dim, output_dim: observation and prediction sizes.
+        hidden_dim: state size per layer, split equally into even and odd channels; the odd half
+            is also the width of the residual stream.
+        delta_rank: number of bilinear invariants and rank of the layer-to-layer projections.
+        use_parallel_scan: False runs the sequential reference loop (for checks and timing).
+        num_layers: number of residual blocks.
+        temperature: sharpness of the seam gate.
+    """
+
+    supported_tasks = ("regression",)
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        hidden_dim: int = 64,
+        delta_rank: int = 8,
+        use_parallel_scan: bool = True,
+        num_layers: int = 1,
+        temperature: float = 0.05,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_dim", input_dim), ("output_dim", output_dim),
+                            ("delta_rank", delta_rank), ("num_layers", num_layers)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1.")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature} must be > 0.")
+        even_dim, odd_dim = split_hidden_dim(hidden_dim, "z2_delta")
+        self.embed = nn.Linear(input_dim, odd_dim, bias=False)
+        self.blocks = nn.ModuleList(
+            GatedDeltaBlock(odd_dim, even_dim, delta_rank, temperature, use_parallel_scan) for _ in range(num_layers)
+        )
+        self.readout = nn.Linear(odd_dim, output_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
+        """x: (B, T, input_dim) -> (B, T, output_dim); diagnostics are those of the first block."""
+        stream = self.embed(x)
+        first_diagnostics = None
+        for block in self.blocks:
+            stream, diagnostics = block(stream)
+            if first_diagnostics is None:
+                first_diagnostics = diagnostics
+        output = self.readout(stream)
+        return (output, first_diagnostics) if return_diagnostics else output
