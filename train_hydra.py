@@ -19,13 +19,15 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_module import SeamGatedLightningModule
 from models import check_task
@@ -36,6 +38,23 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message is one sentence naming the key."""
+
+
+def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """The config `python train_hydra.py <overrides>` would run, writing into `output_dir`.
+
+    For callers outside the command line (tests, benchmarks, main.py): it composes the same
+    config tree and sets the Hydra state that interpolations such as `${hydra:...}` read.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="config", return_hydra_config=True, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    return cfg
 
 
 def instantiate_from(cfg: DictConfig, key: str, **kwargs: Any) -> Any:

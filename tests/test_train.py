@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lightning_module import resolve_accelerator, resolve_precision, warmup_cosine
+from models import list_models
 from train_hydra import CONFIG_DIR, ConfigError, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,10 +20,8 @@ MODEL_CONFIGS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml
 SMALL_DATA = ["data.generator.T=600", "data.batch_size=16"]
 
 
-def test_every_model_config_is_registered():
-    from models import list_models
-
-    assert set(MODEL_CONFIGS) <= set(list_models())
+def test_every_registered_model_has_a_config():
+    assert set(MODEL_CONFIGS) == set(list_models())
 
 
 @pytest.mark.parametrize("target_mode", ["last", "next_step"])
@@ -121,7 +120,7 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     "override, expected",
     [
         ("model=nonexistent",
-         "Invalid config: model=nonexistent is not a registered model; choose one of: gru, lstm, z2_equiv, z2_seam."),
+         f"Invalid config: model=nonexistent is not a registered model; choose one of: {', '.join(list_models())}."),
         ("data.generator.p_switch=1.5",
          "Invalid config: data.generator.p_switch=1.5 is outside the allowed range [0, 1]."),
     ],

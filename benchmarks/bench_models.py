@@ -1,0 +1,179 @@
+"""Train-step time of every registered model, and the overhead of the framework's training path.
+
+    python benchmarks/bench_models.py            # CPU, 2 threads, T in {100, 1000}
+    python benchmarks/bench_models.py --T 100 --repeats 5
+
+Everything is measured side by side in one process and reported as medians and ratios:
+1. one training step (forward, MSE on every step, backward, AdamW) of each registered model at
+   B=32, hidden 64, input 4, next to the raw `torch.nn.LSTM(4, 64)` baseline;
+2. samples/s of an epoch through `train_hydra.train` (Lightning, the composed Hydra config) against
+   a plain PyTorch loop doing the same work (same model, data, AdamW, OneCycle, clipping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from models import build_model, list_models  # noqa: E402
+
+INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
+
+
+class RawLSTM(nn.Module):
+    """The named baseline: torch.nn.LSTM(4, 64) with a linear head, no project code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(INPUT_DIM, HIDDEN_DIM, batch_first=True)
+        self.head = nn.Linear(HIDDEN_DIM, INPUT_DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0])
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_step_ms(model: nn.Module, steps: int, repeats: int, device: torch.device) -> float:
+    """Median wall time of one full training step on (BATCH, steps, INPUT_DIM) data."""
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(BATCH, steps, INPUT_DIM, device=device)
+    y = torch.randn(BATCH, steps, INPUT_DIM, device=device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+    step()  # warm-up: allocator, kernels, lazy init
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def step_time_table(lengths: list[int], repeats: int, device: torch.device) -> dict[tuple[str, int], float]:
+    candidates = {"torch.nn.LSTM(4, 64)": RawLSTM}
+    for name in list_models():
+        candidates[name] = lambda name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
+    results = {}
+    for steps in lengths:
+        for name, make in candidates.items():
+            torch.manual_seed(0)
+            # The per-step Python loop of z2_seam takes about a second per step at T=1000.
+            count = max(3, repeats // 3) if name in ("z2_seam", "z2_equiv") and steps >= 1000 else repeats
+            results[(name, steps)] = median_step_ms(make(), steps, count, device)
+    return results
+
+
+def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) -> None:
+    names = list(dict.fromkeys(name for name, _ in results))
+    print(f"\n## Train-step time, B={BATCH}, hidden {HIDDEN_DIM}, fwd+bwd+AdamW (median ms; ratio = time / z2_delta time)\n")
+    print("| model | " + " | ".join(f"T={t} ms | ratio" for t in lengths) + " |")
+    print("|---|" + "---|---|" * len(lengths))
+    for name in names:
+        cells = [f"{results[(name, t)]:.2f} | {results[(name, t)] / results[('z2_delta', t)]:.2f}x" for t in lengths]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if 1000 in lengths:
+        verdict = lambda ok: "PASS" if ok else "MISS"  # noqa: E731
+        vs_lstm = results[("torch.nn.LSTM(4, 64)", 1000)] / results[("z2_delta", 1000)]
+        vs_seam = results[("z2_seam", 1000)] / results[("z2_delta", 1000)]
+        print(f"\nz2_delta vs torch.nn.LSTM(4, 64) train step, T=1000: {vs_lstm:.1f}x faster (target >= 2x) {verdict(vs_lstm >= 2)}")
+        print(f"z2_delta vs z2_seam train step, T=1000: {vs_seam:.1f}x faster (target >= 10x) {verdict(vs_seam >= 10)}")
+
+
+def plain_loop_epoch_seconds(model_name: str, epochs: int) -> tuple[float, int]:
+    """Seconds per epoch of a hand-written loop doing what the Lightning run does, and samples/epoch."""
+    from data.antipodal import AntipodalDataModule
+
+    torch.manual_seed(0)
+    datamodule = AntipodalDataModule()
+    datamodule.setup()
+    loader = datamodule.train_dataloader()
+    model = build_model(model_name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=len(loader) * (epochs + 1))
+    epoch_times = []
+    for _ in range(epochs + 1):  # the first epoch is warm-up, as in the Lightning measurement
+        start = time.perf_counter()
+        for batch in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.mse_loss(model(batch["x"])[:, -1], batch["y"])
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+        epoch_times.append(time.perf_counter() - start)
+    return statistics.median(epoch_times[1:]), len(loader.dataset)
+
+
+def framework_epoch_seconds(model_name: str, epochs: int, output_dir: Path) -> float:
+    """Seconds per epoch through train_hydra.train: the difference between a (1+epochs)- and a
+    1-epoch run, which cancels set-up, model build and data generation."""
+    from train_hydra import compose_config, train
+
+    def wall_time(max_epochs: int) -> float:
+        cfg = compose_config([
+            f"model={model_name}", f"trainer.max_epochs={max_epochs}", "trainer.accelerator=cpu",
+            "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+            "callbacks=none", "logger=none", "test=false",
+        ], output_dir / f"epochs_{max_epochs}")
+        start = time.perf_counter()
+        train(cfg)
+        return time.perf_counter() - start
+
+    return (wall_time(1 + epochs) - wall_time(1)) / epochs
+
+
+def print_overhead(model_name: str, epochs: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lightning_s = framework_epoch_seconds(model_name, epochs, Path(tmp))
+    plain_s, samples = plain_loop_epoch_seconds(model_name, epochs)
+    overhead = lightning_s / plain_s - 1
+    print(f"\n## Framework overhead, {model_name} on antipodal (defaults: B=64, H=10), {epochs} timed epochs\n")
+    print("| path | samples/s |\n|---|---|")
+    print(f"| plain PyTorch loop | {samples / plain_s:,.0f} |")
+    print(f"| train_hydra.train (Lightning) | {samples / lightning_s:,.0f} |")
+    print(f"\nframework overhead vs the plain loop: {100 * overhead:+.1f}% (target <= 10%) {'PASS' if overhead <= 0.10 else 'MISS'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--T", type=int, nargs="+", default=[100, 1000], help="sequence lengths")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per model and length")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--overhead-model", default="z2_delta", help="model for the framework-overhead run")
+    parser.add_argument("--overhead-epochs", type=int, default=3, help="timed epochs per path")
+    parser.add_argument("--skip-overhead", action="store_true", help="only the train-step table")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        print(f"\n# {device.type}: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32")
+        print_step_table(step_time_table(args.T, args.repeats, device), args.T)
+    if not args.skip_overhead:
+        print_overhead(args.overhead_model, args.overhead_epochs)
+
+
+if __name__ == "__main__":
+    main()
