@@ -39,11 +39,14 @@ class RegressionMetrics(nn.Module):
             self.mse_stable.update(prediction[~transition], target[~transition])
 
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
-        """Metrics that saw at least one target (a split may hold no transition step)."""
-        values = {name: metric.compute() for name, metric in self.named_children() if metric.total > 0}
+        """Metrics over all processes; one whose targets were all masked out (0/0) is left out.
+
+        compute() synchronises across DDP ranks first, so every rank leaves out the same ones.
+        """
+        values = {name: metric.compute() for name, metric in self.named_children()}
         for metric in self.children():
             metric.reset()
-        return values
+        return {name: value for name, value in values.items() if torch.isfinite(value)}
 
 
 class SeamGatedLightningModule(pl.LightningModule):
@@ -129,7 +132,8 @@ class SeamGatedLightningModule(pl.LightningModule):
 
     def _log_stage_metrics(self, stage: str) -> None:
         for name, value in self.stage_metrics[stage].compute_and_reset().items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "mse")
+            # Already synchronised by torchmetrics; sync_dist only tells Lightning so.
+            self.log(f"{stage}/{name}", value, prog_bar=name == "mse", sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "val")

@@ -137,3 +137,18 @@ def test_multirun_gives_one_job_dir_per_model(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = sorted(path.parent for path in tmp_path.glob("debug/multiruns/*/*/metrics.json"))
     assert [json.loads((job / "metrics.json").read_text())["model"] for job in jobs] == ["z2_seam", "z2_equiv", "lstm"]
+
+
+def test_regression_metrics_split_by_transition_and_leave_out_empty_groups():
+    from lightning_module import RegressionMetrics
+
+    metrics = RegressionMetrics()
+    prediction, target = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 0.0, 3.0, 0.0])
+    metrics.update(prediction, target, torch.tensor([True, True, False, False]))
+    values = metrics.compute_and_reset()
+    assert values["mse"].item() == pytest.approx(5.0)  # (0 + 4 + 0 + 16) / 4
+    assert values["mse_transition"].item() == pytest.approx(2.0)
+    assert values["mse_stable"].item() == pytest.approx(8.0)
+    assert values["mse_zero"].item() == pytest.approx(2.5)
+    metrics.update(prediction, target, torch.zeros(4, dtype=torch.bool))
+    assert "mse_transition" not in metrics.compute_and_reset()
