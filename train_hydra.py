@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -33,6 +35,7 @@ from lightning_module import SeamGatedLightningModule
 from models import check_task
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+JOB_ERROR_FILE = "job_error.json"  # what a failed sweep job leaves in its dir
 log = logging.getLogger(__name__)
 
 
@@ -100,14 +103,54 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
         raise ConfigError(f"{group}.{error}") from error
 
 
-def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
-    """The checkpoint to resume from, checked to exist before any work starts."""
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from, checked before any work starts.
+
+    `auto` means this run dir's checkpoints/last.ckpt when it exists (a requeued or restarted job
+    continues), and a fresh start when it does not.
+    """
+    ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file or null.")
+    if ckpt_path == "auto":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            log.info(f"ckpt_path=auto: {path} does not exist yet, so training starts from scratch.")
+            return None
+    else:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file, auto or null.")
+    check_checkpoint_fits(path, cfg.model)
     return str(path)
+
+
+def check_checkpoint_fits(path: Path, model_cfg: DictConfig) -> None:
+    """Fail in one sentence unless `path` is a readable checkpoint of the configured model."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupt or not a torch file at all
+        raise ConfigError(
+            f"ckpt_path={path} is not a readable checkpoint ({type(error).__name__}); "
+            "pass a .ckpt file written by this framework."
+        ) from error
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    if "state_dict" not in checkpoint or "model_type" not in hparams:
+        raise ConfigError(f"ckpt_path={path} is not a checkpoint of this framework (it has no model hyper-parameters).")
+    model_kwargs = OmegaConf.to_container(model_cfg, resolve=True)
+    name = model_kwargs.pop("name")
+    if hparams["model_type"] != name:
+        raise ConfigError(
+            f"ckpt_path={path} holds a {hparams['model_type']!r} model but the config has model={name}; "
+            f"pass model={hparams['model_type']} or a checkpoint of {name}."
+        )
+    saved_kwargs = hparams.get("model_kwargs") or {}
+    for key, value in model_kwargs.items():
+        if key in saved_kwargs and saved_kwargs[key] != value:
+            raise ConfigError(
+                f"ckpt_path={path} was trained with model.{key}={saved_kwargs[key]} but the config has "
+                f"model.{key}={value}; set model.{key}={saved_kwargs[key]} to resume it."
+            )
 
 
 def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -116,7 +159,7 @@ def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the configured model; write metrics.json into the run dir and return its content."""
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
+    ckpt_path = resolve_ckpt_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_from(cfg, "data")
     module = build_module(cfg, datamodule)
@@ -158,15 +201,85 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def metric_direction(metric_name: str) -> str:
+    """`maximize` for accuracy-like metrics, `minimize` for losses and errors (for sweepers)."""
+    leaf = metric_name.rsplit("/", 1)[-1]
+    return "maximize" if leaf.startswith(("acc", "exact_match", "auroc", "r2")) else "minimize"
+
+
+OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)
+
+
+class SweepSummaryCallback(Callback):
+    """Writes summary.csv and summary.md in the sweep dir when a multirun ends: one row per job
+    with its overrides, status, final metrics, wall time and error.
+
+    Rows are assembled from what each job left in its dir (metrics.json, or job_error.json for a
+    failed job), so jobs that ran in other processes (joblib, SLURM) are summarised too.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        job_dirs = sorted((path.parent.parent for path in sweep_dir.glob("*/.hydra/overrides.yaml")),
+                          key=lambda path: (len(path.name), path.name))
+        if not job_dirs:
+            return
+        rows = [job_summary(job_dir) for job_dir in job_dirs]
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        with open(sweep_dir / "summary.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_markdown_cell(row.get(column)) for column in columns) + " |" for row in rows]
+        (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+        failed = sum(row["status"] != "COMPLETED" for row in rows)
+        log.info(f"sweep summary of {len(rows)} jobs ({failed} not completed): {sweep_dir / 'summary.md'}")
+
+
+def job_summary(job_dir: Path) -> dict[str, Any]:
+    """One summary row for a job dir: overrides, status, wall time, final metrics and error."""
+    row: dict[str, Any] = {"job": job_dir.name,
+                           "overrides": " ".join(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))}
+    if (job_dir / "metrics.json").is_file():
+        record = json.loads((job_dir / "metrics.json").read_text())
+        row.update(status="COMPLETED", wall_time_s=round(record["wall_time_s"], 2), **record["metrics"], error="")
+    elif (job_dir / JOB_ERROR_FILE).is_file():
+        failure = json.loads((job_dir / JOB_ERROR_FILE).read_text())
+        row.update(status="FAILED", wall_time_s=round(failure["wall_time_s"], 2), error=failure["error"])
+    else:
+        row.update(status="NO RESULT", error="the job left neither metrics.json nor an error record")
+    row["error"] = row.pop("error")  # last column: errors are long
+    return row
+
+
+def _markdown_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Train and return the optimized metric, so that every Hydra sweeper works unchanged."""
+    """Train and return the optimized metric, so that every Hydra sweeper works unchanged.
+
+    In a sweep a failing job is recorded in its dir and returns NaN (Optuna marks such a trial
+    failed), so the other jobs still run and the sweep summary shows the failure.
+    """
+    started = time.perf_counter()
     try:
         record = train(cfg)
-    except ConfigError as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+    except Exception as error:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            if isinstance(error, ConfigError):
+                sys.exit(f"Invalid config: {error}")
             raise
-        sys.exit(f"Invalid config: {error}")
+        log.exception(f"job {HydraConfig.get().job.num} failed")
+        failure = {"error": f"{type(error).__name__}: {error}", "wall_time_s": time.perf_counter() - started}
+        (Path(cfg.paths.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(failure, indent=2))
+        return float("nan")
     value = record["metrics"].get(cfg.optimized_metric)
     if value is None:
         log.warning(f"optimized_metric={cfg.optimized_metric} was not logged; logged: {sorted(record['metrics'])}.")
@@ -186,7 +299,8 @@ def check_group_choices(argv: list[str]) -> None:
         return
     for override in overrides:
         group = override.key_or_group
-        if override.package is not None or group == "hydra" or not (CONFIG_DIR / group).is_dir():
+        # hydra/* groups also hold plugin configs that live outside configs/: Hydra checks those.
+        if override.package is not None or group.split("/")[0] == "hydra" or not (CONFIG_DIR / group).is_dir():
             continue
         available = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
         chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]

@@ -19,6 +19,8 @@ import torch
 from scipy.stats import ortho_group
 from torch.utils.data import DataLoader, Dataset
 
+from data.sampling import EpochSeededSampler
+
 TARGET_MODES = ("last", "next_step")
 SPLITS = ("train", "val", "test")
 
@@ -198,10 +200,11 @@ class AntipodalDataModule(pl.LightningDataModule):
             }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSeededSampler(dataset, self.process.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -1,0 +1,176 @@
+"""linear_scan: matches the float64 reference loop in value and gradient, composes, stays fp32 under autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.scan import linear_scan, linear_scan_reference
+
+
+def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _gates(regime: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator)
+    if regime == "uniform":
+        return 2 * u - 1
+    if regime == "near_zero":
+        return (2 * u - 1) * 1e-3
+    if regime == "near_one":
+        return 1 - 1e-3 * u
+    raise ValueError(regime)
+
+
+@pytest.mark.parametrize("regime", ["uniform", "near_zero", "near_one"])
+@pytest.mark.parametrize("T", [1, 2, 63, 100, 1000, 4097])
+def test_value_and_gradients_match_float64_reference(T, regime):
+    generator = torch.Generator().manual_seed(T)
+    B, H = 3, 4
+    a = _gates(regime, (B, T, H), generator).requires_grad_()
+    b = torch.randn(B, T, H, generator=generator, requires_grad=True)
+    h0 = torch.randn(B, H, generator=generator, requires_grad=True)
+    upstream = torch.randn(B, T, H, generator=generator)
+
+    h = linear_scan(a, b, h0)
+    grads = torch.autograd.grad(h, (a, b, h0), upstream)
+
+    a64, b64, h064 = (x.detach().double().requires_grad_() for x in (a, b, h0))
+    ref = linear_scan_reference(a64, b64, h064)
+    ref_grads = torch.autograd.grad(ref, (a64, b64, h064), upstream.double())
+
+    assert h.dtype == torch.float32
+    assert _rel_err(h, ref) <= 1e-5
+    for name, grad, ref_grad in zip(("a", "b", "h0"), grads, ref_grads):
+        assert grad.dtype == torch.float32
+        assert _rel_err(grad, ref_grad) <= 1e-5, name
+
+
+# Prime T >= 16 is never a whole number of chunks, so those exercise the ragged tail;
+# T < 16 takes the plain loop.
+@pytest.mark.parametrize("T", [1, 3, 18, 23, 37, 50])
+def test_gradcheck_float64(T):
+    generator = torch.Generator().manual_seed(T)
+    a = (2 * torch.rand(2, T, 3, generator=generator, dtype=torch.float64) - 1).requires_grad_()
+    b = torch.randn(2, T, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(linear_scan, (a, b, h0))
+    assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b), (a, b))
+
+
+def test_float64_inputs_stay_float64():
+    a = torch.rand(2, 40, 3, dtype=torch.float64)
+    b = torch.randn(2, 40, 3, dtype=torch.float64)
+    h = linear_scan(a, b)
+    assert h.dtype == torch.float64
+    torch.testing.assert_close(h, linear_scan_reference(a, b), rtol=1e-12, atol=1e-12)
+
+
+def test_zero_h0_equals_no_h0():
+    a, b = torch.rand(2, 50, 3) * 2 - 1, torch.randn(2, 50, 3)
+    torch.testing.assert_close(linear_scan(a, b), linear_scan(a, b, torch.zeros(2, 3)), rtol=0, atol=0)
+
+
+def test_two_halves_with_carried_state_equal_one_call():
+    generator = torch.Generator().manual_seed(0)
+    a = 2 * torch.rand(4, 301, 8, generator=generator) - 1
+    b = torch.randn(4, 301, 8, generator=generator)
+    h0 = torch.randn(4, 8, generator=generator)
+    whole = linear_scan(a, b, h0)
+    first = linear_scan(a[:, :137], b[:, :137], h0)
+    second = linear_scan(a[:, 137:], b[:, 137:], first[:, -1])
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_non_contiguous_inputs():
+    a = (torch.rand(5, 4, 70) * 2 - 1).transpose(1, 2)
+    b = torch.randn(5, 4, 70).transpose(1, 2)
+    h0 = torch.randn(4, 5).t()
+    assert not a.is_contiguous() and not h0.is_contiguous()
+    ref = linear_scan_reference(a, b, h0)
+    assert _rel_err(linear_scan(a, b, h0), ref) <= 1e-5
+
+
+def test_autocast_bf16_computes_in_float32_and_returns_input_dtype():
+    generator = torch.Generator().manual_seed(0)
+    B, T, H = 4, 1000, 8
+    a = (1 - 0.02 * torch.rand(B, T, H, generator=generator)).bfloat16().requires_grad_()
+    b = torch.randn(B, T, H, generator=generator).bfloat16().requires_grad_()
+    h0 = torch.randn(B, H, generator=generator).bfloat16()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = linear_scan(a, b, h0)
+    assert h.dtype == torch.bfloat16
+    # The fp32 scan on the upcast inputs, rounded to bf16 once at the end.
+    fp32_once = linear_scan(a.detach().float(), b.detach().float(), h0.float()).bfloat16()
+    assert torch.equal(h, fp32_once)
+
+    state, bf16_states = h0, []
+    for a_t, b_t in zip(a.detach().unbind(1), b.detach().unbind(1)):
+        state = a_t * state + b_t
+        bf16_states.append(state)
+    ref = linear_scan_reference(a, b, h0)
+    err_scan = _rel_err(h, ref)
+    err_bf16_loop = _rel_err(torch.stack(bf16_states, dim=1), ref)
+    assert err_scan <= 4e-3  # one bf16 rounding
+    assert err_scan < 0.1 * err_bf16_loop
+
+    h.float().sum().backward()
+    assert a.grad.dtype == torch.bfloat16 and b.grad.dtype == torch.bfloat16
+
+
+def test_autocast_leaves_float32_inputs_in_float32():
+    a, b = torch.rand(2, 64, 3) * 2 - 1, torch.randn(2, 64, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = linear_scan(a, b)
+    assert h.dtype == torch.float32
+    torch.testing.assert_close(h, linear_scan(a, b), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("a_shape, b_shape, h0_shape, argument", [
+    ((2, 5), (2, 5), None, "a has shape (2, 5) but must be 3-D"),
+    ((2, 5, 3), (2, 5, 3, 1), None, "b has shape (2, 5, 3, 1) but must be 3-D"),
+    ((2, 5, 3), (2, 5, 4), None, "a has shape (2, 5, 3) but b has shape (2, 5, 4); they must match as (B, T, H)."),
+    ((2, 5, 3), (2, 5, 3), (3, 3), "h0 has shape (3, 3) but must be (B, H) = (2, 3)."),
+    ((2, 5, 3), (2, 5, 3), (2, 5, 3), "h0 has shape (2, 5, 3) but must be (B, H) = (2, 3)."),
+])
+def test_shape_errors_name_the_argument(a_shape, b_shape, h0_shape, argument):
+    h0 = None if h0_shape is None else torch.zeros(h0_shape)
+    with pytest.raises(ValueError) as error:
+        linear_scan(torch.zeros(a_shape), torch.zeros(b_shape), h0)
+    assert str(error.value).startswith("linear_scan: ")
+    assert argument in str(error.value)
+
+
+def test_integer_input_is_rejected():
+    with pytest.raises(TypeError, match="a has dtype torch.int64"):
+        linear_scan(torch.zeros(2, 5, 3, dtype=torch.long), torch.zeros(2, 5, 3))
+
+
+def _graph_nodes(fn) -> int:
+    seen, stack = set(), [fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return len(seen)
+
+
+def test_backward_is_one_node_not_one_per_step():
+    counts = []
+    for T in (10, 2000):
+        a = torch.rand(2, T, 3, requires_grad=True)
+        b = torch.randn(2, T, 3, requires_grad=True)
+        h0 = torch.randn(2, 3, requires_grad=True)
+        h = linear_scan(a, b, h0)
+        assert h.grad_fn.name() == "_LinearScanBackward"
+        counts.append(_graph_nodes(h.grad_fn))
+    # The scan node plus one AccumulateGrad per input, whatever T is.
+    assert counts == [4, 4]
+
+
+def test_no_graph_when_no_input_requires_grad():
+    assert linear_scan(torch.rand(2, 30, 3), torch.randn(2, 30, 3)).grad_fn is None
