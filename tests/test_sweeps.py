@@ -1,0 +1,73 @@
+"""Hydra multirun through the real command line: summaries, failures, Optuna and joblib."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from train_hydra import compose_config, metric_direction
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["debug=fdr", "data.generator.T=600", "data.batch_size=16"]
+
+
+def sweep(tmp_path: Path, *overrides: str) -> Path:
+    result = subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), "-m", *overrides, *TINY,
+                             f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = tmp_path.glob("debug/multiruns/*")
+    return sweep_dir
+
+
+def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / "summary.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def test_a_2x2_sweep_with_a_failing_job_summarises_all_four(tmp_path):
+    # z2_seam needs an even hidden_dim, so exactly one of the four jobs fails.
+    sweep_dir = sweep(tmp_path, "model=z2_seam,lstm", "model.hidden_dim=7,8")
+    assert sorted(path.name for path in sweep_dir.iterdir() if path.is_dir()) == ["0", "1", "2", "3"]
+    rows = summary_rows(sweep_dir)
+    assert [row["overrides"].split()[:2] for row in rows] == [
+        ["model=z2_seam", "model.hidden_dim=7"], ["model=z2_seam", "model.hidden_dim=8"],
+        ["model=lstm", "model.hidden_dim=7"], ["model=lstm", "model.hidden_dim=8"]]
+    assert [row["status"] for row in rows] == ["FAILED", "COMPLETED", "COMPLETED", "COMPLETED"]
+    assert rows[0]["error"].startswith("ConfigError: model.hidden_dim=7 is not allowed for z2_seam")
+    assert rows[0]["val/mse"] == "" and all(float(row["val/mse"]) > 0 for row in rows[1:])
+    assert all(float(row["wall_time_s"]) >= 0 for row in rows)
+    markdown = (sweep_dir / "summary.md").read_text().splitlines()
+    assert len(markdown) == 2 + 4 and "FAILED" in markdown[2]
+
+
+def test_optuna_search_runs_three_trials_and_records_the_best(tmp_path):
+    sweep_dir = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert set(results.best_params) == {"optim.learning_rate", "model.hidden_dim", "model.temperature", "model.delta_rank"}
+    rows = summary_rows(sweep_dir)
+    assert len(rows) == 3 and all(row["status"] == "COMPLETED" for row in rows)
+    assert results.best_value == min(float(row["val/mse"]) for row in rows)
+
+
+def test_joblib_launcher_runs_two_jobs_in_parallel_processes(tmp_path):
+    sweep_dir = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=z2_seam,gru")
+    rows = summary_rows(sweep_dir)
+    assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
+    assert [row["overrides"].split()[0] for row in rows] == ["model=z2_seam", "model=gru"]
+
+
+def test_optuna_direction_follows_the_optimized_metric(tmp_path):
+    assert metric_direction("val/mse") == "minimize"
+    assert metric_direction("val/accuracy") == "maximize"
+    cfg = compose_config(["hparams_search=optuna", "optimized_metric=val/exact_match"], tmp_path)
+    assert cfg.hydra.sweeper.direction == "maximize"
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    cfg = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 1
