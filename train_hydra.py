@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_module import SeamGatedLightningModule
-from models import check_task
+from models import check_task, get_model_class
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 JOB_ERROR_FILE = "job_error.json"  # what a failed sweep job leaves in its dir
@@ -87,6 +87,11 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
         check_task(model_type, datamodule.task, f"data={data_name or type(datamodule).__name__}")
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    if getattr(get_model_class(model_type), "needs_reference_process", False):
+        if not hasattr(datamodule, "reference_process"):
+            raise ConfigError(f"model={model_type} needs data whose generating process is known (antipodal); "
+                              f"data={data_name} has none.")
+        model_kwargs["process"] = datamodule.reference_process()
     try:
         return SeamGatedLightningModule(
             model_type=model_type,
@@ -173,7 +178,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     evaluated_ckpt = ckpt_path
-    if cfg.train:
+    if cfg.train and module.num_parameters == 0:
+        log.info(f"model={cfg.model.name} has nothing to train (a fixed reference); it is only evaluated.")
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics.update(run_metrics(trainer))
+    elif cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         # Report val and test metrics of the same weights: the best checkpoint where one exists.
         evaluated_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None

@@ -199,6 +199,12 @@ class AntipodalDataModule(pl.LightningDataModule):
                 for name, (start, stop) in self.bounds.items()
             }
 
+    def reference_process(self) -> dict[str, object]:
+        """The true parameters of the generating process, for reference filters such as hamilton_imm."""
+        self.setup()
+        return {"A": self.sequence.A.tolist(), "C": self.sequence.C.tolist(), "p_switch": self.process.p_switch,
+                "sigma_epsilon": self.process.sigma_epsilon, "sigma_eta": self.process.sigma_eta}
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         return DataLoader(

@@ -32,7 +32,7 @@ def test_fast_dev_run_of_every_model(make_config, model, target_mode):
     metrics = record["metrics"]
     for key in ("val/mse", "test/mse", "val/mse_zero", "test/loss"):
         assert torch.isfinite(torch.tensor(metrics[key])), key
-    assert record["num_parameters"] > 0
+    assert (record["num_parameters"] > 0) == (model != "hamilton_imm")  # the reference filter is not trained
     assert (Path(cfg.paths.output_dir) / "metrics.json").is_file()
 
 
