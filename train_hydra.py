@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
@@ -234,14 +235,14 @@ class SweepSummaryCallback(Callback):
         if not job_dirs:
             return
         rows = [job_summary(job_dir) for job_dir in job_dirs]
-        columns = list(dict.fromkeys(key for row in rows for key in row))
         with open(sweep_dir / "summary.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns)
+            writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
             writer.writeheader()
             writer.writerows(rows)
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_markdown_cell(row.get(column)) for column in columns) + " |" for row in rows]
-        (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+        (sweep_dir / "summary.md").write_text(markdown_table(rows))
+        by_config = summary_over_seeds(rows)
+        if len(by_config) < len(rows):
+            (sweep_dir / "summary_by_config.md").write_text(markdown_table(by_config))
         failed = sum(row["status"] != "COMPLETED" for row in rows)
         log.info(f"sweep summary of {len(rows)} jobs ({failed} not completed): {sweep_dir / 'summary.md'}")
 
@@ -260,6 +261,31 @@ def job_summary(job_dir: Path) -> dict[str, Any]:
         row.update(status="NO RESULT", error="the job left neither metrics.json nor an error record")
     row["error"] = row.pop("error")  # last column: errors are long
     return row
+
+
+def summary_over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration (overrides without `seed=`): completed jobs, and mean ± std of each metric."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        config = " ".join(token for token in row["overrides"].split() if not token.startswith("seed="))
+        groups.setdefault(config, []).append(row)
+    summary = []
+    for config, members in groups.items():
+        completed = [row for row in members if row["status"] == "COMPLETED"]
+        entry: dict[str, Any] = {"overrides": config, "completed": f"{len(completed)}/{len(members)}"}
+        for key in (key for key in completed[0] if "/" in key) if completed else ():
+            values = np.array([row[key] for row in completed if key in row], dtype=float)
+            spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            entry[key] = f"{values.mean():.6g} ± {spread:.2g}"
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_markdown_cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _markdown_cell(value: Any) -> str:
@@ -315,8 +341,8 @@ def check_group_choices(argv: list[str]) -> None:
         chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         for choice in chosen:
             if choice is not None and str(choice) not in available:
-                kind = "a registered model" if group == "model" else f"a config in configs/{group}"
-                sys.exit(f"Invalid config: {group}={choice} is not {kind}; choose one of: {', '.join(available)}.")
+                kind = "registered model or model variant" if group == "model" else f"config in configs/{group}"
+                sys.exit(f"Invalid config: {group}={choice} is not a {kind}; choose one of: {', '.join(available)}.")
 
 
 if __name__ == "__main__":

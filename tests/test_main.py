@@ -22,19 +22,19 @@ def test_bootstrap_detects_a_planted_gain_at_transitions_and_not_an_absent_one()
 
 
 def test_a_small_pipeline_writes_complete_finite_tables(tmp_path):
-    results = main.main(["--models", "lstm", "z2_seam[learned]", "--seeds", "3", "--epochs", "1",
+    results = main.main(["--models", "lstm", "z2_seam", "--seeds", "3", "--epochs", "1",
                          "--overrides", "data.generator.T=1500", "--output-dir", str(tmp_path)])
-    assert list(results["test_metrics"]) == ["lstm", "z2_seam[learned]", "hamilton_imm"]
+    assert list(results["test_metrics"]) == ["lstm", "z2_seam", "hamilton_imm"]
     for per_seed in results["test_metrics"].values():
         assert all(math.isfinite(m[key]) for m in per_seed for key in ("test/mse", "test/mse_stable", "test/mse_transition"))
-    seam = results["predictions"]["z2_seam[learned]"][0]
+    seam = results["predictions"]["z2_seam"][0]
     assert {"prediction_1", "prediction_2", "prediction_3", "gate_imm_correlation"} <= set(seam)
     assert all(math.isfinite(seam["prediction_2"][key]) for key in ("welch_t", "welch_p", "cohens_d", "auroc"))
     assert set(results["predictions"]["lstm"][0]) == {"prediction_3"}  # no gates to test
     table = (tmp_path / "results.md").read_text()
-    assert "nan" not in table.lower() and table.count("| z2_seam[learned] |") == 2
+    assert "nan" not in table.lower() and table.count("| z2_seam |") == 2
     assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [3]
-    assert (tmp_path / "figures" / "z2_seam[learned]" / "gate_heatmap.png").is_file()
+    assert (tmp_path / "figures" / "z2_seam" / "gate_heatmap.png").is_file()
 
 
 @pytest.mark.slow  # the --quick preset: about 10 minutes on 2 CPU cores

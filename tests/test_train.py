@@ -20,8 +20,13 @@ MODEL_CONFIGS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml
 SMALL_DATA = ["data.generator.T=600", "data.batch_size=16"]
 
 
-def test_every_registered_model_has_a_config():
-    assert set(MODEL_CONFIGS) == set(list_models())
+def test_every_registered_model_has_a_config_and_every_config_a_registered_model(tmp_path):
+    from train_hydra import compose_config
+
+    names = {name: compose_config([f"model={name}"], tmp_path).model.name for name in MODEL_CONFIGS}
+    assert set(list_models()) <= set(MODEL_CONFIGS)
+    assert set(names.values()) == set(list_models())
+    assert names["z2_seam_kstar"] == "z2_seam" and compose_config(["model=z2_seam_kstar"], tmp_path).model.gate == "kstar"
 
 
 @pytest.mark.parametrize("target_mode", ["last", "next_step"])
@@ -120,7 +125,8 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     "override, expected",
     [
         ("model=nonexistent",
-         f"Invalid config: model=nonexistent is not a registered model; choose one of: {', '.join(list_models())}."),
+         "Invalid config: model=nonexistent is not a registered model or model variant; choose one of: "
+         f"{', '.join(MODEL_CONFIGS)}."),
         ("data.generator.p_switch=1.5",
          "Invalid config: data.generator.p_switch=1.5 is outside the allowed range [0, 1]."),
     ],
