@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
@@ -26,7 +24,6 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.experimental.callback import Callback
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -34,9 +31,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
+from visualization.sweep_summary import JOB_ERROR_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-JOB_ERROR_FILE = "job_error.json"  # what a failed sweep job leaves in its dir
 log = logging.getLogger(__name__)
 
 
@@ -218,82 +215,6 @@ def metric_direction(metric_name: str) -> str:
 
 
 OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)
-
-
-class SweepSummaryCallback(Callback):
-    """Writes summary.csv and summary.md in the sweep dir when a multirun ends: one row per job
-    with its overrides, status, final metrics, wall time and error.
-
-    Rows are assembled from what each job left in its dir (metrics.json, or job_error.json for a
-    failed job), so jobs that ran in other processes (joblib, SLURM) are summarised too.
-    """
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        job_dirs = sorted((path.parent.parent for path in sweep_dir.glob("*/.hydra/overrides.yaml")),
-                          key=lambda path: (len(path.name), path.name))
-        if not job_dirs:
-            return
-        rows = [job_summary(job_dir) for job_dir in job_dirs]
-        with open(sweep_dir / "summary.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
-            writer.writeheader()
-            writer.writerows(rows)
-        (sweep_dir / "summary.md").write_text(markdown_table(rows))
-        by_config = summary_over_seeds(rows)
-        if len(by_config) < len(rows):
-            (sweep_dir / "summary_by_config.md").write_text(markdown_table(by_config))
-        failed = sum(row["status"] != "COMPLETED" for row in rows)
-        log.info(f"sweep summary of {len(rows)} jobs ({failed} not completed): {sweep_dir / 'summary.md'}")
-
-
-def job_summary(job_dir: Path) -> dict[str, Any]:
-    """One summary row for a job dir: overrides, status, wall time, final metrics and error."""
-    row: dict[str, Any] = {"job": job_dir.name,
-                           "overrides": " ".join(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))}
-    if (job_dir / "metrics.json").is_file():
-        record = json.loads((job_dir / "metrics.json").read_text())
-        row.update(status="COMPLETED", wall_time_s=round(record["wall_time_s"], 2), **record["metrics"], error="")
-    elif (job_dir / JOB_ERROR_FILE).is_file():
-        failure = json.loads((job_dir / JOB_ERROR_FILE).read_text())
-        row.update(status="FAILED", wall_time_s=round(failure["wall_time_s"], 2), error=failure["error"])
-    else:
-        row.update(status="NO RESULT", error="the job left neither metrics.json nor an error record")
-    row["error"] = row.pop("error")  # last column: errors are long
-    return row
-
-
-def summary_over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per configuration (overrides without `seed=`): completed jobs, and mean ± std of each metric."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        config = " ".join(token for token in row["overrides"].split() if not token.startswith("seed="))
-        groups.setdefault(config, []).append(row)
-    summary = []
-    for config, members in groups.items():
-        completed = [row for row in members if row["status"] == "COMPLETED"]
-        entry: dict[str, Any] = {"overrides": config, "completed": f"{len(completed)}/{len(members)}"}
-        for key in (key for key in completed[0] if "/" in key) if completed else ():
-            values = np.array([row[key] for row in completed if key in row], dtype=float)
-            spread = values.std(ddof=1) if len(values) > 1 else 0.0
-            entry[key] = f"{values.mean():.6g} ± {spread:.2g}"
-        summary.append(entry)
-    return summary
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_markdown_cell(row.get(column)) for column in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
