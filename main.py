@@ -138,13 +138,14 @@ def seam_statistics(result: SeedResult, reference: SeedResult, imm_switch: np.nd
     diagnostics = {name: values.numpy() for name, values in data["diagnostics"].items()}
     if "parity_energy" in diagnostics:
         out["prediction_1"] = asdict(gate_transition_statistics(diagnostics["parity_energy"], transition))
-    if "gate" in diagnostics:
-        out["prediction_2"] = asdict(gate_transition_statistics(diagnostics["gate"], transition))
+    gate = diagnostics.get("gate")
+    if gate is not None and gate.std() == 0:
+        out["gate"] = f"constant ({gate[0]:g}): no gate statistics"  # z2_equiv, z2_seam_fixed
+    elif gate is not None:
+        out["prediction_2"] = asdict(gate_transition_statistics(gate, transition))
         # The gate at step t has seen x_t; the filter's posterior of a switch at t-1 uses x_{0:t}.
-        steps = data["steps"].numpy()
-        gate, posterior = diagnostics["gate"][1:], imm_switch[steps[1:] - 1]
-        correlation = stats.pearsonr(gate, posterior).statistic if gate.std() > 0 and posterior.std() > 0 else math.nan
-        out["gate_imm_correlation"] = float(correlation)
+        posterior = imm_switch[data["steps"].numpy()[1:] - 1]
+        out["gate_imm_correlation"] = float(stats.pearsonr(gate[1:], posterior).statistic)
     return out
 
 
@@ -179,8 +180,10 @@ def results_markdown(args: argparse.Namespace, table: dict, predictions: dict) -
             found = [s[key] for s in per_seed if key in s]
             return "; ".join(" / ".join(f"{entry[f]:.3g}" for f in fields) for entry in found) or "n/a"
         correlation = "; ".join(f"{s['gate_imm_correlation']:.3f}" for s in per_seed if "gate_imm_correlation" in s)
-        lines.append(f"| {name} | {cell('prediction_1', ('cohens_d', 'welch_p'))} | "
-                     f"{cell('prediction_2', ('cohens_d', 'auroc', 'welch_p'))} | "
+        gate_cell = cell("prediction_2", ("cohens_d", "auroc", "welch_p"))
+        if gate_cell == "n/a" and "gate" in per_seed[0]:
+            gate_cell = per_seed[0]["gate"]
+        lines.append(f"| {name} | {cell('prediction_1', ('cohens_d', 'welch_p'))} | {gate_cell} | "
                      f"{cell('prediction_3', ('difference', 'p_value'))} | {correlation or 'n/a'} |")
     return "\n".join(lines) + "\n"
 
