@@ -132,6 +132,7 @@ def test_autocast_leaves_float32_inputs_in_float32():
     ((2, 5), (2, 5), None, "a has shape (2, 5) but must be 3-D"),
     ((2, 5, 3), (2, 5, 3, 1), None, "b has shape (2, 5, 3, 1) but must be 3-D"),
     ((2, 5, 3), (2, 5, 4), None, "a has shape (2, 5, 3) but b has shape (2, 5, 4); they must match as (B, T, H)."),
+    ((2, 0, 3), (2, 0, 3), None, "a and b have shape (2, 0, 3) but need at least one time step"),
     ((2, 5, 3), (2, 5, 3), (3, 3), "h0 has shape (3, 3) but must be (B, H) = (2, 3)."),
     ((2, 5, 3), (2, 5, 3), (2, 5, 3), "h0 has shape (2, 5, 3) but must be (B, H) = (2, 3)."),
 ])

@@ -1,0 +1,278 @@
+"""Benchmark linear_scan against a per-step autograd loop, nn.LSTM and nn.GRU (forward + backward).
+
+Run from the repository root, either way:
+    python benchmarks/bench_scan.py [--T 100 1000 10000] [--repeats 20] [--threads 2]
+    python -m benchmarks.bench_scan
+
+All ops run fp32 at B=32, H=64 with loss = output.sum(). Times are medians of
+time.perf_counter over the timed runs after warm-up; all ops of one T run in the
+same process, interleaved run by run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from models.scan import linear_scan  # noqa: E402
+
+B, H, RNN_INPUT = 32, 64, 4
+OPS = ("linear_scan", "per-step loop", "nn.LSTM", "nn.GRU")
+MEMORY_NOTE = {
+    "cpu": "peak MiB: growth of resident memory (VmHWM minus VmRSS before) during one fwd+bwd, "
+           "in a fresh subprocess after one warm-up run and malloc_trim; counts outputs, saved tensors and grads.",
+    "cuda": "peak MiB: torch.cuda.max_memory_allocated during one fwd+bwd minus memory allocated before it.",
+}
+
+
+def make_case(op: str, T: int, device: torch.device) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Build inputs for one (op, T) and return (step, clear): step runs one fwd+bwd, clear drops grads."""
+    generator = torch.Generator().manual_seed(0)
+    if op in ("linear_scan", "per-step loop"):
+        a = torch.rand(B, T, H, generator=generator).to(device).requires_grad_()
+        b = torch.randn(B, T, H, generator=generator).to(device).requires_grad_()
+
+        def clear() -> None:
+            a.grad = b.grad = None
+
+        if op == "linear_scan":
+            def step() -> None:
+                clear()
+                linear_scan(a, b).sum().backward()
+        else:
+            def step() -> None:
+                clear()
+                h, states = torch.zeros(B, H, device=device), []
+                for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
+                    h = a_t * h + b_t
+                    states.append(h)
+                torch.stack(states, dim=1).sum().backward()
+        return step, clear
+
+    rnn = (nn.LSTM if op == "nn.LSTM" else nn.GRU)(RNN_INPUT, H, batch_first=True).to(device)
+    x = torch.randn(B, T, RNN_INPUT, generator=generator).to(device)
+
+    def clear() -> None:
+        rnn.zero_grad(set_to_none=True)
+
+    def step() -> None:
+        clear()
+        rnn(x)[0].sum().backward()
+    return step, clear
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_cases(steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int,
+               budget_s: float) -> dict[str, tuple[float, int]]:
+    """Median seconds and run count per case; runs are interleaved round-robin so that any
+    background load hits every op alike. Slow cases get fewer runs (at least 3) to fit budget_s."""
+    fastest = {name: math.inf for name in steps}
+    for _ in range(max(1, warmup)):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            fastest[name] = min(fastest[name], time.perf_counter() - start)
+    runs = {name: max(3, min(repeats, int(budget_s / fastest[name]))) for name in steps}
+    durations: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(max(runs.values())):
+        for name, step in steps.items():
+            if r < runs[name]:
+                start = time.perf_counter()
+                step()
+                _sync(device)
+                durations[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(durations[name]), runs[name]) for name in steps}
+
+
+def _proc_status_kib(field: str) -> int:
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def _cpu_memory_probe(op: str, T: int, threads: int) -> float:
+    """Peak resident-memory growth (MiB) of one fwd+bwd; runs inside a fresh subprocess."""
+    torch.set_num_threads(threads)
+    step, clear = make_case(op, T, torch.device("cpu"))
+    step()
+    clear()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back so the next run's pages show up in RSS
+    before = _proc_status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    step()
+    return (_proc_status_kib("VmHWM") - before) / 1024
+
+
+def cpu_peak_mib(op: str, T: int, threads: int) -> float | None:
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", op, str(T), "--threads", str(threads)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+        return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+    except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def cuda_peak_mib(step: Callable[[], None], clear: Callable[[], None], device: torch.device) -> float:
+    clear()
+    _sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    _sync(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def fresh_buffer_ms(T: int, device: torch.device) -> float:
+    """Median ms to allocate and first-touch one (B, T, H) fp32 buffer, minus filling a reused one."""
+    reused = torch.empty(B, T, H, device=device)
+    timings = time_cases({"fresh": lambda: torch.empty(B, T, H, device=device).fill_(0.0),
+                          "reused": lambda: reused.fill_(0.0)}, device, 15, 2, 2.0)
+    return max(0.0, timings["fresh"][0] - timings["reused"][0]) * 1e3
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy jiffies of the whole machine, jiffies of this process), or None off Linux."""
+    try:
+        machine = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(machine) - machine[3] - machine[4], int(own[11]) + int(own[12])
+
+
+def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int, str], float]:
+    """Time every op at every T on device, then measure memory, print the table; return median ms per (T, op)."""
+    selected = {T: [op for op in OPS if not (op == "per-step loop" and args.loop_max_T is not None
+                                             and T > args.loop_max_T)] for T in args.T}
+    timings: dict[tuple[int, str], tuple[float, int]] = {}
+    start_wall, start_jiffies = time.perf_counter(), _cpu_jiffies()
+    for T, ops in selected.items():
+        print(f"timing T={T} on {device.type} ...", file=sys.stderr, flush=True)
+        cases = {op: make_case(op, T, device)[0] for op in ops}
+        for op, result in time_cases(cases, device, args.repeats, args.warmup, args.budget_s).items():
+            timings[(T, op)] = result
+        del cases
+        gc.collect()
+    wall, end_jiffies = time.perf_counter() - start_wall, _cpu_jiffies()
+    # Background load stalls the OpenMP threads and inflates every median; say so rather than hide it.
+    other_cores = None
+    if start_jiffies and end_jiffies:
+        busy, own = (end - begin for end, begin in zip(end_jiffies, start_jiffies))
+        other_cores = max(0, busy - own) / os.sysconf("SC_CLK_TCK") / wall
+
+    if not args.no_memory:
+        print("measuring peak memory ...", file=sys.stderr, flush=True)
+    medians = {key: median_s * 1e3 for key, (median_s, _) in timings.items()}
+    rows = []
+    for T in args.T:
+        for op in OPS:
+            if op not in selected[T]:
+                rows.append((T, op, None, None, 0))
+                continue
+            if args.no_memory:
+                peak = None
+            elif device.type == "cuda":
+                step, clear = make_case(op, T, device)
+                peak = cuda_peak_mib(step, clear, device)
+                del step, clear
+            else:
+                peak = cpu_peak_mib(op, T, args.threads)
+            rows.append((T, op, medians[(T, op)], peak, timings[(T, op)][1]))
+
+    print(f"\n### {device.type}: fwd+bwd, fp32, B={B}, H={H}"
+          + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else f", {torch.cuda.get_device_name(device)}"))
+    print("\n| T | op | median ms | vs linear_scan | peak MiB | runs |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for T, op, ms, peak, runs in rows:
+        scan_ms = medians.get((T, "linear_scan"))
+        ms_s = "skipped" if ms is None else f"{ms:.3f}"
+        ratio = "" if ms is None or scan_ms is None else f"{ms / scan_ms:.1f}x"
+        peak_s = "n/a" if peak is None else f"{peak:.1f}"
+        print(f"| {T} | {op} | {ms_s} | {ratio} | {peak_s} | {runs} |")
+    if device.type == "cpu" and other_cores is not None:
+        print(f"\nother processes used {other_cores:.2f} CPU cores on average while timing"
+              + (" (background load: medians are inflated)" if other_cores > 0.2 else ""))
+    print(f"\n{MEMORY_NOTE[device.type]}")
+    print("vs linear_scan: how many times slower than linear_scan at the same T (linear_scan itself is 1.0x).")
+    for T in args.T if device.type == "cpu" else ():
+        print(f"first touch of one fresh ({B}, {T}, {H}) fp32 buffer: {fresh_buffer_ms(T, device):.2f} ms "
+              f"(linear_scan fwd+bwd allocates three: h, grad_a, grad_b)")
+    if device.type == "cuda":
+        for T in args.T:
+            if (T, "linear_scan") in medians:
+                moved = 7 * B * T * H * 4  # fwd reads a, b, writes h; bwd reads a, h, writes grad_a, grad_b
+                print(f"linear_scan on cuda, T={T}: {moved / (medians[(T, 'linear_scan')] / 1e3) / 1e9:.1f} GB/s "
+                      "(7 fp32 (B, T, H) tensors read or written per fwd+bwd / median time)")
+    return medians
+
+
+def print_targets(medians: dict[tuple[int, str], float]) -> None:
+    def ratio(num: tuple[int, str], den: tuple[int, str]) -> float | None:
+        return medians[num] / medians[den] if num in medians and den in medians else None
+
+    checks = [
+        ("linear_scan vs nn.LSTM at T=1000", " faster", ratio((1000, "nn.LSTM"), (1000, "linear_scan")), ">=", 5),
+        ("linear_scan vs per-step loop at T=1000", " faster",
+         ratio((1000, "per-step loop"), (1000, "linear_scan")), ">=", 30),
+        ("linear_scan T=10000 / T=1000 time", "", ratio((10000, "linear_scan"), (1000, "linear_scan")), "<=", 12),
+    ]
+    print()
+    for text, suffix, value, sign, target in checks:
+        if value is None:
+            print(f"{text}: n/a (needed timings not measured)")
+            continue
+        ok = value >= target if sign == ">=" else value <= target
+        print(f"{text}: {value:.1f}x{suffix} (target {sign} {target}x) {'PASS' if ok else 'MISS'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--T", type=int, nargs="+", default=[100, 1000, 10000], help="sequence lengths")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per (op, T), fewer if over --budget-s")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    parser.add_argument("--budget-s", type=float, default=6.0,
+                        help="rough seconds of timed runs per (op, T); slow baselines get fewer runs, never < 3")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the CPU runs")
+    parser.add_argument("--loop-max-T", type=int, default=None, help="skip the per-step loop above this T")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA runs even where CUDA is available")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("OP", "T"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        op, T = args.memory_probe
+        print(json.dumps({"peak_mib": _cpu_memory_probe(op, int(T), args.threads)}))
+        return
+
+    print(f"torch {torch.__version__}, python {sys.version.split()[0]}")
+    cpu_medians = run_device(torch.device("cpu"), args)
+    print_targets(cpu_medians)
+    if torch.cuda.is_available() and not args.no_cuda:
+        run_device(torch.device("cuda"), args)
+
+
+if __name__ == "__main__":
+    main()
