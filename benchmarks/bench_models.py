@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from models import build_model, list_models  # noqa: E402
+from models import build_model, get_model_class, list_models  # noqa: E402
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
 
@@ -71,7 +71,8 @@ def median_step_ms(model: nn.Module, steps: int, repeats: int, device: torch.dev
 
 def step_time_table(lengths: list[int], repeats: int, device: torch.device) -> dict[tuple[str, int], float]:
     candidates = {"torch.nn.LSTM(4, 64)": RawLSTM}
-    for name in list_models():
+    # Registered models that are trained (the hamilton_imm reference has no train step).
+    for name in (m for m in list_models() if not getattr(get_model_class(m), "needs_reference_process", False)):
         candidates[name] = lambda name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
     results = {}
     for steps in lengths:

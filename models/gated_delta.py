@@ -50,42 +50,51 @@ class GatedDeltaUnit(nn.Module):
         super().__init__()
         self.temperature = temperature
         self.use_parallel_scan = use_parallel_scan
-        self.even_dim = even_dim
+        self.stream_dim, self.even_dim = stream_dim, even_dim
         num_invariants = NUM_BASE_INVARIANTS + delta_rank
         self.bilinear_left = nn.Linear(stream_dim, delta_rank, bias=False)
         self.bilinear_right = nn.Linear(stream_dim, delta_rank, bias=False)
-        self.seam_score = nn.Linear(num_invariants, 1)
-        self.update_gate = nn.Linear(num_invariants, stream_dim + even_dim)
+        # Everything computed from the invariants comes out of one matmul, in this order:
+        # seam score (1), update gate (stream_dim + even_dim), even candidate (even_dim).
+        self.from_invariants = nn.Linear(num_invariants, 1 + stream_dim + 2 * even_dim)
         self.odd_input = nn.Linear(stream_dim, stream_dim, bias=False)
-        self.even_input = nn.Linear(num_invariants, even_dim)
         with torch.no_grad():
             # Seam gate nearly closed (s ~ 0.05) and a slow update (beta ~ 0.27) at the start, so
             # the state carries memory from the first step instead of being flipped or erased.
-            self.seam_score.weight.normal_(0.0, 0.01)
-            self.seam_score.bias.fill_(-3.0 * temperature)
-            self.update_gate.bias.fill_(-1.0)
+            self.from_invariants.weight[0].normal_(0.0, 0.01)
+            self.from_invariants.bias[0] = -3.0 * temperature
+            self.from_invariants.bias[1 : 1 + stream_dim + even_dim] = -1.0
 
     def invariants(self, u: torch.Tensor) -> torch.Tensor:
-        """Features of (u_t, u_{t-1}) unchanged by u -> -u, (B, T, 3 + delta_rank)."""
-        previous = nn.functional.pad(u[:, :-1], (0, 0, 1, 0))
-        bilinear = self.bilinear_left(u) * self.bilinear_right(previous)
-        base = torch.stack([(u * previous).sum(-1), u.pow(2).sum(-1), previous.pow(2).sum(-1)], dim=-1)
+        """Features of (u_t, u_{t-1}) unchanged by u -> -u, (B, T, 3 + delta_rank); u_{-1} = 0."""
+        def previous(values: torch.Tensor) -> torch.Tensor:  # shift one step later in time
+            return nn.functional.pad(values[:, :-1], (0, 0, 1, 0) if values.dim() == 3 else (1, 0))
+
+        squared_norm = u.pow(2).sum(-1)
+        dot = nn.functional.pad((u[:, 1:] * u[:, :-1]).sum(-1), (1, 0))
+        bilinear = self.bilinear_left(u) * previous(self.bilinear_right(u))
+        base = torch.stack([dot, squared_norm, previous(squared_norm)], dim=-1)
         return torch.cat([base, bilinear], dim=-1)
 
-    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        features = self.invariants(u)
-        seam = torch.sigmoid(self.seam_score(features).squeeze(-1) / self.temperature)
-        beta = torch.sigmoid(self.update_gate(features))
-        beta_odd, beta_even = beta[..., : u.shape[-1]], beta[..., u.shape[-1] :]
-        decay = torch.cat([(1.0 - beta_odd) * (1.0 - 2.0 * seam).unsqueeze(-1), 1.0 - beta_even], dim=-1)
-        drive = torch.cat(
-            [beta_odd * self.odd_input(u), beta_even * torch.tanh(self.even_input(features))], dim=-1
-        )
+    def gates(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Seam gate s (B, T), update gate beta (B, T, stream + even) and even candidate (B, T, even)."""
+        score, update, candidate = self.from_invariants(features).split(
+            [1, self.stream_dim + self.even_dim, self.even_dim], dim=-1)
+        return torch.sigmoid(score.squeeze(-1) / self.temperature), torch.sigmoid(update), torch.tanh(candidate)
+
+    def scan(self, decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
         if self.use_parallel_scan:
-            states = linear_scan(decay, drive)
-        else:
-            states = linear_scan_reference(decay, drive).to(drive.dtype)
-        h_odd, h_even = states[..., : u.shape[-1]], states[..., u.shape[-1] :]
+            return linear_scan(decay, drive)
+        return linear_scan_reference(decay, drive).to(drive.dtype)
+
+    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        seam, beta, even_candidate = self.gates(self.invariants(u))
+        beta_odd, beta_even = beta.split([self.stream_dim, self.even_dim], dim=-1)
+        # Odd and even channels are scanned separately: concatenating them along the channel
+        # axis (and splitting the gradient back) costs more on CPU than a second scan call.
+        odd_decay = (1.0 - beta_odd) * (1.0 - 2.0 * seam).unsqueeze(-1)
+        h_odd = self.scan(odd_decay, beta_odd * self.odd_input(u))
+        h_even = self.scan(1.0 - beta_even, beta_even * even_candidate)
         diagnostics = {"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
         return h_odd, h_even, diagnostics
 

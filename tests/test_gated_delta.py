@@ -51,11 +51,11 @@ def test_open_seam_gate_flips_the_odd_state_by_the_delta_rule():
     torch.manual_seed(3)
     unit = build_model("z2_delta", input_dim=2, output_dim=2, hidden_dim=8, delta_rank=2).blocks[0].unit
     with torch.no_grad():
-        unit.seam_score.bias.fill_(10.0)
+        unit.from_invariants.bias[0] = 10.0
     u = torch.randn(2, 6, 4)
     h_odd, _, diagnostics = unit(u)
     assert torch.all(diagnostics["gate"] > 1 - 1e-6)
-    beta = torch.sigmoid(unit.update_gate(unit.invariants(u)))[..., :4]
+    beta = unit.gates(unit.invariants(u))[1][..., :4]
     expected, state = [], torch.zeros(2, 4)
     for t in range(6):
         state = -(1 - beta[:, t]) * state + beta[:, t] * unit.odd_input(u[:, t])
