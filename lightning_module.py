@@ -97,6 +97,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_model(model_type, input_dim=input_dim, output_dim=output_dim, **(model_kwargs or {}))
         self.stage_metrics = nn.ModuleDict({stage: RegressionMetrics() for stage in STAGES})
+        self.train_loss = torchmetrics.MeanMetric()
 
     @property
     def num_parameters(self) -> int:
@@ -111,22 +112,33 @@ class SeamGatedLightningModule(pl.LightningModule):
         prediction = prediction.float()
         return prediction[:, -1] if self.hparams.target_mode == "last" else prediction
 
+    def _is_logging_step(self) -> bool:
+        """True on the steps Lightning writes to the loggers (every trainer.log_every_n_steps).
+
+        Each self.log call costs Lightning about a millisecond of bookkeeping, as much as a whole
+        small training step, so step scalars are only produced when they will be written.
+        """
+        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = nn.functional.mse_loss(self._scored_prediction(batch), batch["y"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.train_loss.update(loss.detach(), weight=len(batch["x"]))
+        if self._is_logging_step():
+            self.log_dict({"train/loss": loss, "train/lr": self.optimizers().param_groups[0]["lr"]}, prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
+        self.train_loss.reset()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs after AMP unscaling, so this is the true gradient norm (before clipping).
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+        if grads and self._is_logging_step():
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         prediction = self._scored_prediction(batch)
-        loss = nn.functional.mse_loss(prediction, batch["y"])
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=len(batch["x"]), sync_dist=True)
         transition = batch.get("transition")
         if transition is not None:
             # Each target step carries obs_dim values; broadcast the per-step flag over them.
@@ -134,7 +146,10 @@ class SeamGatedLightningModule(pl.LightningModule):
         self.stage_metrics[stage].update(prediction, batch["y"], transition)
 
     def _log_stage_metrics(self, stage: str) -> None:
-        for name, value in self.stage_metrics[stage].compute_and_reset().items():
+        values = self.stage_metrics[stage].compute_and_reset()
+        if "mse" in values:
+            values["loss"] = values["mse"]  # the regression loss is the MSE over all targets
+        for name, value in values.items():
             # Already synchronised by torchmetrics; sync_dist only tells Lightning so.
             self.log(f"{stage}/{name}", value, prog_bar=name == "mse", sync_dist=True)
 

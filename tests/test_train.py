@@ -65,7 +65,7 @@ def test_learning_rate_and_gradient_norm_are_logged(make_config):
     train(cfg)
     events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/lr", "train/grad_norm", "train/loss_step", "val/mse", "val/mse_transition"} <= tags
+    assert {"train/lr", "train/grad_norm", "train/loss", "train/loss_epoch", "val/mse", "val/mse_transition"} <= tags
     learning_rates = [event.value for event in events.Scalars("train/lr")]
     assert len(learning_rates) == 12 and learning_rates[5] > learning_rates[0]  # onecycle warms up
     assert all(event.value > 0 for event in events.Scalars("train/grad_norm"))

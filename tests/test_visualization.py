@@ -262,7 +262,7 @@ def test_plot_runs_draws_the_training_curves_of_a_run(heatmap_run, tmp_path):
     assert written == [tmp_path / "training_curves.png"]
     assert_png_not_blank(written[0])
     run = plot_runs.read_run(heatmap_run)
-    assert {"train/loss_step", "val/mse", "train/lr"} <= set(run.scalars)
+    assert {"train/loss", "val/mse", "train/lr"} <= set(run.scalars)
     panels = [tag for tag, _, _ in plot_runs.CURVES if tag in run.scalars]
     figure = plot_runs.plot_training_curves([run])
     assert len([ax for ax in figure.axes if ax.get_visible()]) == len(panels)
@@ -278,7 +278,7 @@ def _fake_job(job: Path, model: str, seed: int, val_mse: float) -> None:
     (job / "metrics.json").write_text(json.dumps({"model": model, "metrics": metrics}))
     writer = SummaryWriter(str(job / "tensorboard"))
     for step in range(0, 50, 10):
-        writer.add_scalar("train/loss_step", val_mse * (2 - step / 50), step)
+        writer.add_scalar("train/loss", val_mse * (2 - step / 50), step)
         writer.add_scalar("val/mse", val_mse * (1.5 - step / 100), step)
     writer.close()
 

@@ -35,14 +35,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 DPI = 150
 # (tag, panel title, log-scale y) of the curves drawn, in order; panels whose tag no run logged are left out.
 CURVES = [
-    ("train/loss_step", "training loss (per step, smoothed)", True),
+    ("train/loss", "training loss (per step, smoothed)", True),
     ("val/mse", "validation MSE (dashed: predicting 0)", True),
     ("val/mse_transition", "validation MSE at transition steps", True),
     ("val/mse_stable", "validation MSE at stable steps", True),
     ("train/lr", "learning rate", False),
     ("train/grad_norm", "gradient norm (before clipping, smoothed)", True),
 ]
-SMOOTHED = {"train/loss_step", "train/grad_norm"}
+SMOOTHED = {"train/loss", "train/grad_norm"}
 SWEEP_METRICS = ["val/mse", "test/mse", "val/mse_transition", "test/mse_transition"]
 REPLICATE_KEYS = {"seed"}  # swept keys that repeat a configuration rather than change it
 
