@@ -512,7 +512,7 @@ def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: st
     """
     output_dir = Path(output_dir)
     gates = {name: values for name, values in data.diagnostics.items() if name != "parity_energy"}
-    steps = f"validation steps {data.steps[0]}-{data.steps[-1]}"
+    steps = f"steps {data.steps[0]}-{data.steps[-1]}"  # of whichever split the slice was cut from
     figures: dict[str, Figure] = {}
     if gates:
         figures["gate_heatmap"] = plot_gate_heatmap(
