@@ -106,7 +106,8 @@ class SeamGatedLightningModule(pl.LightningModule):
     def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
         return self.model(x, return_diagnostics=return_diagnostics)
 
-    def _scored_prediction(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def scored_prediction(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The predictions the loss and metrics score, shaped like batch["y"], in float32."""
         prediction = self.model(batch["x"])
         # Mixed precision: score in float32 so the loss and metrics do not lose digits.
         prediction = prediction.float()
@@ -121,7 +122,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = nn.functional.mse_loss(self._scored_prediction(batch), batch["y"])
+        loss = nn.functional.mse_loss(self.scored_prediction(batch), batch["y"])
         self.train_loss.update(loss.detach(), weight=len(batch["x"]))
         if self._is_logging_step():
             self.log_dict({"train/loss": loss, "train/lr": self.optimizers().param_groups[0]["lr"]}, prog_bar=True)
@@ -138,7 +139,7 @@ class SeamGatedLightningModule(pl.LightningModule):
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        prediction = self._scored_prediction(batch)
+        prediction = self.scored_prediction(batch)
         transition = batch.get("transition")
         if transition is not None:
             # Each target step carries obs_dim values; broadcast the per-step flag over them.

@@ -109,9 +109,7 @@ def test_target_errors(module: SeamGatedLightningModule, datamodule) -> tuple[np
     module.eval()
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            prediction = module(batch["x"])
-            prediction = prediction[:, -1] if datamodule.target_mode == "last" else prediction
-            errors.append((prediction.float() - batch["y"]).pow(2).mean(-1).reshape(-1))
+            errors.append((module.scored_prediction(batch) - batch["y"]).pow(2).mean(-1).reshape(-1))
             flags.append(batch["transition"].reshape(-1))
     return torch.cat(errors).numpy(), torch.cat(flags).numpy()
 
