@@ -16,9 +16,11 @@ from pytorch_lightning.plugins import CheckpointIO, TorchCheckpointIO
 from torch import nn
 
 from models import build_model, check_task
+from models.registry import INPUT_KINDS
 
 SCHEDULERS = ("onecycle", "cosine_warmup", "plateau", "none")
 STAGES = ("val", "test")
+IGNORE_INDEX = -100  # target id that carries no loss (torch's cross-entropy default)
 
 
 class RegressionMetrics(nn.Module):
@@ -33,11 +35,10 @@ class RegressionMetrics(nn.Module):
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor, transition: torch.Tensor | None) -> None:
         prediction, target = prediction.reshape(-1), target.reshape(-1)
-        if transition is not None:
-            transition = transition.reshape(-1)
         self.mse.update(prediction, target)
         self.mse_zero.update(torch.zeros_like(target), target)
         if transition is not None:
+            transition = transition.reshape(-1)
             self.mse_transition.update(prediction[transition], target[transition])
             self.mse_stable.update(prediction[~transition], target[~transition])
 
@@ -46,25 +47,120 @@ class RegressionMetrics(nn.Module):
 
         compute() synchronises across DDP ranks first, so every rank leaves out the same ones.
         """
-        values = {name: metric.compute() for name, metric in self.named_children()}
-        for metric in self.children():
-            metric.reset()
-        return {name: value for name, value in values.items() if torch.isfinite(value)}
+        values = finite_values_and_reset(self)
+        if "mse" in values:
+            values["loss"] = values["mse"]  # the regression loss is the MSE over all targets
+        return values
+
+
+class ClassificationMetrics(nn.Module):
+    """Cross-entropy (without label smoothing), perplexity and accuracy over all scored tokens."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.cross_entropy = torchmetrics.MeanMetric()
+        self.accuracy = torchmetrics.classification.MulticlassAccuracy(
+            num_classes, average="micro", ignore_index=IGNORE_INDEX
+        )
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+        scored = target != IGNORE_INDEX
+        losses = nn.functional.cross_entropy(logits[scored], target[scored], reduction="none")
+        self.cross_entropy.update(losses)
+        self.accuracy.update(logits, target)
+
+    def compute_and_reset(self) -> dict[str, torch.Tensor]:
+        values = finite_values_and_reset(self)
+        if "cross_entropy" in values:
+            values["loss"] = values["cross_entropy"]
+            values["perplexity"] = values["cross_entropy"].exp()
+        return values
+
+
+def finite_values_and_reset(metrics: nn.Module) -> dict[str, torch.Tensor]:
+    values = {name: metric.compute() for name, metric in metrics.named_children()}
+    for metric in metrics.children():
+        metric.reset()
+    return {name: value for name, value in values.items() if torch.isfinite(value)}
+
+
+class RegressionObjective(nn.Module):
+    """MSE training loss; MSE overall, at transitions, at stable steps and of predicting zero."""
+
+    def __init__(self, output_dim: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if label_smoothing != 0.0:
+            raise ValueError(f"label_smoothing={label_smoothing} applies to classification and seq2seq "
+                             "tasks only; leave it at 0.0 for regression data.")
+        self.stage_metrics = nn.ModuleDict({stage: RegressionMetrics() for stage in STAGES})
+
+    def training_loss(self, module: SeamGatedLightningModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.mse_loss(module.scored_prediction(batch), batch["y"])
+
+    def update(self, stage: str, module: SeamGatedLightningModule, batch: dict[str, torch.Tensor]) -> None:
+        prediction = module.scored_prediction(batch)
+        transition = batch.get("transition")
+        if transition is not None:
+            # A target step carries several values (a vector, a field); the step's flag covers them all.
+            transition = transition.reshape(transition.shape + (1,) * (prediction.dim() - transition.dim()))
+            transition = transition.expand_as(prediction)
+        self.stage_metrics[stage].update(prediction, batch["y"], transition)
+
+    def compute_and_reset(self, stage: str) -> dict[str, torch.Tensor]:
+        return self.stage_metrics[stage].compute_and_reset()
+
+
+class ClassificationObjective(nn.Module):
+    """Cross-entropy with optional label smoothing for training; loss, perplexity and accuracy for
+    evaluation (unsmoothed, so perplexity is the true one)."""
+
+    def __init__(self, output_dim: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1).")
+        self.label_smoothing = label_smoothing
+        self.stage_metrics = nn.ModuleDict({stage: ClassificationMetrics(output_dim) for stage in STAGES})
+
+    def training_loss(self, module: SeamGatedLightningModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = module.scored_prediction(batch)
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1),
+            label_smoothing=self.label_smoothing, ignore_index=IGNORE_INDEX,
+        )
+
+    def update(self, stage: str, module: SeamGatedLightningModule, batch: dict[str, torch.Tensor]) -> None:
+        self.stage_metrics[stage].update(module.scored_prediction(batch), batch["y"])
+
+    def compute_and_reset(self, stage: str) -> dict[str, torch.Tensor]:
+        return self.stage_metrics[stage].compute_and_reset()
+
+
+OBJECTIVES: dict[str, type[nn.Module]] = {
+    "regression": RegressionObjective,
+    "classification": ClassificationObjective,
+}
+# The metric shown in the progress bar for each task.
+HEADLINE_METRIC = {"regression": "mse", "classification": "perplexity"}
 
 
 class SeamGatedLightningModule(pl.LightningModule):
-    """Trains the model registered as `model_type` with AdamW and the chosen LR schedule.
+    """Trains the model registered as `model_type` on the DataModule's task, with AdamW and the
+    chosen LR schedule.
 
     Args:
         model_type: registry name of the model (see `models.list_models()`).
         model_kwargs: constructor arguments of that model beyond its input/output sizes.
-        task: the DataModule's task; the model must support it.
-        input_dim, output_dim: sizes declared by the DataModule.
+        task: the DataModule's task (a key of OBJECTIVES); the model must support it.
+        input_dim, vocab_size, input_shape: the one input size the DataModule declares (vectors,
+            token ids or (C, H, W) fields); the model must read that kind of input.
+        output_dim: output size declared by the DataModule (the vocabulary size for tokens).
         target_mode: `last` scores only the prediction after the final window step;
             `next_step` scores every step.
         learning_rate, weight_decay: AdamW settings (learning_rate is the peak for `onecycle`).
         scheduler: one of SCHEDULERS.
         warmup_fraction: fraction of all steps spent warming up (`onecycle`, `cosine_warmup`).
+        objective_kwargs: options of the task's objective, e.g. `label_smoothing`.
     """
 
     def __init__(
@@ -72,18 +168,26 @@ class SeamGatedLightningModule(pl.LightningModule):
         model_type: str = "z2_seam",
         model_kwargs: dict[str, Any] | None = None,
         task: str = "regression",
-        input_dim: int = 4,
+        input_dim: int | None = None,
         output_dim: int = 4,
         target_mode: str = "last",
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         scheduler: str = "onecycle",
         warmup_fraction: float = 0.1,
+        vocab_size: int | None = None,
+        input_shape: tuple[int, int, int] | list[int] | None = None,
+        objective_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if task != "regression":
-            raise ValueError(f"task={task!r} is not supported by SeamGatedLightningModule; supported: regression.")
-        check_task(model_type, task)
+        if task not in OBJECTIVES:
+            raise ValueError(f"task={task!r} is not supported by SeamGatedLightningModule; "
+                             f"supported: {', '.join(OBJECTIVES)}.")
+        sizes = {"input_dim": input_dim, "vocab_size": vocab_size, "input_shape": input_shape}
+        given = {key: value for key, value in sizes.items() if value is not None}
+        if len(given) != 1:
+            raise ValueError(f"exactly one of input_dim, vocab_size, input_shape must be given, got: {', '.join(given) or 'none'}.")
+        check_task(model_type, task, input_kind=INPUT_KINDS[next(iter(given))])
         if target_mode not in ("last", "next_step"):
             raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: last, next_step.")
         if learning_rate <= 0:
@@ -95,8 +199,8 @@ class SeamGatedLightningModule(pl.LightningModule):
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
         self.save_hyperparameters()
-        self.model = build_model(model_type, input_dim=input_dim, output_dim=output_dim, **(model_kwargs or {}))
-        self.stage_metrics = nn.ModuleDict({stage: RegressionMetrics() for stage in STAGES})
+        self.model = build_model(model_type, output_dim=output_dim, **given, **(model_kwargs or {}))
+        self.objective = OBJECTIVES[task](output_dim, **(objective_kwargs or {}))
         self.train_loss = torchmetrics.MeanMetric()
 
     @property
@@ -107,7 +211,8 @@ class SeamGatedLightningModule(pl.LightningModule):
         return self.model(x, return_diagnostics=return_diagnostics)
 
     def scored_prediction(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The predictions the loss and metrics score, shaped like batch["y"], in float32."""
+        """The model outputs the loss and metrics score (predictions or logits), aligned with
+        batch["y"], in float32."""
         prediction = self.model(batch["x"])
         # Mixed precision: score in float32 so the loss and metrics do not lose digits.
         prediction = prediction.float()
@@ -122,7 +227,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = nn.functional.mse_loss(self.scored_prediction(batch), batch["y"])
+        loss = self.objective.training_loss(self, batch)
         self.train_loss.update(loss.detach(), weight=len(batch["x"]))
         if self._is_logging_step():
             self.log_dict({"train/loss": loss, "train/lr": self.optimizers().param_groups[0]["lr"]}, prog_bar=True)
@@ -138,30 +243,20 @@ class SeamGatedLightningModule(pl.LightningModule):
         if grads and self._is_logging_step():
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
-    def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        prediction = self.scored_prediction(batch)
-        transition = batch.get("transition")
-        if transition is not None:
-            # Each target step carries obs_dim values; broadcast the per-step flag over them.
-            transition = transition.unsqueeze(-1).expand_as(prediction)
-        self.stage_metrics[stage].update(prediction, batch["y"], transition)
-
     def _log_stage_metrics(self, stage: str) -> None:
-        values = self.stage_metrics[stage].compute_and_reset()
-        if "mse" in values:
-            values["loss"] = values["mse"]  # the regression loss is the MSE over all targets
-        for name, value in values.items():
+        headline = HEADLINE_METRIC.get(self.hparams.task)
+        for name, value in self.objective.compute_and_reset(stage).items():
             # Already synchronised by torchmetrics; sync_dist only tells Lightning so.
-            self.log(f"{stage}/{name}", value, prog_bar=name == "mse", sync_dist=True)
+            self.log(f"{stage}/{name}", value, prog_bar=name == headline, sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
+        self.objective.update("val", self, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_stage_metrics("val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+        self.objective.update("test", self, batch)
 
     def on_test_epoch_end(self) -> None:
         self._log_stage_metrics("test")

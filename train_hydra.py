@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
+from models.registry import INPUT_KINDS
 from visualization.sweep_summary import JOB_ERROR_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -81,8 +82,10 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
     model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     model_type = model_kwargs.pop("name")
     data_name = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+    input_size = {key: getattr(datamodule, key) for key in INPUT_KINDS if getattr(datamodule, key, None) is not None}
     try:
-        check_task(model_type, datamodule.task, f"data={data_name or type(datamodule).__name__}")
+        check_task(model_type, datamodule.task, f"data={data_name or type(datamodule).__name__}",
+                   input_kind=INPUT_KINDS[next(iter(input_size))])
     except ValueError as error:
         raise ConfigError(str(error)) from error
     if getattr(get_model_class(model_type), "needs_reference_process", False):
@@ -95,14 +98,16 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             model_type=model_type,
             model_kwargs=model_kwargs,
             task=datamodule.task,
-            input_dim=datamodule.input_dim,
             output_dim=datamodule.output_dim,
-            target_mode=datamodule.target_mode,
+            target_mode=getattr(datamodule, "target_mode", "next_step"),
+            objective_kwargs=OmegaConf.to_container(cfg.objective, resolve=True),
+            **input_size,
             **cfg.optim,
         )
     except ValueError as error:
         # Messages start with the argument they reject; name it by its place in the config.
-        group = "optim" if str(error).split("=")[0] in cfg.optim else "model"
+        argument = str(error).split("=")[0]
+        group = "optim" if argument in cfg.optim else "objective" if argument in cfg.objective else "model"
         raise ConfigError(f"{group}.{error}") from error
 
 

@@ -12,6 +12,9 @@ from typing import Callable, TypeVar
 from torch import nn
 
 TASKS = ("regression", "classification", "seq2seq")
+# What a DataModule feeds a model, named by the size attribute it declares: vectors (input_dim),
+# token ids (vocab_size) or 2-D fields (input_shape, (C, H, W)).
+INPUT_KINDS = {"input_dim": "vectors", "vocab_size": "tokens", "input_shape": "fields"}
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 ModelClass = TypeVar("ModelClass", bound=type[nn.Module])
@@ -20,7 +23,8 @@ ModelClass = TypeVar("ModelClass", bound=type[nn.Module])
 def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
     """Class decorator that makes a model buildable as `build_model(name, ...)`.
 
-    A registered class declares `supported_tasks`, a tuple drawn from TASKS.
+    A registered class declares `supported_tasks`, a tuple drawn from TASKS, and may declare
+    `supported_inputs`, drawn from INPUT_KINDS' values (default: vectors only).
     """
 
     def decorator(cls: ModelClass) -> ModelClass:
@@ -29,6 +33,8 @@ def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
         unknown = set(getattr(cls, "supported_tasks", ())) - set(TASKS)
         if not getattr(cls, "supported_tasks", ()) or unknown:
             raise ValueError(f"{cls.__name__}.supported_tasks must be a non-empty subset of {TASKS}.")
+        if set(supported_inputs(cls)) - set(INPUT_KINDS.values()):
+            raise ValueError(f"{cls.__name__}.supported_inputs must be a subset of {tuple(INPUT_KINDS.values())}.")
         _REGISTRY[name] = cls
         return cls
 
@@ -47,15 +53,22 @@ def get_model_class(name: str) -> type[nn.Module]:
     return _REGISTRY[name]
 
 
-def check_task(name: str, task: str, data_name: str = "the data") -> None:
-    """Fail before training when model `name` cannot learn `task`, naming what would work."""
-    supported = get_model_class(name).supported_tasks
-    if task not in supported:
-        fitting = [m for m in list_models() if task in _REGISTRY[m].supported_tasks]
-        raise ValueError(
-            f"model {name!r} does not support the {task!r} task of {data_name} "
-            f"(it supports {', '.join(supported)}); models that fit: {', '.join(fitting) or 'none'}."
-        )
+def supported_inputs(cls: type[nn.Module]) -> tuple[str, ...]:
+    return getattr(cls, "supported_inputs", ("vectors",))
+
+
+def check_task(name: str, task: str, data_name: str = "the data", input_kind: str = "vectors") -> None:
+    """Fail before training when model `name` cannot learn `task` from `input_kind` inputs,
+    naming what would work."""
+    cls = get_model_class(name)
+    fits = [m for m in list_models() if task in _REGISTRY[m].supported_tasks and input_kind in supported_inputs(_REGISTRY[m])]
+    if task not in cls.supported_tasks:
+        problem = f"the {task!r} task of {data_name} (it supports {', '.join(cls.supported_tasks)})"
+    elif input_kind not in supported_inputs(cls):
+        problem = f"the {input_kind} that {data_name} yields (it reads {', '.join(supported_inputs(cls))})"
+    else:
+        return
+    raise ValueError(f"model {name!r} does not fit {problem}; models that fit: {', '.join(fits) or 'none'}.")
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

@@ -26,7 +26,7 @@ def test_unknown_argument_names_it_and_the_accepted_ones():
 
 
 def test_unsupported_task_names_model_data_and_alternatives():
-    with pytest.raises(ValueError, match=r"model 'z2_seam' does not support the 'seq2seq' task of data=x.*models that fit"):
+    with pytest.raises(ValueError, match=r"model 'z2_seam' does not fit the 'seq2seq' task of data=x.*models that fit"):
         check_task("z2_seam", "seq2seq", "data=x")
 
 

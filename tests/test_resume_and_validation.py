@@ -162,7 +162,7 @@ def test_bad_input_fails_in_one_sentence_and_writes_nothing(earlier_run, case):
 def test_a_model_that_does_not_fit_the_data_fails_naming_both(tmp_path):
     cfg = compose_config(["model=z2_seam"], tmp_path)
     seq2seq_data = SimpleNamespace(task="seq2seq", input_dim=4, output_dim=4, target_mode="last")
-    with pytest.raises(ConfigError, match=r"^model 'z2_seam' does not support the 'seq2seq' task of data=antipodal"):
+    with pytest.raises(ConfigError, match=r"^model 'z2_seam' does not fit the 'seq2seq' task of data=antipodal"):
         build_module(cfg, seq2seq_data)
 
 
