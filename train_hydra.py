@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,13 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             raise ConfigError(f"model={model_type} needs data whose generating process is known (antipodal); "
                               f"data={data_name} has none.")
         model_kwargs["process"] = datamodule.reference_process()
+    if getattr(get_model_class(model_type), "reads_prompt_separator", False):
+        if "separator_token" in model_kwargs:
+            raise ConfigError("model.separator_token is taken from the data (the token that ends each prompt); "
+                              "remove it from the model config.")
+        model_kwargs["separator_token"] = getattr(datamodule, "separator_token", None)
     try:
-        return SeamGatedLightningModule(
+        module = SeamGatedLightningModule(
             model_type=model_type,
             model_kwargs=model_kwargs,
             task=datamodule.task,
@@ -104,6 +110,11 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             **input_size,
             **cfg.optim,
         )
+        # A model with a fixed number of positions fails here, not at the first long test batch.
+        longest_input = getattr(datamodule, "max_sequence_length", None)
+        if longest_input is not None and hasattr(module.model, "check_input_length"):
+            module.model.check_input_length(longest_input)
+        return module
     except ValueError as error:
         # Messages start with the argument they reject; name it by its place in the config.
         argument = str(error).split("=")[0]
@@ -211,6 +222,49 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+@dataclass
+class TrainedRun:
+    """A finished run rebuilt from its directory: the saved config, its DataModule (set up) and the
+    trained module in eval mode."""
+
+    config: DictConfig
+    datamodule: pl.LightningDataModule
+    module: SeamGatedLightningModule
+    checkpoint: Path
+
+
+def evaluated_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint whose metrics the run reported (metrics.json), else checkpoints/last.ckpt."""
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        evaluated = json.loads(metrics.read_text()).get("evaluated_checkpoint")
+        if evaluated and Path(evaluated).is_file():
+            return Path(evaluated)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    raise ConfigError(f"run directory {run_dir} has no evaluated checkpoint in metrics.json and no "
+                      "checkpoints/last.ckpt; pass a finished run or a checkpoint.")
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> TrainedRun:
+    """Rebuild the run in `run_dir` (made by train_hydra.py) from its .hydra/config.yaml and its
+    evaluated checkpoint, or `checkpoint`; every missing or unreadable piece fails in one sentence."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"run directory {run_dir} has no .hydra/config.yaml; pass a directory made by train_hydra.py.")
+    cfg = OmegaConf.load(config_path)
+    checkpoint = Path(checkpoint) if checkpoint is not None else evaluated_checkpoint(run_dir)
+    if not checkpoint.is_file():
+        raise ConfigError(f"checkpoint {checkpoint} does not exist; pass an existing .ckpt file.")
+    check_checkpoint_fits(checkpoint, cfg.model)
+    datamodule = instantiate_from(cfg, "data")
+    datamodule.setup("validate")
+    module = SeamGatedLightningModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    return TrainedRun(cfg, datamodule, module.eval(), checkpoint)
 
 
 def metric_direction(metric_name: str) -> str:

@@ -19,7 +19,7 @@ import torch
 from scipy.stats import ortho_group
 from torch.utils.data import DataLoader, Dataset
 
-from data.sampling import EpochSeededSampler
+from data.sampling import split_loader
 
 TARGET_MODES = ("last", "next_step")
 SPLITS = ("train", "val", "test")
@@ -206,14 +206,7 @@ class AntipodalDataModule(pl.LightningDataModule):
                 "sigma_epsilon": self.process.sigma_epsilon, "sigma_eta": self.process.sigma_eta}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededSampler(dataset, self.process.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return split_loader(self.datasets[split], self.batch_size, self.process.seed, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

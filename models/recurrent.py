@@ -1,8 +1,15 @@
-"""Recurrent baselines (`lstm`, `gru`): the fused torch.nn kernels with a linear head per step.
+"""Recurrent baselines `lstm`, `gru` and `rnn`: strong, fast and with the options researchers expect.
 
-These are the baselines every seam-model result is compared against, so they get the
-initialisation that makes them strong: Xavier input weights, orthogonal recurrent weights per
-gate, and a forget-gate bias of 1 for the LSTM.
+Every result is compared against these, so they get the initialisation that makes them strong:
+Xavier input weights, orthogonal recurrent weights per gate, and a forget-gate bias of 1 for the
+LSTM. The weights live in a `torch.nn` LSTM/GRU/RNN module, so whenever no cell-only feature is on
+the fused kernel (cuDNN on CUDA) runs; LayerNorm (Ba et al., 2016) needs the per-step cell path,
+which runs the same weights through the equations below, in torch's gate order.
+
+    LSTM (i, f, g, o):  c' = f * c + i * g,   h' = o * tanh(c')         [LayerNorm: tanh(LN(c'))]
+    GRU  (r, z, n):     n = tanh(Wn x + r * (Un h)),   h' = (1 - z) * n + z * h
+    RNN:                h' = tanh(W x + U h)
+With LayerNorm the input and recurrent projections are normalised separately, before their biases.
 """
 
 from __future__ import annotations
@@ -13,34 +20,113 @@ from torch import nn
 from models.registry import register_model
 
 
-class FusedRecurrentModel(nn.Module):
-    """A multi-layer fused `torch.nn` recurrent network with a linear readout at every step."""
+class RecurrentCell(nn.Module):
+    """One direction of one layer on the cell path: the step equations of a `torch.nn` family,
+    reading the weights from that module, with the optional LayerNorms."""
 
-    supported_tasks = ("regression",)
-    recurrent_class: type[nn.RNNBase]
-    gates_per_layer: int
+    def __init__(self, family: str, hidden_dim: int, use_layer_norm: bool) -> None:
+        super().__init__()
+        self.family = family
+        gates = GATES_PER_FAMILY[family] * hidden_dim
+        self.input_norm = nn.LayerNorm(gates) if use_layer_norm else nn.Identity()
+        self.recurrent_norm = nn.LayerNorm(gates) if use_layer_norm else nn.Identity()
+        self.cell_norm = nn.LayerNorm(hidden_dim) if use_layer_norm and family == "lstm" else nn.Identity()
+
+    def forward(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """x: (B, T, input) -> hidden states (B, T, hidden), running forward in time."""
+        weight_ih, weight_hh, bias_ih, bias_hh = weights
+        # All input projections at once: the per-step loop only multiplies by the recurrent weights.
+        projected_inputs = self.input_norm(x @ weight_ih.T) + bias_ih
+        batch, hidden = x.shape[0], weight_hh.shape[1]
+        h = x.new_zeros(batch, hidden)
+        c = x.new_zeros(batch, hidden)
+        outputs = []
+        for projected in projected_inputs.unbind(1):
+            recurrent = self.recurrent_norm(h @ weight_hh.T) + bias_hh
+            if self.family == "lstm":
+                i, f, g, o = (projected + recurrent).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(self.cell_norm(c))
+            elif self.family == "gru":
+                input_r, input_z, input_n = projected.chunk(3, dim=-1)
+                recurrent_r, recurrent_z, recurrent_n = recurrent.chunk(3, dim=-1)
+                r = torch.sigmoid(input_r + recurrent_r)
+                z = torch.sigmoid(input_z + recurrent_z)
+                h = (1 - z) * torch.tanh(input_n + r * recurrent_n) + z * h
+            else:
+                h = torch.tanh(projected + recurrent)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+
+GATES_PER_FAMILY = {"lstm": 4, "gru": 3, "rnn": 1}
+TORCH_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class RecurrentModel(nn.Module):
+    """A multi-layer (optionally bidirectional) LSTM/GRU/RNN with an embedding for token inputs and
+    a linear readout at every step.
+
+    Args:
+        output_dim: size of each step's output (the vocabulary size for language modelling).
+        input_dim: size of vector inputs; or
+        vocab_size: number of token ids, which an embedding of `embedding_dim` turns into vectors.
+        hidden_dim, num_layers: per direction and layer.
+        dropout: between layers (torch's convention; needs num_layers > 1).
+        bidirectional: also read the sequence backwards. Each step's output then depends on later
+            steps, so it is refused for causal next-step prediction.
+        use_layer_norm: LayerNorm on the gate pre-activations (and the LSTM cell); runs the cell path.
+        embedding_dim: embedding size for token inputs (null: hidden_dim).
+    """
+
+    supported_tasks = ("regression", "classification")
+    supported_inputs = ("vectors", "tokens")
+    family: str
 
     def __init__(
         self,
-        input_dim: int,
         output_dim: int,
+        input_dim: int | None = None,
+        vocab_size: int | None = None,
         hidden_dim: int = 64,
         num_layers: int = 1,
         dropout: float = 0.0,
+        bidirectional: bool = False,
+        use_layer_norm: bool = False,
+        embedding_dim: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("input_dim", input_dim), ("output_dim", output_dim),
-                            ("hidden_dim", hidden_dim), ("num_layers", num_layers)):
-            if value < 1:
+        if (input_dim is None) == (vocab_size is None):
+            raise ValueError("input_dim or vocab_size must be given, and not both.")
+        sizes = {"input_dim": input_dim, "vocab_size": vocab_size, "output_dim": output_dim,
+                 "hidden_dim": hidden_dim, "num_layers": num_layers, "embedding_dim": embedding_dim}
+        for name, value in sizes.items():
+            if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be >= 1.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must lie in [0, 1).")
+        if embedding_dim is not None and vocab_size is None:
+            raise ValueError(f"embedding_dim={embedding_dim} applies to token inputs only; leave it null for vector data.")
+        self.bidirectional = bidirectional
+        self.use_layer_norm = use_layer_norm
+        self.embedding = nn.Embedding(vocab_size, embedding_dim or hidden_dim) if vocab_size is not None else None
+        recurrent_input = input_dim if vocab_size is None else embedding_dim or hidden_dim
         # torch applies dropout between layers only; with one layer it would be a silent no-op.
-        self.recurrent = self.recurrent_class(
-            input_dim, hidden_dim, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        self.recurrent = TORCH_CLASSES[self.family](
+            recurrent_input, hidden_dim, num_layers, batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional,
         )
-        self.head = nn.Linear(hidden_dim, output_dim)
+        directions = 2 if bidirectional else 1
+        # Without LayerNorm the cells hold no parameters; they are the reference the fused path must match.
+        self.cells = nn.ModuleList(
+            RecurrentCell(self.family, hidden_dim, use_layer_norm) for _ in range(num_layers * directions)
+        )
+        self.head = nn.Linear(hidden_dim * directions, output_dim)
         self.reset_parameters()
+
+    @property
+    def sees_future_steps(self) -> bool:
+        return self.bidirectional
 
     def reset_parameters(self) -> None:
         hidden = self.recurrent.hidden_size
@@ -53,32 +139,62 @@ class FusedRecurrentModel(nn.Module):
                     nn.init.orthogonal_(block)
             else:
                 nn.init.zeros_(weight)
-        self._init_biases()
+        if self.family == "lstm":
+            # Jozefowicz et al. (2015): remember by default. torch adds bias_ih and bias_hh, so
+            # setting one of them makes the effective forget bias exactly 1.
+            for name, bias in self.recurrent.named_parameters():
+                if name.startswith("bias_ih"):
+                    bias.data[hidden : 2 * hidden].fill_(1.0)
 
-    def _init_biases(self) -> None:
-        """Hook for families with a non-zero bias convention."""
+    def forward(self, x: torch.Tensor, return_diagnostics: bool = False, use_cell_path: bool | None = None):
+        """x: (B, T, input_dim) floats or (B, T) token ids -> per-step outputs (B, T, output_dim).
 
-    def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
-        """x: (B, T, input_dim) -> per-step predictions (B, T, output_dim); no gate diagnostics."""
-        output = self.head(self.recurrent(x)[0])
+        `use_cell_path` forces the path (default: the cell path exactly when LayerNorm is on); both
+        paths compute the same function of the same weights. No gate diagnostics.
+        """
+        if self.embedding is not None:
+            x = self.embedding(x)
+        if use_cell_path is None:
+            use_cell_path = self.use_layer_norm
+        features = self._cell_path(x) if use_cell_path else self.recurrent(x)[0]
+        output = self.head(features)
         return (output, {}) if return_diagnostics else output
+
+    def _cell_path(self, x: torch.Tensor) -> torch.Tensor:
+        rnn = self.recurrent
+        directions = 2 if rnn.bidirectional else 1
+        for layer in range(rnn.num_layers):
+            if layer > 0 and self.training and rnn.dropout > 0:
+                x = nn.functional.dropout(x, rnn.dropout)
+            outputs = []
+            for direction in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                weights = tuple(getattr(rnn, f"{kind}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                cell = self.cells[layer * directions + direction]
+                if direction:
+                    outputs.append(cell(x.flip(1), weights).flip(1))
+                else:
+                    outputs.append(cell(x, weights))
+            x = torch.cat(outputs, dim=-1)
+        return x
 
 
 @register_model("lstm")
-class LSTMModel(FusedRecurrentModel):
-    """LSTM baseline; torch orders the gates (input, forget, cell, output)."""
+class LSTMModel(RecurrentModel):
+    """LSTM baseline."""
 
-    recurrent_class = nn.LSTM
-
-    def _init_biases(self) -> None:
-        hidden = self.recurrent.hidden_size
-        for name, bias in self.recurrent.named_parameters():
-            if name.startswith("bias_ih"):
-                bias.data[hidden : 2 * hidden].fill_(1.0)
+    family = "lstm"
 
 
 @register_model("gru")
-class GRUModel(FusedRecurrentModel):
+class GRUModel(RecurrentModel):
     """GRU baseline."""
 
-    recurrent_class = nn.GRU
+    family = "gru"
+
+
+@register_model("rnn")
+class RNNModel(RecurrentModel):
+    """Vanilla tanh RNN baseline."""
+
+    family = "rnn"

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
 from scipy import stats
 
 from data.antipodal import transition_mask
 from models import build_model
 from models.parity import K_STAR
 from train_hydra import compose_config, train
+
+from conftest import train_like_the_cli
 from visualization import plot_runs
 from visualization.gate_heatmaps import (
     GateActivationHook,
@@ -194,12 +195,8 @@ SHORT_RUN = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.l
 def heatmap_run(tmp_path_factory) -> Path:
     """A short z2_seam run with callbacks=heatmap (drawing every epoch), saved as the CLI would save it."""
     output = tmp_path_factory.mktemp("heatmap_run")
-    cfg = compose_config(["callbacks=heatmap", "callbacks.gate_heatmap.every_n_epochs=1",
-                          "callbacks.gate_heatmap.slice_length=120", *SHORT_RUN], output)
-    (output / ".hydra").mkdir()
-    run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    OmegaConf.save(run_config, output / ".hydra" / "config.yaml")
-    train(cfg)
+    train_like_the_cli(["callbacks=heatmap", "callbacks.gate_heatmap.every_n_epochs=1",
+                        "callbacks.gate_heatmap.slice_length=120", *SHORT_RUN], output)
     return output
 
 
@@ -254,7 +251,7 @@ def test_posthoc_command_runs_as_documented(heatmap_run):
 def test_posthoc_script_rejects_a_dir_that_is_not_a_run(heatmap_run, capsys):
     with pytest.raises(SystemExit):
         gate_heatmaps_main(["--experiment", str(heatmap_run / "figures")])
-    assert f"--experiment {heatmap_run / 'figures'} has no .hydra/config.yaml" in capsys.readouterr().err
+    assert f"run directory {heatmap_run / 'figures'} has no .hydra/config.yaml" in capsys.readouterr().err
 
 
 def test_plot_runs_draws_the_training_curves_of_a_run(heatmap_run, tmp_path):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import sys
 import warnings
@@ -530,27 +529,9 @@ def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: st
     return figures
 
 
-def _evaluated_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint whose metrics the run reported (metrics.json), else last.ckpt."""
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        evaluated = json.loads(metrics.read_text()).get("evaluated_checkpoint")
-        if evaluated and Path(evaluated).is_file():
-            return Path(evaluated)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return last
-    raise ValueError(f"--experiment {run_dir} has no evaluated checkpoint in metrics.json and no "
-                     "checkpoints/last.ckpt; "
-                     "pass --checkpoint.")
-
-
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     """Rebuild a finished run's gate figures from its checkpoint and .hydra config; returns the PNG paths."""
-    from omegaconf import OmegaConf
-
-    from lightning_module import SeamGatedLightningModule
-    from train_hydra import instantiate_from
+    from train_hydra import ConfigError, load_run
 
     parser = argparse.ArgumentParser(description="Rebuild the gate figures of a finished run.")
     parser.add_argument("--experiment", type=Path, required=True, help="run directory (holds .hydra/config.yaml)")
@@ -562,21 +543,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                         help="steps after the first full validation window (default 0)")
     args = parser.parse_args(argv)
 
-    config_path = args.experiment / ".hydra" / "config.yaml"
-    if not config_path.is_file():
-        parser.error(f"--experiment {args.experiment} has no .hydra/config.yaml; "
-                     "pass a run directory made by train_hydra.py.")
     try:
-        checkpoint = args.checkpoint or _evaluated_checkpoint(args.experiment)
-    except ValueError as error:
+        run = load_run(args.experiment, args.checkpoint)
+    except ConfigError as error:
         parser.error(str(error))
-    if not checkpoint.is_file():
-        parser.error(f"--checkpoint {checkpoint} does not exist; pass an existing .ckpt file.")
-    cfg = OmegaConf.load(config_path)
-    datamodule = instantiate_from(cfg, "data")
-    datamodule.setup("validate")
-    module = SeamGatedLightningModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
-    data = collect_slice_diagnostics(module, datamodule, length=args.length, offset=args.offset)
+    module, checkpoint = run.module, run.checkpoint
+    data = collect_slice_diagnostics(module, run.datamodule, length=args.length, offset=args.offset)
     if not data.diagnostics:
         sys.exit(f"model {module.hparams.model_type} returns no gate diagnostics; there is nothing to draw.")
     output = args.output or args.experiment / "figures" / "posthoc"
