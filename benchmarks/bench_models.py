@@ -1,4 +1,4 @@
-"""Train-step time of every registered model, and the overhead of the framework's training path.
+"""Train-step time of every registered model that reads vectors, and the overhead of the framework's training path.
 
     python benchmarks/bench_models.py            # CPU, 2 threads, T in {100, 1000}
     python benchmarks/bench_models.py --T 100 --repeats 5
@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from models import build_model, get_model_class, list_models  # noqa: E402
+from models.registry import supported_inputs  # noqa: E402
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
 
@@ -71,8 +72,9 @@ def median_step_ms(model: nn.Module, steps: int, repeats: int, device: torch.dev
 
 def step_time_table(lengths: list[int], repeats: int, device: torch.device) -> dict[tuple[str, int], float]:
     candidates = {"torch.nn.LSTM(4, 64)": RawLSTM}
-    # Registered models that are trained (the hamilton_imm reference has no train step).
-    for name in (m for m in list_models() if not getattr(get_model_class(m), "needs_reference_process", False)):
+    # Registered models that read vectors and are trained (the hamilton_imm reference has no train step).
+    for name in (m for m in list_models() if "vectors" in supported_inputs(get_model_class(m))
+                 and not getattr(get_model_class(m), "needs_reference_process", False)):
         candidates[name] = lambda name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
     results = {}
     for steps in lengths:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.inputs import input_layer
 from models.parity import parity_energy, split_hidden_dim
 from models.registry import register_model
 from models.scan import linear_scan, linear_scan_reference
@@ -128,7 +129,10 @@ class Z2GatedDeltaRNN(nn.Module):
     the input (a regression target scales with x).
 
     Args:
-        input_dim, output_dim: observation and prediction sizes.
+        output_dim: prediction size (the vocabulary size for language modelling).
+        input_dim: observation size; or
+        vocab_size: number of token ids, embedded into the odd stream (x -> -x equivariance then
+            concerns the embeddings and has no meaning for the task).
         hidden_dim: state size per layer, split equally into even and odd channels; the odd half
             is also the width of the residual stream.
         delta_rank: number of bilinear invariants and rank of the layer-to-layer projections.
@@ -137,12 +141,14 @@ class Z2GatedDeltaRNN(nn.Module):
         temperature: sharpness of the seam gate.
     """
 
-    supported_tasks = ("regression",)
+    supported_tasks = ("regression", "classification")
+    supported_inputs = ("vectors", "tokens")
 
     def __init__(
         self,
-        input_dim: int,
         output_dim: int,
+        input_dim: int | None = None,
+        vocab_size: int | None = None,
         hidden_dim: int = 64,
         delta_rank: int = 8,
         use_parallel_scan: bool = True,
@@ -150,21 +156,21 @@ class Z2GatedDeltaRNN(nn.Module):
         temperature: float = 0.05,
     ) -> None:
         super().__init__()
-        for name, value in (("input_dim", input_dim), ("output_dim", output_dim),
-                            ("delta_rank", delta_rank), ("num_layers", num_layers)):
+        for name, value in (("output_dim", output_dim), ("delta_rank", delta_rank), ("num_layers", num_layers)):
             if value < 1:
                 raise ValueError(f"{name}={value} must be >= 1.")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0.")
         even_dim, odd_dim = split_hidden_dim(hidden_dim, "z2_delta")
-        self.embed = nn.Linear(input_dim, odd_dim, bias=False)
+        self.embed = input_layer(input_dim, vocab_size, odd_dim)
         self.blocks = nn.ModuleList(
             GatedDeltaBlock(odd_dim, even_dim, delta_rank, temperature, use_parallel_scan) for _ in range(num_layers)
         )
         self.readout = nn.Linear(odd_dim, output_dim, bias=False)
 
     def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
-        """x: (B, T, input_dim) -> (B, T, output_dim); diagnostics are those of the first block."""
+        """x: (B, T, input_dim) or token ids (B, T) -> (B, T, output_dim); diagnostics are those of
+        the first block."""
         stream = self.embed(x)
         first_diagnostics = None
         for block in self.blocks:

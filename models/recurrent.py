@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.inputs import check_input_sizes
 from models.registry import register_model
 
 
@@ -96,10 +97,8 @@ class RecurrentModel(nn.Module):
         embedding_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if (input_dim is None) == (vocab_size is None):
-            raise ValueError("input_dim or vocab_size must be given, and not both.")
-        sizes = {"input_dim": input_dim, "vocab_size": vocab_size, "output_dim": output_dim,
-                 "hidden_dim": hidden_dim, "num_layers": num_layers, "embedding_dim": embedding_dim}
+        check_input_sizes(input_dim, vocab_size)
+        sizes = {"output_dim": output_dim, "hidden_dim": hidden_dim, "num_layers": num_layers, "embedding_dim": embedding_dim}
         for name, value in sizes.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be >= 1.")

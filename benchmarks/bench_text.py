@@ -1,0 +1,170 @@
+"""Training throughput (samples/s) on character-level text across batch sizes.
+
+    python benchmarks/bench_text.py                                # CPU, batch 256 .. 8192
+    python benchmarks/bench_text.py --batch-sizes 256 1024 --steps 3
+    python benchmarks/bench_text.py --device cuda                  # where a GPU is available
+
+One training step is forward, cross-entropy on every step, backward and AdamW, on real batches of
+25 characters from the generated corpus (data/text.py). Models, side by side in one process:
+- `torch.nn.LSTM`: the named baseline, torch's fused 2-layer LSTM with an embedding and a head;
+- `lstm`, `gru`: the registry's 2-layer models with LayerNorm (embedding 192, hidden 384), which
+  run the per-step cell path;
+- `z2_delta`: 2 layers, hidden 384 (a 192-wide odd stream, which the embedding feeds).
+The table gives samples/s per batch size, the ratio to `torch.nn.LSTM` at the same size, and each
+model's best batch size. A size that does not fit in memory is reported as such, not crashed on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from data.text import TextDataModule  # noqa: E402
+from models import build_model  # noqa: E402
+
+SEQUENCE_LENGTH, EMBEDDING_DIM, HIDDEN_DIM, LAYERS = 25, 192, 384, 2
+BATCH_SIZES = [256, 512, 1024, 2048, 4096, 8192]
+BASELINE = "torch.nn.LSTM"
+
+
+class TorchLSTM(nn.Module):
+    """The named baseline: embedding, torch.nn.LSTM (fused kernel) and a linear head, no project code."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, EMBEDDING_DIM)
+        self.lstm = nn.LSTM(EMBEDDING_DIM, HIDDEN_DIM, LAYERS, batch_first=True)
+        self.head = nn.Linear(HIDDEN_DIM, vocab_size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.embedding(ids))[0])
+
+
+def candidates(vocab_size: int) -> dict[str, callable]:
+    recurrent = dict(vocab_size=vocab_size, output_dim=vocab_size, hidden_dim=HIDDEN_DIM, num_layers=LAYERS,
+                     embedding_dim=EMBEDDING_DIM, use_layer_norm=True)
+    return {
+        BASELINE: lambda: TorchLSTM(vocab_size),
+        "lstm (LayerNorm)": lambda: build_model("lstm", **recurrent),
+        "gru (LayerNorm)": lambda: build_model("gru", **recurrent),
+        "z2_delta": lambda: build_model("z2_delta", vocab_size=vocab_size, output_dim=vocab_size,
+                                        hidden_dim=HIDDEN_DIM, num_layers=LAYERS),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def samples_per_second(model: nn.Module, batch: dict[str, torch.Tensor], steps: int, device: torch.device) -> float:
+    """Batch size over the median time of `steps` training steps, after one warm-up step."""
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = batch["x"].to(device), batch["y"].to(device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+        optimizer.step()
+
+    step()
+    times = []
+    for _ in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return len(x) / statistics.median(times)
+
+
+def is_out_of_memory(error: RuntimeError) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def cap_cpu_memory(fraction: float = 0.8) -> None:
+    """Make a CPU allocation beyond `fraction` of free RAM raise instead of waking the OOM killer."""
+    process = psutil.Process()
+    limit = process.memory_info().vms + int(fraction * psutil.virtual_memory().available)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def throughput_table(batch_sizes: list[int], steps: int, device: torch.device) -> dict[str, dict[int, float | None]]:
+    datamodule = TextDataModule(sequence_length=SEQUENCE_LENGTH, corpus_characters=(max(batch_sizes) + 1) * 32, seed=0)
+    train = datamodule.datasets["train"]
+    results: dict[str, dict[int, float | None]] = {}
+    for name, make in candidates(datamodule.vocab_size).items():
+        results[name] = {}
+        for batch_size in batch_sizes:
+            batch = {key: torch.stack([train[i][key] for i in range(batch_size)]) for key in ("x", "y")}
+            torch.manual_seed(0)
+            try:
+                results[name][batch_size] = samples_per_second(make(), batch, steps, device)
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                results[name][batch_size] = None
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            shown = results[name][batch_size]
+            print(f"  {name:18s} batch {batch_size:5d}: " + (f"{shown:10.0f} samples/s" if shown else "out of memory"),
+                  flush=True)
+    return results
+
+
+def markdown(results: dict[str, dict[int, float | None]], batch_sizes: list[int]) -> str:
+    header = "| model | " + " | ".join(f"B={b}" for b in batch_sizes) + " | best batch size |"
+    lines = [header, "|" + "---|" * (len(batch_sizes) + 2)]
+    for name, row in results.items():
+        cells = []
+        for batch_size in batch_sizes:
+            value, baseline = row[batch_size], results[BASELINE][batch_size]
+            if value is None:
+                cells.append("out of memory")
+            elif name == BASELINE or baseline is None:
+                cells.append(f"{value:,.0f}")
+            else:
+                cells.append(f"{value:,.0f} ({value / baseline:.2f}x)")
+        measured = {b: v for b, v in row.items() if v is not None}
+        best = f"{max(measured, key=measured.get)}" if measured else "none fits"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {best} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=BATCH_SIZES)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per batch size (median; default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here.")
+    if device.type == "cpu":
+        cap_cpu_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"Training samples/s, sequence length {SEQUENCE_LENGTH}, on {name}; ratio to {BASELINE} in brackets.")
+    table = markdown(throughput_table(args.batch_sizes, args.steps, device), args.batch_sizes)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
