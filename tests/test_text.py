@@ -13,7 +13,7 @@ from data.text import CharVocabulary, TextDataModule, generate_corpus
 from lightning_module import SeamGatedLightningModule
 from models.sampling import main as sample_main
 from models.sampling import sample_tokens
-from train_hydra import ConfigError, compose_config, train
+from train_hydra import ConfigError, train
 
 from conftest import train_like_the_cli
 
@@ -137,3 +137,10 @@ def test_sample_tokens_draws_from_the_temperature_scaled_distribution():
     frequencies = torch.bincount(drawn, minlength=3).float() / len(drawn)
     torch.testing.assert_close(frequencies, torch.softmax(torch.tensor([0.0, 0.5, 1.0]), 0), atol=0.03, rtol=0)
     assert torch.equal(sample_tokens(FixedLogits(), torch.tensor([0]), 5, temperature=0), torch.full((5,), 2))
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "rnn", "z2_delta"])
+def test_every_token_model_runs_on_text(make_config, model):
+    record = train(make_config([f"model={model}", *SMALL_TEXT, "debug=fdr"]))
+    assert {"val/loss", "val/perplexity", "val/accuracy", "test/perplexity"} <= set(record["metrics"])
+    assert all(math.isfinite(value) for value in record["metrics"].values())
