@@ -13,7 +13,7 @@ from data.text import CharVocabulary, TextDataModule, generate_corpus
 from lightning_module import SeamGatedLightningModule
 from models.sampling import main as sample_main
 from models.sampling import sample_tokens
-from train_hydra import ConfigError, train
+from train_hydra import ConfigError, compose_config, train
 
 from conftest import train_like_the_cli
 
