@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from lightning_module import resolve_accelerator, resolve_precision, warmup_cosine
-from models import list_models
+from models import get_model_class, list_models
+from models.registry import supported_inputs
 from train_hydra import CONFIG_DIR, ConfigError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
 SMALL_DATA = ["data.generator.T=600", "data.batch_size=16"]
+SMALL_FIELD_DATA = ["data=antipodal_field", "data.grid_size=8", *SMALL_DATA]
 
 
 def test_every_registered_model_has_a_config_and_every_config_a_registered_model(tmp_path):
@@ -33,12 +35,26 @@ def test_every_registered_model_has_a_config_and_every_config_a_registered_model
 @pytest.mark.parametrize("model", MODEL_CONFIGS)
 def test_fast_dev_run_of_every_model(make_config, model, target_mode):
     cfg = make_config([f"model={model}", f"data.target_mode={target_mode}", "debug=fdr", *SMALL_DATA])
+    if "vectors" not in supported_inputs(get_model_class(cfg.model.name)):
+        pytest.skip(f"model={model} does not read vectors (antipodal data)")
     record = train(cfg)
     metrics = record["metrics"]
     for key in ("val/mse", "test/mse", "val/mse_zero", "test/loss"):
         assert torch.isfinite(torch.tensor(metrics[key])), key
     assert (record["num_parameters"] > 0) == (model != "hamilton_imm")  # the reference filter is not trained
     assert (Path(cfg.paths.output_dir) / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("target_mode", ["last", "next_step"])
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
+def test_fast_dev_run_of_every_field_model(make_config, model, target_mode):
+    cfg = make_config([f"model={model}", f"data.target_mode={target_mode}", "debug=fdr", *SMALL_FIELD_DATA])
+    if "fields" not in supported_inputs(get_model_class(cfg.model.name)):
+        pytest.skip(f"model={model} does not read fields (antipodal_field data)")
+    record = train(cfg)
+    for key in ("val/mse", "test/mse", "val/mse_transition", "val/mse_zero", "test/loss"):
+        assert torch.isfinite(torch.tensor(record["metrics"][key])), key
+    assert record["num_parameters"] > 0 and (Path(cfg.paths.output_dir) / "metrics.json").is_file()
 
 
 def test_a_run_writes_metrics_checkpoints_and_tensorboard_events(make_config):

@@ -481,7 +481,8 @@ def collect_slice_diagnostics(module: nn.Module, datamodule: Any, length: int = 
         raise ValueError(f"offset={offset} leaves no steps in the {split} segment, which has "
                          f"{stop - start - history + 1} steps with a full window.")
     x = torch.as_tensor(sequence.x[first - history + 1 : last], dtype=torch.float32)
-    windows = x.unfold(0, history, 1).permute(0, 2, 1)  # (steps, H, obs_dim): window t ends at step t
+    # (steps, history, *step): window t ends at step t; a step is a vector or a (C, H, W) field.
+    windows = x.unfold(0, history, 1).movedim(-1, 1)
     device = next(module.parameters()).device
     was_training = module.training
     module.eval()
