@@ -1,0 +1,81 @@
+"""Parameter counts of `convgru` across its options, side by side.
+
+    python benchmarks/convgru_params.py                       # hidden 32 and 256, kernel 3, 1 x 16 x 16 fields
+    python benchmarks/convgru_params.py --hidden 16 64 --kernel-size 5 --num-groups 8
+
+Every variant is one ConvGRU layer predicting the next field. "Recurrent convs" counts the weights
+of U (the update/reset and candidate convolutions), which grouping divides by num_groups; "all" is
+the whole model. Ratios are against the standard model with the same input channels. A residual
+needs input channels = hidden channels, so its rows read hidden-channel fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from torch import nn  # noqa: E402
+
+from models import build_model  # noqa: E402
+
+GRID = 16
+
+
+def variants(num_groups: int) -> dict[str, tuple[dict, bool]]:
+    """Label -> (model options, whether the field has hidden-channel inputs)."""
+    return {
+        "standard": ({}, False),
+        "depthwise-separable": ({"use_depthwise": True}, False),
+        f"grouped ({num_groups} groups)": ({"use_grouped": True, "num_groups": num_groups}, False),
+        f"depthwise + grouped ({num_groups})": (
+            {"use_depthwise": True, "use_grouped": True, "num_groups": num_groups}, False),
+        "layer norm (GroupNorm)": ({"use_layer_norm": True}, False),
+        "learnable h0": ({"learnable_h0": True}, False),
+        "standard, C = hidden": ({}, True),
+        "residual, C = hidden": ({"use_residual": True}, True),
+    }
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(hidden: int, kernel_size: int, options: dict, hidden_inputs: bool) -> tuple[int, int]:
+    """(recurrent conv parameters, all parameters) of one ConvGRU layer on 1- or hidden-channel fields."""
+    channels = hidden if hidden_inputs else 1
+    model = build_model("convgru", input_shape=(channels, GRID, GRID), output_dim=channels * GRID * GRID,
+                        hidden_channels=hidden, kernel_size=kernel_size, **options)
+    layer = model.layers[0]
+    return count(layer.gate_conv) + count(layer.candidate_conv), count(model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[32, 256], help="hidden channel counts (columns)")
+    parser.add_argument("--kernel-size", type=int, default=3)
+    parser.add_argument("--num-groups", type=int, default=4, help="groups of the grouped variants")
+    args = parser.parse_args(argv)
+
+    table = {label: {hidden: parameter_counts(hidden, args.kernel_size, options, hidden_inputs)
+                     for hidden in args.hidden}
+             for label, (options, hidden_inputs) in variants(args.num_groups).items()}
+    print(f"\n## convgru parameters, 1 layer, kernel {args.kernel_size}, {GRID} x {GRID} fields, field head "
+          f"(ratio = parameters / standard's with the same input channels)\n")
+    print("| option | " + " | ".join(f"hidden {h}: recurrent convs | all | ratio" for h in args.hidden) + " |")
+    print("|---|" + "---|---|---|" * len(args.hidden))
+    for label, counts in table.items():
+        reference = table["standard, C = hidden" if "C = hidden" in label else "standard"]
+        cells = [f"{counts[h][0]:,} | {counts[h][1]:,} | {counts[h][1] / reference[h][1]:.3f}" for h in args.hidden]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    if 256 in args.hidden and args.kernel_size == 3:
+        cut = 1 - table["depthwise-separable"][256][1] / table["standard"][256][1]
+        print(f"\ndepthwise-separable vs standard at hidden 256, kernel 3: {cut:.1%} fewer parameters "
+              f"(target >= 80%) {'PASS' if cut >= 0.8 else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
