@@ -4,6 +4,7 @@ and create_trainer, which applies the project's device and precision rules to a 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from pathlib import Path
@@ -88,11 +89,9 @@ def finite_values_and_reset(metrics: nn.Module) -> dict[str, torch.Tensor]:
 class RegressionObjective(nn.Module):
     """MSE training loss; MSE overall, at transitions, at stable steps and of predicting zero."""
 
-    def __init__(self, output_dim: int, label_smoothing: float = 0.0) -> None:
+    def __init__(self, output_dim: int, **other_task_options: Any) -> None:
         super().__init__()
-        if label_smoothing != 0.0:
-            raise ValueError(f"label_smoothing={label_smoothing} applies to classification and seq2seq "
-                             "tasks only; leave it at 0.0 for regression data.")
+        reject_options_of_other_tasks("regression", other_task_options)
         self.stage_metrics = nn.ModuleDict({stage: RegressionMetrics() for stage in STAGES})
 
     def training_loss(self, module: SeamGatedLightningModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -115,17 +114,20 @@ class ClassificationObjective(nn.Module):
     """Cross-entropy with optional label smoothing for training; loss, perplexity and accuracy for
     evaluation (unsmoothed, so perplexity is the true one)."""
 
-    def __init__(self, output_dim: int, label_smoothing: float = 0.0) -> None:
+    def __init__(self, output_dim: int, label_smoothing: float = 0.0, **other_task_options: Any) -> None:
         super().__init__()
+        reject_options_of_other_tasks("classification", other_task_options)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1).")
         self.label_smoothing = label_smoothing
         self.stage_metrics = nn.ModuleDict({stage: ClassificationMetrics(output_dim) for stage in STAGES})
 
     def training_loss(self, module: SeamGatedLightningModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = module.scored_prediction(batch)
+        return self.smoothed_cross_entropy(module.scored_prediction(batch), batch["y"])
+
+    def smoothed_cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1),
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
             label_smoothing=self.label_smoothing, ignore_index=IGNORE_INDEX,
         )
 
@@ -136,12 +138,184 @@ class ClassificationObjective(nn.Module):
         return self.stage_metrics[stage].compute_and_reset()
 
 
+class Seq2SeqMetrics(nn.Module):
+    """Teacher-forced cross-entropy over answer tokens, and for greedily decoded answers the share
+    of exactly right answers and of right answer tokens (digits, for multiplication)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cross_entropy = torchmetrics.MeanMetric()
+        self.exact_match = torchmetrics.MeanMetric()
+        self.digit_accuracy = torchmetrics.MeanMetric()
+
+    def update(self, logits: torch.Tensor, decoded: torch.Tensor, target: torch.Tensor) -> None:
+        """logits (B, T, V) under teacher forcing, decoded (B, T) greedy tokens, target (B, T)."""
+        scored = target != IGNORE_INDEX
+        self.cross_entropy.update(nn.functional.cross_entropy(logits[scored], target[scored], reduction="none"))
+        correct = decoded == target
+        self.digit_accuracy.update(correct[scored].float())
+        self.exact_match.update((correct | ~scored).all(dim=1).float())
+
+    def compute_and_reset(self) -> dict[str, torch.Tensor]:
+        values = finite_values_and_reset(self)
+        if "cross_entropy" in values:
+            values["loss"] = values["cross_entropy"]
+        return values
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Every row's answer generated token by token from its prompt, each step feeding the model's
+    own argmax back in: (B, T) with the chosen token at the scored positions of y and IGNORE_INDEX
+    elsewhere.
+
+    Rows are laid out for teacher forcing (x[t+1] = y[t]) with the answer at the contiguous scored
+    positions of y, so the prompt is x up to the first scored position. A causal model's output at
+    t never depends on inputs after t, so decoding overwrites the answer slots of x in place and
+    the teacher-forced answer tokens there are never seen.
+    """
+    scored = y != IGNORE_INDEX
+    first = scored.int().argmax(dim=1)
+    answer_length = scored.sum(dim=1)
+    generated, decoded = x.clone(), torch.full_like(y, IGNORE_INDEX)
+    rows = torch.arange(len(x), device=x.device)
+    for step in range(int(answer_length.max()) if len(x) else 0):
+        active = step < answer_length
+        position = (first + step).clamp(max=x.shape[1] - 1)
+        choice = model(generated)[rows, position].argmax(dim=-1)
+        decoded[rows[active], position[active]] = choice[active]
+        feed = active & (position + 1 < x.shape[1])
+        generated[rows[feed], position[feed] + 1] = choice[feed]
+    return decoded
+
+
+SAMPLING_SCHEDULES = ("none", "linear", "cosine", "step")
+
+
+def scheduled_sampling_rate(schedule: str, progress: float, start: float, max_rate: float) -> float:
+    """Share of answer tokens fed from the model's own predictions at training `progress` in [0, 1]:
+    0 until `start`, then rising to `max_rate` at the end of training, linearly, along a half
+    cosine, or (`step`) at once."""
+    if schedule == "none" or progress < start:
+        return 0.0
+    ramp = min(1.0, (progress - start) / (1.0 - start))
+    if schedule == "linear":
+        return max_rate * ramp
+    if schedule == "cosine":
+        return max_rate * 0.5 * (1.0 - math.cos(math.pi * ramp))
+    return max_rate
+
+
+class Seq2SeqObjective(ClassificationObjective):
+    """Cross-entropy over answer tokens with teacher forcing, optionally with scheduled sampling;
+    evaluation decodes greedily and reports exact match and per-digit accuracy.
+
+    Scheduled sampling, done the parallel way a transformer allows: a first pass without gradients
+    predicts every answer token from the true prefix; each answer token of the input is then
+    replaced by that prediction with probability `scheduled_sampling_rate(...)`, and the loss of
+    a second pass on the mixed input is taken against the true answer.
+
+    Rows flagged `longer` in the batch (operands longer than any in training) are scored apart,
+    as `<stage>/<metric>_longer`.
+
+    Args:
+        label_smoothing: cross-entropy label smoothing in [0, 1) (training loss only).
+        scheduled_sampling: one of SAMPLING_SCHEDULES; `none` is pure teacher forcing.
+        sampling_start: training progress (fraction of all steps) where the rate leaves 0.
+        sampling_max_rate: the rate at the end of training, in (0, 1].
+    """
+
+    def __init__(self, output_dim: int, label_smoothing: float = 0.0, scheduled_sampling: str = "none",
+                 sampling_start: float = 0.0, sampling_max_rate: float = 0.25, **other_task_options: Any) -> None:
+        reject_options_of_other_tasks("seq2seq", other_task_options)
+        super().__init__(output_dim, label_smoothing)
+        if scheduled_sampling not in SAMPLING_SCHEDULES:
+            raise ValueError(f"scheduled_sampling={scheduled_sampling!r} is not allowed; choose one of: "
+                             f"{', '.join(SAMPLING_SCHEDULES)}.")
+        if not 0.0 <= sampling_start < 1.0:
+            raise ValueError(f"sampling_start={sampling_start} must lie in [0, 1).")
+        if not 0.0 < sampling_max_rate <= 1.0:
+            raise ValueError(f"sampling_max_rate={sampling_max_rate} must lie in (0, 1].")
+        if scheduled_sampling == "none":
+            defaults = inspect.signature(Seq2SeqObjective).parameters
+            for name, value in (("sampling_start", sampling_start), ("sampling_max_rate", sampling_max_rate)):
+                if value != defaults[name].default:
+                    raise ValueError(f"{name}={value} has no effect with scheduled_sampling='none'; choose a schedule "
+                                     f"({', '.join(SAMPLING_SCHEDULES[1:])}) or leave it at {defaults[name].default}.")
+        self.scheduled_sampling, self.sampling_start, self.sampling_max_rate = (
+            scheduled_sampling, sampling_start, sampling_max_rate)
+        # Replaces the classification metrics: answers are scored by decoding, not token by token.
+        self.stage_metrics = nn.ModuleDict(
+            {f"{stage}{suffix}": Seq2SeqMetrics() for stage in STAGES for suffix in ("", "_longer")})
+
+    def sampling_rate(self, module: SeamGatedLightningModule) -> float:
+        if self.scheduled_sampling == "none":
+            return 0.0
+        total_steps = module.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError(f"scheduled_sampling={self.scheduled_sampling!r} follows training progress, so it needs "
+                             "a finite number of steps; set trainer.max_epochs or trainer.max_steps.")
+        progress = module.global_step / max(1, total_steps)
+        return scheduled_sampling_rate(self.scheduled_sampling, progress, self.sampling_start, self.sampling_max_rate)
+
+    def training_loss(self, module: SeamGatedLightningModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        rate = self.sampling_rate(module)
+        if self.scheduled_sampling != "none" and module._is_logging_step():
+            module.log("train/sampling_rate", rate)
+        if rate > 0.0:
+            batch = {**batch, "x": self.mix_in_predictions(module, batch, rate)}
+        return self.smoothed_cross_entropy(module.scored_prediction(batch), batch["y"])
+
+    @staticmethod
+    def mix_in_predictions(module: SeamGatedLightningModule, batch: dict[str, torch.Tensor], rate: float) -> torch.Tensor:
+        """x with each answer token replaced, with probability `rate`, by the model's prediction of it."""
+        with torch.no_grad():
+            predicted = module.model(batch["x"]).argmax(dim=-1)
+        scored = batch["y"] != IGNORE_INDEX
+        # x[t] is an answer token exactly when the targets at t - 1 and t are both answer tokens.
+        answer_inputs = scored[:, :-1] & scored[:, 1:]
+        replace = answer_inputs & (torch.rand(answer_inputs.shape, device=scored.device) < rate)
+        x = batch["x"].clone()
+        x[:, 1:] = torch.where(replace, predicted[:, :-1], x[:, 1:])
+        return x
+
+    def update(self, stage: str, module: SeamGatedLightningModule, batch: dict[str, torch.Tensor]) -> None:
+        logits = module.scored_prediction(batch)
+        decoded = greedy_decode(module.model, batch["x"], batch["y"])
+        longer = batch.get("longer", torch.zeros(len(batch["x"]), dtype=torch.bool, device=logits.device))
+        for suffix, rows in (("", ~longer), ("_longer", longer)):
+            self.stage_metrics[stage + suffix].update(logits[rows], decoded[rows], batch["y"][rows])
+
+    def compute_and_reset(self, stage: str) -> dict[str, torch.Tensor]:
+        values = self.stage_metrics[stage].compute_and_reset()
+        longer = self.stage_metrics[f"{stage}_longer"].compute_and_reset()
+        return values | {f"{name}_longer": value for name, value in longer.items()}
+
+
 OBJECTIVES: dict[str, type[nn.Module]] = {
     "regression": RegressionObjective,
     "classification": ClassificationObjective,
+    "seq2seq": Seq2SeqObjective,
 }
 # The metric shown in the progress bar for each task.
-HEADLINE_METRIC = {"regression": "mse", "classification": "perplexity"}
+HEADLINE_METRIC = {"regression": "mse", "classification": "perplexity", "seq2seq": "exact_match"}
+
+
+def reject_options_of_other_tasks(task: str, options: dict[str, Any]) -> None:
+    """Fail in one sentence when `options` (the `objective:` config block, less the options of the
+    `task` objective itself) sets an option of another task's objective away from its default,
+    or names an option no objective has."""
+    for name, value in options.items():
+        owners = [owner for owner, objective in OBJECTIVES.items() if name in inspect.signature(objective).parameters]
+        if not owners:
+            known = sorted({option for objective in OBJECTIVES.values()
+                            for option in inspect.signature(objective).parameters
+                            if option not in ("output_dim", "other_task_options")})
+            raise ValueError(f"{name}={value} is not an option of any objective; options: {', '.join(known)}.")
+        default = inspect.signature(OBJECTIVES[owners[0]]).parameters[name].default
+        if value != default:
+            raise ValueError(f"{name}={value} applies to {' and '.join(owners)} tasks only; "
+                             f"leave it at {default} for {task} data.")
 
 
 class SeamGatedLightningModule(pl.LightningModule):
@@ -190,6 +364,9 @@ class SeamGatedLightningModule(pl.LightningModule):
         check_task(model_type, task, input_kind=INPUT_KINDS[next(iter(given))])
         if target_mode not in ("last", "next_step"):
             raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: last, next_step.")
+        if task == "seq2seq" and target_mode != "next_step":
+            raise ValueError(f"target_mode={target_mode!r} is not allowed for seq2seq data, whose targets are "
+                             "whole answers scored step by step; use next_step.")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate={learning_rate} must be > 0.")
         if weight_decay < 0:
@@ -200,6 +377,11 @@ class SeamGatedLightningModule(pl.LightningModule):
             raise ValueError(f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
         self.save_hyperparameters()
         self.model = build_model(model_type, output_dim=output_dim, **given, **(model_kwargs or {}))
+        if target_mode == "next_step" and getattr(self.model, "sees_future_steps", False):
+            raise ValueError(
+                "bidirectional=True lets each step's output see the steps it must predict, so it is refused for "
+                "next-step prediction; set bidirectional=false, or data.target_mode=last where the data has it."
+            )
         self.objective = OBJECTIVES[task](output_dim, **(objective_kwargs or {}))
         self.train_loss = torchmetrics.MeanMetric()
 
