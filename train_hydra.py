@@ -29,6 +29,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
@@ -184,6 +185,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
+    if not loggers:
+        # LearningRateMonitor only writes to loggers and refuses to start without one (logger=none).
+        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
     run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     for logger in trainer.loggers:

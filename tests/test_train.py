@@ -174,3 +174,9 @@ def test_regression_metrics_split_by_transition_and_leave_out_empty_groups():
     assert values["mse_zero"].item() == pytest.approx(2.5)
     metrics.update(prediction, target, torch.zeros(4, dtype=torch.bool))
     assert "mse_transition" not in metrics.compute_and_reset()
+
+
+def test_a_run_without_loggers_keeps_the_default_callbacks_that_work_without_one(make_config):
+    record = train(make_config(["logger=none", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                                "callbacks.rich_progress_bar=null", *SMALL_DATA]))
+    assert torch.isfinite(torch.tensor(record["metrics"]["val/mse"]))
