@@ -380,7 +380,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         if target_mode == "next_step" and getattr(self.model, "sees_future_steps", False):
             raise ValueError(
                 "bidirectional=True lets each step's output see the steps it must predict, so it is refused for "
-                "next-step prediction; set bidirectional=false, or data.target_mode=last where the data has it."
+                "next-step prediction; set model.bidirectional=false, or data.target_mode=last where the data has it."
             )
         self.objective = OBJECTIVES[task](output_dim, **(objective_kwargs or {}))
         self.train_loss = torchmetrics.MeanMetric()
