@@ -13,6 +13,7 @@ Everything is measured side by side in one process and reported as medians and r
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 import time
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.timing import median_train_step_seconds  # noqa: E402
 from models import build_model, get_model_class, list_models  # noqa: E402
 from models.registry import supported_inputs  # noqa: E402
 
@@ -42,47 +44,37 @@ class RawLSTM(nn.Module):
         return self.head(self.lstm(x)[0])
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def median_step_ms(model: nn.Module, steps: int, repeats: int, device: torch.device) -> float:
     """Median wall time of one full training step on (BATCH, steps, INPUT_DIM) data."""
-    model = model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(BATCH, steps, INPUT_DIM, device=device)
-    y = torch.randn(BATCH, steps, INPUT_DIM, device=device)
+    x = torch.randn(BATCH, steps, INPUT_DIM)
+    y = torch.randn(BATCH, steps, INPUT_DIM)
+    return 1e3 * median_train_step_seconds(model, x, y, nn.functional.mse_loss, repeats, device)
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
 
-    step()  # warm-up: allocator, kernels, lazy init
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def width_options(name: str, steps: int) -> dict[str, int]:
+    """Width HIDDEN_DIM for every model: recurrent models call it hidden_dim, transformers d_model
+    (and they need a learnable position for each of the `steps` and of their latent tokens)."""
+    parameters = inspect.signature(get_model_class(name)).parameters
+    if "hidden_dim" in parameters:
+        return {"hidden_dim": HIDDEN_DIM}
+    latent = parameters["num_latent_tokens"].default if "num_latent_tokens" in parameters else 0
+    return {"d_model": HIDDEN_DIM, "max_length": steps + latent}
 
 
 def step_time_table(lengths: list[int], repeats: int, device: torch.device) -> dict[tuple[str, int], float]:
-    candidates = {"torch.nn.LSTM(4, 64)": RawLSTM}
+    candidates = {"torch.nn.LSTM(4, 64)": lambda steps: RawLSTM()}
     # Registered models that read vectors and are trained (the hamilton_imm reference has no train step).
     for name in (m for m in list_models() if "vectors" in supported_inputs(get_model_class(m))
                  and not getattr(get_model_class(m), "needs_reference_process", False)):
-        candidates[name] = lambda name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
+        candidates[name] = lambda steps, name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM,
+                                                                **width_options(name, steps))
     results = {}
     for steps in lengths:
         for name, make in candidates.items():
             torch.manual_seed(0)
             # The per-step Python loop of z2_seam takes about a second per step at T=1000.
             count = max(3, repeats // 3) if name in ("z2_seam", "z2_equiv") and steps >= 1000 else repeats
-            results[(name, steps)] = median_step_ms(make(), steps, count, device)
+            results[(name, steps)] = median_step_ms(make(steps), steps, count, device)
     return results
 
 

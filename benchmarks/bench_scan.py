@@ -32,6 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.timing import synchronize  # noqa: E402
 from models.scan import linear_scan  # noqa: E402
 
 B, H, RNN_INPUT = 32, 64, 4
@@ -79,11 +80,6 @@ def make_case(op: str, T: int, device: torch.device) -> tuple[Callable[[], None]
     return step, clear
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_cases(steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int,
                budget_s: float) -> dict[str, tuple[float, int]]:
     """Median seconds and run count per case; runs are interleaved round-robin so that any
@@ -93,7 +89,7 @@ def time_cases(steps: dict[str, Callable[[], None]], device: torch.device, repea
         for name, step in steps.items():
             start = time.perf_counter()
             step()
-            _sync(device)
+            synchronize(device)
             fastest[name] = min(fastest[name], time.perf_counter() - start)
     runs = {name: max(3, min(repeats, int(budget_s / fastest[name]))) for name in steps}
     durations: dict[str, list[float]] = {name: [] for name in steps}
@@ -102,7 +98,7 @@ def time_cases(steps: dict[str, Callable[[], None]], device: torch.device, repea
             if r < runs[name]:
                 start = time.perf_counter()
                 step()
-                _sync(device)
+                synchronize(device)
                 durations[name].append(time.perf_counter() - start)
     return {name: (statistics.median(durations[name]), runs[name]) for name in steps}
 
@@ -136,11 +132,11 @@ def cpu_peak_mib(op: str, T: int, threads: int) -> float | None:
 
 def cuda_peak_mib(step: Callable[[], None], clear: Callable[[], None], device: torch.device) -> float:
     clear()
-    _sync(device)
+    synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     step()
-    _sync(device)
+    synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +28,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.timing import median_train_step_seconds  # noqa: E402
 from data.text import TextDataModule  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -63,32 +62,8 @@ def candidates(vocab_size: int) -> dict[str, callable]:
     }
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def samples_per_second(model: nn.Module, batch: dict[str, torch.Tensor], steps: int, device: torch.device) -> float:
-    """Batch size over the median time of `steps` training steps, after one warm-up step."""
-    model = model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x, y = batch["x"].to(device), batch["y"].to(device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
-        optimizer.step()
-
-    step()
-    times = []
-    for _ in range(steps):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return len(x) / statistics.median(times)
+def next_character_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
 def is_out_of_memory(error: RuntimeError) -> bool:
@@ -112,7 +87,8 @@ def throughput_table(batch_sizes: list[int], steps: int, device: torch.device) -
             batch = {key: torch.stack([train[i][key] for i in range(batch_size)]) for key in ("x", "y")}
             torch.manual_seed(0)
             try:
-                results[name][batch_size] = samples_per_second(make(), batch, steps, device)
+                seconds = median_train_step_seconds(make(), batch["x"], batch["y"], next_character_loss, steps, device)
+                results[name][batch_size] = batch_size / seconds
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise

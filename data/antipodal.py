@@ -19,7 +19,7 @@ import torch
 from scipy.stats import ortho_group
 from torch.utils.data import DataLoader, Dataset
 
-from data.sampling import split_loader
+from data.sampling import checked_split, split_loader
 
 TARGET_MODES = ("last", "next_step")
 SPLITS = ("train", "val", "test")
@@ -164,15 +164,9 @@ class AntipodalDataModule(pl.LightningDataModule):
         process = generator if isinstance(generator, AntipodalProcessConfig) else AntipodalProcessConfig(**(generator or {}))
         if target_mode not in TARGET_MODES:
             raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: {', '.join(TARGET_MODES)}.")
-        split = tuple(float(f) for f in split)
-        if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1.0) > 1e-6:
-            raise ValueError(f"split={list(split)} must be three positive fractions (train, val, test) that sum to 1.")
+        split = checked_split(split, batch_size, num_workers)
         if history_length < 1:
             raise ValueError(f"history_length={history_length} must be a positive integer.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be a positive integer.")
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers} must be >= 0.")
         self.bounds = split_bounds(process.T, split)
         shortest = min(stop - start for start, stop in self.bounds.values())
         if history_length + 1 > shortest:

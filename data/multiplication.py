@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.sampling import split_loader
+from data.sampling import checked_split, split_loader
 from lightning_module import IGNORE_INDEX
 
 MAX_OPERAND_DIGITS = 18  # operands are drawn as int64, which holds every 18-digit number
@@ -162,14 +162,10 @@ class MultiplicationDataModule(pl.LightningDataModule):
         if not max_digits < longer_digits <= MAX_OPERAND_DIGITS:
             raise ValueError(f"longer_digits={longer_digits} is not allowed; it must lie in "
                              f"[max_digits + 1 = {max_digits + 1}, {MAX_OPERAND_DIGITS}].")
-        for name, value in (("num_pairs", num_pairs), ("num_longer", num_longer), ("batch_size", batch_size)):
+        for name, value in (("num_pairs", num_pairs), ("num_longer", num_longer)):
             if value < 1:
                 raise ValueError(f"{name}={value} is not allowed; it must be a positive integer.")
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers} is not allowed; it must be >= 0.")
-        split = tuple(float(f) for f in split)
-        if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1.0) > 1e-6:
-            raise ValueError(f"split={list(split)} must be three positive fractions (train, val, test) that sum to 1.")
+        split = checked_split(split, batch_size, num_workers)
         numbers = sum(high - low for low, high in map(numbers_with_digits, range(min_digits, max_digits + 1)))
         self.split_sizes = self._split_sizes(min(num_pairs, numbers**2), split)
         if min(self.split_sizes.values()) == 0:

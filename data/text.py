@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.antipodal import split_bounds
-from data.sampling import split_loader
+from data.sampling import checked_split, split_loader
 
 
 class CharVocabulary:
@@ -135,15 +135,11 @@ class TextDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         stride = sequence_length if stride is None else stride
-        for name, value in (("sequence_length", sequence_length), ("stride", stride), ("batch_size", batch_size),
+        for name, value in (("sequence_length", sequence_length), ("stride", stride),
                             ("corpus_characters", corpus_characters)):
             if value < 1:
                 raise ValueError(f"{name}={value} must be a positive integer.")
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers} must be >= 0.")
-        split = tuple(float(f) for f in split)
-        if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1.0) > 1e-6:
-            raise ValueError(f"split={list(split)} must be three positive fractions (train, val, test) that sum to 1.")
+        split = checked_split(split, batch_size, num_workers)
         self.text = read_text_file(path) if path is not None else generate_corpus(corpus_characters, seed)
         self.bounds = split_bounds(len(self.text), split)
         shortest = min(stop - start for start, stop in self.bounds.values())
