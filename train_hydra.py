@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 
+from data.text import TOKENIZER_FILE
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
 from models.registry import INPUT_KINDS
@@ -182,6 +183,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_from(cfg, "data")
+    if hasattr(datamodule, "save_tokenizer"):  # text data: sampling and load_run read it back
+        datamodule.save_tokenizer(Path(cfg.paths.output_dir))
     module = build_module(cfg, datamodule)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
@@ -265,6 +268,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Train
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint {checkpoint} does not exist; pass an existing .ckpt file.")
     check_checkpoint_fits(checkpoint, cfg.model)
+    if "tokenizer_file" in cfg.data and (run_dir / TOKENIZER_FILE).is_file():
+        cfg.data.tokenizer_file = str(run_dir / TOKENIZER_FILE)  # the tokens the model was trained on
     datamodule = instantiate_from(cfg, "data")
     datamodule.setup("validate")
     module = SeamGatedLightningModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
