@@ -171,7 +171,7 @@ class TextDataModule(pl.LightningDataModule):
             name: NextTokenWindows(self.ids, self.character_counts, start, stop, sequence_length, stride)
             for name, (start, stop) in self.bounds.items()
         }
-        self.save_hyperparameters({"path": path, "tokenizer": tokenizer, "vocab_size": vocab_size,
+        self.save_hyperparameters({"path": path, "tokenizer": tokenizer,
                                    "sequence_length": sequence_length, "stride": stride,
                                    "split": list(split), "batch_size": batch_size, "seed": seed})
 
