@@ -114,3 +114,15 @@ def test_a_bpe_run_saves_its_tokenizer_logs_bits_per_character_and_samples_with_
     (run_dir / TOKENIZER_FILE).write_text("not json")  # reloading reads the saved file, not a retrained one
     with pytest.raises(ConfigError, match=r"^data\.tokenizer_file=\S+tokenizer\.json is not a readable tokenizer"):
         load_run(run_dir)
+
+
+def test_bench_text_reports_tokens_and_the_characters_they_cover(capsys):
+    from benchmarks.bench_text import main as bench_main
+
+    table = bench_main(["--batch-sizes", "2", "--steps", "1", "--tokenizer", "word", "--threads", "1"])
+    tokens_table, characters_table = table.split("characters/s")
+    per_token = float(characters_table.split("B=2: ")[1].split(" ")[0])
+    assert per_token > 3  # a word with its leading space
+    tokens = float(tokens_table.split("| torch.nn.LSTM | ")[1].split(" ")[0].replace(",", ""))
+    characters = float(characters_table.split("| torch.nn.LSTM | ")[1].split(" ")[0].replace(",", ""))
+    assert characters == pytest.approx(tokens * per_token, rel=0.01, abs=1)
