@@ -35,6 +35,7 @@ from data.text import TOKENIZER_FILE
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
 from models.registry import INPUT_KINDS
+from training.tuning import tune
 from visualization.sweep_summary import JOB_ERROR_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -192,6 +193,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # LearningRateMonitor only writes to loggers and refuses to start without one (logger=none).
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    try:
+        tuned = tune(trainer, module, datamodule, OmegaConf.to_container(cfg.get("tuner") or {}, resolve=True),
+                     Path(cfg.paths.output_dir), resuming=ckpt_path is not None)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(run_config, resolve=True))
@@ -223,6 +229,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),
         "evaluated_checkpoint": evaluated_ckpt or None,
+        "tuned": tuned,
     }
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
