@@ -292,6 +292,13 @@ def metric_direction(metric_name: str) -> str:
 OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)
 
 
+def record_failure(output_dir: Path, error: Exception, wall_time_s: float) -> None:
+    """Leave the error in the run dir (JOB_ERROR_FILE), where the sweep summary and list_runs read it."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    failure = {"error": f"{type(error).__name__}: {error}", "wall_time_s": wall_time_s}
+    (output_dir / JOB_ERROR_FILE).write_text(json.dumps(failure, indent=2))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train and return the optimized metric, so that every Hydra sweeper works unchanged.
@@ -303,13 +310,16 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
     except Exception as error:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        # Recorded in single runs too, so that list_runs can tell a failed run from an interrupted one;
+        # but bad input aimed at an earlier run's dir (a resume) leaves that run as it was.
+        output_dir, multirun = Path(cfg.paths.output_dir), HydraConfig.get().mode == RunMode.MULTIRUN
+        if multirun or not isinstance(error, ConfigError) or not (output_dir / "checkpoints").exists():
+            record_failure(output_dir, error, time.perf_counter() - started)
+        if not multirun:
             if isinstance(error, ConfigError):
                 sys.exit(f"Invalid config: {error}")
             raise
         log.exception(f"job {HydraConfig.get().job.num} failed")
-        failure = {"error": f"{type(error).__name__}: {error}", "wall_time_s": time.perf_counter() - started}
-        (Path(cfg.paths.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(failure, indent=2))
         return float("nan")
     value = record["metrics"].get(cfg.optimized_metric)
     if value is None:

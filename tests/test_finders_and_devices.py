@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
+from train_hydra import ConfigError, compose_config, train
 from training import devices
 from training.tuning import LR_PLOT_FILE, TUNER_FILE
-from train_hydra import ConfigError, compose_config, train
 
 QUIET = ["callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
          "logger=csv", "data.generator.T=3000", "model.hidden_dim=8", "trainer.max_epochs=1", "test=false"]

@@ -9,15 +9,19 @@ import math
 
 import pytest
 import torch
+from conftest import train_like_the_cli
 from torch import nn
 
 from data.text import TOKENIZER_FILE, TextDataModule, generate_corpus
-from data.tokenization import BPEVocabulary, WordVocabulary, load_tokenizer, train_tokenizer
+from data.tokenization import (
+    BPEVocabulary,
+    WordVocabulary,
+    load_tokenizer,
+    train_tokenizer,
+)
 from lightning_module import ClassificationMetrics
 from models.sampling import main as sample_main
 from train_hydra import ConfigError, load_run
-
-from conftest import train_like_the_cli
 
 UNICODE_TEXT = "naïve café — ∑ x² ≠ y\n\ttabs, 'quotes' and \"more\"\r\n  two spaces. "
 

@@ -19,9 +19,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # the plot is written to a file; no display is needed
-import matplotlib.pyplot as plt  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-from pytorch_lightning.tuner import Tuner  # noqa: E402
+import matplotlib.pyplot as plt
+import pytorch_lightning as pl
+from pytorch_lightning.tuner import Tuner
 
 TUNER_FILE = "tuner.json"
 LR_PLOT_FILE = "lr_find.png"
