@@ -14,12 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from data.antipodal import split_bounds
-from data.sampling import checked_split, split_loader
+from data.datamodule import SplitDataModule, checked_split
 from data.tokenization import Vocabulary, load_tokenizer, train_tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"  # where a run dir keeps its tokenizer (written by train_hydra.train)
@@ -98,7 +97,7 @@ class NextTokenWindows(Dataset):
         return {"x": window[:-1], "y": window[1:], "characters": characters}
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(SplitDataModule):
     """Next-token prediction over a text file or a generated corpus.
 
     Args:
@@ -179,15 +178,3 @@ class TextDataModule(pl.LightningDataModule):
         """Write the tokenizer into the run dir, where sampling and reloading read it."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.vocabulary.save(run_dir / TOKENIZER_FILE)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.datasets[split], self.batch_size, self.seed, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

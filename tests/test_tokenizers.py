@@ -19,8 +19,8 @@ from data.tokenization import (
     load_tokenizer,
     train_tokenizer,
 )
-from lightning_module import ClassificationMetrics
-from models.sampling import main as sample_main
+from training.metrics import ClassificationMetrics
+from visualization.sample_text import main as sample_main
 from train_hydra import ConfigError, load_run
 
 UNICODE_TEXT = "naïve café — ∑ x² ≠ y\n\ttabs, 'quotes' and \"more\"\r\n  two spaces. "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_module import resolve_accelerator, resolve_precision
+from training.trainer import resolve_accelerator, resolve_precision
 
 
 def get_best_device() -> torch.device:
