@@ -19,9 +19,9 @@ from data.tokenization import (
     load_tokenizer,
     train_tokenizer,
 )
+from train_hydra import ConfigError, load_run
 from training.metrics import ClassificationMetrics
 from visualization.sample_text import main as sample_main
-from train_hydra import ConfigError, load_run
 
 UNICODE_TEXT = "naïve café — ∑ x² ≠ y\n\ttabs, 'quotes' and \"more\"\r\n  two spaces. "
 
