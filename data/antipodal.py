@@ -19,6 +19,7 @@ import torch
 from scipy.stats import ortho_group
 from torch.utils.data import DataLoader, Dataset
 
+from data.augmentation import Augmentation, train_loader
 from data.sampling import checked_split, split_loader
 
 TARGET_MODES = ("last", "next_step")
@@ -146,7 +147,8 @@ class AntipodalDataModule(pl.LightningDataModule):
     """Seeded antipodal regime-switching data, split chronologically into train/val/test.
 
     Declares the task contract of shared/DESIGN.md: `task`, `input_dim`, `output_dim` and
-    `target_mode`; batches are dicts with `x`, `y`, `regime` and `transition`.
+    `target_mode`; batches are dicts with `x`, `y`, `regime` and `transition`. `augmentation`
+    (noise_std, max_shift, augmentation_prob; data/augmentation.py) applies to training batches only.
     """
 
     task = "regression"
@@ -159,8 +161,10 @@ class AntipodalDataModule(pl.LightningDataModule):
         split: tuple[float, float, float] = (0.6, 0.2, 0.2),
         batch_size: int = 64,
         num_workers: int = 0,
+        augmentation: dict | Augmentation | None = None,
     ) -> None:
         super().__init__()
+        self.augmentation = augmentation if isinstance(augmentation, Augmentation) else Augmentation(**(augmentation or {}))
         process = generator if isinstance(generator, AntipodalProcessConfig) else AntipodalProcessConfig(**(generator or {}))
         if target_mode not in TARGET_MODES:
             raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: {', '.join(TARGET_MODES)}.")
@@ -181,7 +185,8 @@ class AntipodalDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.input_dim = self.output_dim = process.obs_dim
         self.save_hyperparameters({"generator": asdict(process), "history_length": history_length,
-                                   "target_mode": target_mode, "split": list(split), "batch_size": batch_size})
+                                   "target_mode": target_mode, "split": list(split), "batch_size": batch_size,
+                                   "augmentation": asdict(self.augmentation)})
         self.sequence: AntipodalSequence | None = None
         self.datasets: dict[str, AntipodalWindows] = {}
 
@@ -203,7 +208,8 @@ class AntipodalDataModule(pl.LightningDataModule):
         return split_loader(self.datasets[split], self.batch_size, self.process.seed, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Augmentation (data/augmentation.py) touches the training split only.
+        return train_loader(self.datasets["train"], self.augmentation, self.batch_size, self.process.seed, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
