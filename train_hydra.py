@@ -253,6 +253,15 @@ def evaluated_checkpoint(run_dir: Path) -> Path:
                       "checkpoints/last.ckpt; pass a finished run or a checkpoint.")
 
 
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run directory that `checkpoint` belongs to: its nearest parent holding .hydra/config.yaml."""
+    for parent in Path(checkpoint).resolve().parents:
+        if (parent / ".hydra" / "config.yaml").is_file():
+            return parent
+    raise ConfigError(f"checkpoint {checkpoint} lies in no run directory (no parent holds .hydra/config.yaml); "
+                      "pass the run directory as well.")
+
+
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> TrainedRun:
     """Rebuild the run in `run_dir` (made by train_hydra.py) from its .hydra/config.yaml and its
     evaluated checkpoint, or `checkpoint`; every missing or unreadable piece fails in one sentence."""

@@ -12,6 +12,7 @@ from conftest import train_like_the_cli
 from models import build_model
 from models.scan import linear_scan_reference
 from train_hydra import compose_config, train
+from visualization.gate_heatmaps import main as gate_heatmaps_main
 from visualization.influence_maps import (
     attention_maps,
     delta_influence,
@@ -123,13 +124,21 @@ def test_the_heatmap_callback_draws_influence_maps_also_for_a_model_without_gate
     assert not (tmp_path / "figures" / "final" / "gate_heatmap.png").exists()
 
 
-def test_the_posthoc_command_draws_a_runs_maps_from_its_checkpoint(tmp_path):
-    train_like_the_cli(["model=gru", "model.hidden_dim=8", "data.generator.T=600", "data.batch_size=16",
-                        "debug=fdr", "logger=none", "callbacks.rich_progress_bar=null"], tmp_path)
-    path = influence_main(["--experiment", str(tmp_path), "--checkpoint", str(tmp_path / "checkpoints" / "last.ckpt"),
-                           "--index", "3"])
-    assert path == tmp_path / "figures" / "posthoc" / "influence_maps.png" and path.stat().st_size > 10_000
+def test_the_posthoc_commands_find_the_run_of_a_checkpoint_given_alone(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train_like_the_cli(["model=z2_seam", "model.hidden_dim=8", "data.generator.T=600", "data.batch_size=16",
+                        "debug=fdr", "logger=none", "callbacks.rich_progress_bar=null"], run_dir)
+    checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
+    path = influence_main(["--checkpoint", checkpoint, "--index", "3"])
+    assert path == run_dir / "figures" / "posthoc" / "influence_maps.png" and path.stat().st_size > 10_000
     maps = torch.load(path.with_suffix(".pt"), weights_only=True)
-    assert maps["gradient_influence"].shape == (10, 10)
-    with pytest.raises(SystemExit):
-        influence_main(["--experiment", str(tmp_path), "--index", "100000"])
+    assert maps["gradient_influence"].shape == (10, 10) and maps["gradient_influence"].triu(1).abs().max() == 0
+    gate_paths = gate_heatmaps_main(["--checkpoint", checkpoint, "--length", "60"])
+    assert all(p.parent == run_dir / "figures" / "posthoc" and p.is_file() for p in gate_paths.values())
+    stray = tmp_path / "stray.ckpt"
+    stray.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    for main, argv in ((gate_heatmaps_main, ["--checkpoint", str(stray)]), (influence_main, [])):
+        with pytest.raises(SystemExit):
+            main(argv)
+    errors = capsys.readouterr().err
+    assert "lies in no run directory" in errors and "pass --experiment RUN, --checkpoint CKPT or both" in errors
