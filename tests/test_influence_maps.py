@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import train_like_the_cli
 
 import models.gated_delta
-from conftest import train_like_the_cli
 from models import build_model
 from models.scan import linear_scan_reference
 from train_hydra import compose_config, train
@@ -18,8 +18,10 @@ from visualization.influence_maps import (
     delta_influence,
     gradient_influence,
     influence_maps,
-    main as influence_main,
     products_of_decays,
+)
+from visualization.influence_maps import (
+    main as influence_main,
 )
 
 T = 7
@@ -118,8 +120,10 @@ SMALL = ["data.generator.T=600", "data.batch_size=16", "callbacks=heatmap", "deb
          "callbacks.rich_progress_bar=null", "callbacks.gate_heatmap.slice_length=40"]
 
 
-def test_the_heatmap_callback_draws_influence_maps_also_for_a_model_without_gates(tmp_path):
-    train(compose_config(["model=transformer", "model.d_model=16", "model.num_layers=1", *SMALL], tmp_path))
+@pytest.mark.parametrize("model", [["model=transformer", "model.d_model=16", "model.num_layers=1"],  # attention
+                                   ["model=gru", "model.hidden_dim=8"]])  # gradients, inside the validation loop
+def test_the_heatmap_callback_draws_influence_maps_also_for_models_without_gates(tmp_path, model):
+    train(compose_config([*model, *SMALL], tmp_path))
     assert (tmp_path / "figures" / "final" / "influence_maps.png").stat().st_size > 10_000
     assert not (tmp_path / "figures" / "final" / "gate_heatmap.png").exists()
 

@@ -29,12 +29,12 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from matplotlib.figure import Figure
+from torch import nn
 
-from models.gated_delta import Z2GatedDeltaRNN  # noqa: E402
-from models.latent_transformer import CausalSelfAttention, SimpleTransformer  # noqa: E402
+from models.gated_delta import Z2GatedDeltaRNN
+from models.latent_transformer import CausalSelfAttention, SimpleTransformer
 
 DPI = 150
 MAX_JACOBIAN_PASSES = 4096  # backward passes of one gradient map (steps x output values)
@@ -98,21 +98,28 @@ def gradient_influence(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not torch.is_floating_point(x):
         raise ValueError("gradient_influence needs float inputs (vectors or fields); token ids have no gradient, "
                          "use attention_maps for the transformers.")
-    x = x.detach().clone().requires_grad_(True)
     was_training = model.training
     model.eval()
-    try:
-        outputs = model(x.unsqueeze(0))[0].flatten(1)  # (T, output values)
-        if outputs.numel() > MAX_JACOBIAN_PASSES:
-            raise ValueError(f"a gradient map of {outputs.shape[0]} steps x {outputs.shape[1]} output values needs "
-                             f"{outputs.numel()} backward passes (at most {MAX_JACOBIAN_PASSES}); pass a shorter sample.")
-        squared = x.new_zeros(outputs.shape[0], x.shape[0], dtype=torch.float64)
-        for t in range(outputs.shape[0]):
-            for value in outputs[t]:
-                (gradient,) = torch.autograd.grad(value, x, retain_graph=True)
-                squared[t] += gradient.flatten(1).double().pow(2).sum(-1)
-    finally:
-        model.train(was_training)
+    # Callers may sit inside Lightning's validation loop, which runs under inference mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        try:
+            return _jacobian_norms(model, x)
+        finally:
+            model.train(was_training)
+
+
+def _jacobian_norms(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """||d y_t / d x_s||_F from one backward pass per output value of the sample x (requires grad)."""
+    outputs = model(x.unsqueeze(0))[0].flatten(1)  # (T, output values)
+    if outputs.numel() > MAX_JACOBIAN_PASSES:
+        raise ValueError(f"a gradient map of {outputs.shape[0]} steps x {outputs.shape[1]} output values needs "
+                         f"{outputs.numel()} backward passes (at most {MAX_JACOBIAN_PASSES}); pass a shorter sample.")
+    squared = x.new_zeros(outputs.shape[0], x.shape[0], dtype=torch.float64)
+    for t in range(outputs.shape[0]):
+        for value in outputs[t]:
+            (gradient,) = torch.autograd.grad(value, x, retain_graph=True)
+            squared[t] += gradient.flatten(1).double().pow(2).sum(-1)
     return squared.sqrt().float()
 
 
