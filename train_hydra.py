@@ -332,6 +332,8 @@ def check_group_choices(argv: list[str]) -> None:
             continue
         available = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
         chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        # A list picks several configs of the group at once: `"callbacks=[default,training_curves]"`.
+        chosen = [item for choice in chosen for item in (choice if isinstance(choice, list) else [choice])]
         for choice in chosen:
             if choice is not None and str(choice) not in available:
                 kind = "registered model or model variant" if group == "model" else f"config in configs/{group}"

@@ -7,7 +7,7 @@ import matplotlib.image
 import pytest
 import torch
 
-from train_hydra import compose_config, train
+from train_hydra import check_group_choices, compose_config, train
 from visualization.training_curves import TrainingCurvesCallback
 
 RUN = ["callbacks=[default,training_curves]", "callbacks.rich_progress_bar=null", "logger=none", "test=false",
@@ -61,3 +61,9 @@ def test_the_curves_continue_from_a_checkpoint(curves_run):
 def test_a_filename_that_is_not_a_png_is_refused():
     with pytest.raises(ValueError, match=r"^filename='curves.jpg' must end in \.png\.$"):
         TrainingCurvesCallback(filename="curves.jpg")
+
+
+def test_the_command_line_accepts_a_list_of_callback_configs_and_names_a_bad_one():
+    check_group_choices(["callbacks=[default,training_curves]"])  # as the README documents it
+    with pytest.raises(SystemExit, match=r"callbacks=nope is not a config in configs/callbacks"):
+        check_group_choices(["callbacks=[default,nope]"])
