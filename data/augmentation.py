@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.sampling import EpochSeededSampler, split_loader
+from data.epoch_sampling import EpochSeededSampler, split_loader
 
 
 @dataclass(frozen=True)
