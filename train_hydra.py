@@ -268,6 +268,15 @@ def evaluated_checkpoint(run_dir: Path) -> Path:
                       "checkpoints/last.ckpt; pass a finished run or a checkpoint.")
 
 
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run directory that `checkpoint` belongs to: its nearest parent holding .hydra/config.yaml."""
+    for parent in Path(checkpoint).resolve().parents:
+        if (parent / ".hydra" / "config.yaml").is_file():
+            return parent
+    raise ConfigError(f"checkpoint {checkpoint} lies in no run directory (no parent holds .hydra/config.yaml); "
+                      "pass the run directory as well.")
+
+
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> TrainedRun:
     """Rebuild the run in `run_dir` (made by train_hydra.py) from its .hydra/config.yaml and its
     evaluated checkpoint, or `checkpoint`; every missing or unreadable piece fails in one sentence."""
@@ -350,6 +359,8 @@ def check_group_choices(argv: list[str]) -> None:
             continue
         available = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
         chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        # A list picks several configs of the group at once: `"callbacks=[default,training_curves]"`.
+        chosen = [item for choice in chosen for item in (choice if isinstance(choice, list) else [choice])]
         for choice in chosen:
             if choice is not None and str(choice) not in available:
                 kind = "registered model or model variant" if group == "model" else f"config in configs/{group}"

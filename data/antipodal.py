@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from scipy.stats import ortho_group
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from data.augmentation import Augmentation, train_loader
 from data.datamodule import SplitDataModule, checked_split
 
 TARGET_MODES = ("last", "next_step")
@@ -145,7 +146,8 @@ class AntipodalDataModule(SplitDataModule):
     """Seeded antipodal regime-switching data, split chronologically into train/val/test.
 
     Declares the task contract of docs/model_contract.md: `task`, `input_dim`, `output_dim` and
-    `target_mode`; batches are dicts with `x`, `y`, `regime` and `transition`.
+    `target_mode`; batches are dicts with `x`, `y`, `regime` and `transition`. `augmentation`
+    (noise_std, max_shift, augmentation_prob; data/augmentation.py) applies to training batches only.
     """
 
     task = "regression"
@@ -158,8 +160,10 @@ class AntipodalDataModule(SplitDataModule):
         split: tuple[float, float, float] = (0.6, 0.2, 0.2),
         batch_size: int = 64,
         num_workers: int = 0,
+        augmentation: dict | Augmentation | None = None,
     ) -> None:
         super().__init__()
+        self.augmentation = augmentation if isinstance(augmentation, Augmentation) else Augmentation(**(augmentation or {}))
         process = generator if isinstance(generator, AntipodalProcessConfig) else AntipodalProcessConfig(**(generator or {}))
         if target_mode not in TARGET_MODES:
             raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: {', '.join(TARGET_MODES)}.")
@@ -181,7 +185,8 @@ class AntipodalDataModule(SplitDataModule):
         self.seed = process.seed  # one seed draws the data and the training order
         self.input_dim = self.output_dim = process.obs_dim
         self.save_hyperparameters({"generator": asdict(process), "history_length": history_length,
-                                   "target_mode": target_mode, "split": list(split), "batch_size": batch_size})
+                                   "target_mode": target_mode, "split": list(split), "batch_size": batch_size,
+                                   "augmentation": asdict(self.augmentation)})
         self.sequence: AntipodalSequence | None = None
         self.datasets: dict[str, AntipodalWindows] = {}
 
@@ -198,3 +203,7 @@ class AntipodalDataModule(SplitDataModule):
         self.setup()
         return {"A": self.sequence.A.tolist(), "C": self.sequence.C.tolist(), "p_switch": self.process.p_switch,
                 "sigma_epsilon": self.process.sigma_epsilon, "sigma_eta": self.process.sigma_eta}
+
+    def train_dataloader(self) -> DataLoader:
+        # Augmentation (data/augmentation.py) touches the training split only.
+        return train_loader(self.datasets["train"], self.augmentation, self.batch_size, self.seed, self.num_workers)

@@ -108,7 +108,8 @@ class AntipodalFieldDataModule(AntipodalDataModule):
     `task` = regression and `target_mode`; batches hold x (B, H, channels, S, S), y, regime and transition.
 
     Args:
-        generator, history_length, target_mode, split, batch_size, num_workers: as AntipodalDataModule.
+        generator, history_length, target_mode, split, batch_size, num_workers, augmentation: as
+            AntipodalDataModule (noise is added per pixel).
         grid_size: S.
         channels: channels per field.
         basis_length_scale: blur (pixels) of the basis maps; larger is smoother.
@@ -132,8 +133,9 @@ class AntipodalFieldDataModule(AntipodalDataModule):
         basis_length_scale: float = 2.0,
         pixel_noise: float = 0.05,
         target: str = "field",
+        augmentation: dict | None = None,
     ) -> None:
-        super().__init__(generator, history_length, target_mode, split, batch_size, num_workers)
+        super().__init__(generator, history_length, target_mode, split, batch_size, num_workers, augmentation)
         if grid_size < 1:
             raise ValueError(f"grid_size={grid_size} must be a positive integer.")
         if channels < 1:

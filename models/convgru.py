@@ -234,10 +234,7 @@ class ConvGRUModel(SequenceModel):
                         use_residual, grad_clip_val)
             for layer in range(num_layers)
         )
-        if self.predicts_field:
-            self.head = nn.Conv2d(hidden_channels, channels, 1)
-        else:
-            self.head = nn.Sequential(nn.Flatten(), nn.Linear(hidden_channels * height * width, output_dim))
+        self.head = prediction_head(hidden_channels, input_shape, output_dim)
 
     def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
         """x: (B, T, C, H, W) -> per-step predictions of the next field (B, T, C, H, W) or vector
@@ -250,16 +247,30 @@ class ConvGRUModel(SequenceModel):
         if x.dim() != 5 or tuple(x.shape[2:]) != self.input_shape:
             raise ValueError(f"x has shape {tuple(x.shape)}; convgru reads (batch, steps, *input_shape) = "
                              f"(B, T, {', '.join(map(str, self.input_shape))}).")
-        updates, resets = [], []
-        for layer in self.layers:
-            x, update, reset = layer(x)
-            updates.append(update.mean(dim=(2, 3, 4)))
-            resets.append(reset.mean(dim=(2, 3, 4)))
-        batch, steps = x.shape[:2]
-        output = self.head(x.flatten(0, 1)).unflatten(0, (batch, steps))
-        if not return_diagnostics:
-            return output
-        diagnostics = {"gate": torch.stack(updates).mean(0), "reset_gate": torch.stack(resets).mean(0)}
-        if len(self.layers) > 1:
-            diagnostics.update({f"update_gate_layer{index}": gate for index, gate in enumerate(updates, start=1)})
-        return output, diagnostics
+        output, diagnostics = run_stack(self.layers, self.head, x)
+        return (output, diagnostics) if return_diagnostics else output
+
+
+def prediction_head(hidden_channels: int, field_shape: tuple[int, int, int], output_dim: int) -> nn.Module:
+    """The per-step readout of the top state: a 1 x 1 convolution to the next field when output_dim
+    is the field's size C * H * W, else a linear map of the whole state to an output_dim vector."""
+    channels, height, width = field_shape
+    if output_dim == channels * height * width:
+        return nn.Conv2d(hidden_channels, channels, 1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(hidden_channels * height * width, output_dim))
+
+
+def run_stack(layers: nn.ModuleList, head: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ConvGRU layers over x (B, T, C, H, W), then `head` at every step: (predictions, diagnostics),
+    the diagnostics as ConvGRUModel.forward describes them."""
+    updates, resets = [], []
+    for layer in layers:
+        x, update, reset = layer(x)
+        updates.append(update.mean(dim=(2, 3, 4)))
+        resets.append(reset.mean(dim=(2, 3, 4)))
+    batch, steps = x.shape[:2]
+    output = head(x.flatten(0, 1)).unflatten(0, (batch, steps))
+    diagnostics = {"gate": torch.stack(updates).mean(0), "reset_gate": torch.stack(resets).mean(0)}
+    if len(layers) > 1:
+        diagnostics.update({f"update_gate_layer{index}": gate for index, gate in enumerate(updates, start=1)})
+    return output, diagnostics

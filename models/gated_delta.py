@@ -36,6 +36,11 @@ class LowRankLinear(nn.Module):
         return self.up(self.down(x))
 
 
+def flipped_decay(seam: torch.Tensor, beta_odd: torch.Tensor) -> torch.Tensor:
+    """Odd decay (1 - beta)(1 - 2 s): the delta rule's (1 - beta) with the chart flip folded in."""
+    return (1.0 - beta_odd) * (1.0 - 2.0 * seam).unsqueeze(-1)
+
+
 class GatedDeltaUnit(nn.Module):
     """One gated-delta layer over a whole sequence: (B, T, d) odd input -> odd and even states.
 
@@ -89,13 +94,18 @@ class GatedDeltaUnit(nn.Module):
             return linear_scan(decay, drive)
         return linear_scan_reference(decay, drive).to(drive.dtype)
 
+    def odd_decays(self, u: torch.Tensor) -> torch.Tensor:
+        """The decays a_t (B, T, stream_dim) of the odd recurrence h_odd,t = a_t h_odd,{t-1} + b_t that
+        forward scans: the exact influence of step s on step t is prod_{k=s+1..t} a_k (influence maps)."""
+        seam, beta, _ = self.gates(self.invariants(u))
+        return flipped_decay(seam, beta[..., : self.stream_dim])
+
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         seam, beta, even_candidate = self.gates(self.invariants(u))
         beta_odd, beta_even = beta.split([self.stream_dim, self.even_dim], dim=-1)
         # Odd and even channels are scanned separately: concatenating them along the channel
         # axis (and splitting the gradient back) costs more on CPU than a second scan call.
-        odd_decay = (1.0 - beta_odd) * (1.0 - 2.0 * seam).unsqueeze(-1)
-        h_odd = self.scan(odd_decay, beta_odd * self.odd_input(u))
+        h_odd = self.scan(flipped_decay(seam, beta_odd), beta_odd * self.odd_input(u))
         h_even = self.scan(1.0 - beta_even, beta_even * even_candidate)
         diagnostics = {"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
         return h_odd, h_even, diagnostics

@@ -17,6 +17,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from training.checkpoint_io import atomic_write
 
 from visualization.gate_heatmaps import collect_slice_diagnostics, draw_slice_figures, gate_transition_statistics
+from visualization.influence_maps import influence_maps, plot_influence_maps, sample_window
 
 
 class GateHeatmapCallback(pl.Callback):
@@ -37,10 +38,13 @@ class GateHeatmapCallback(pl.Callback):
         every_n_epochs: validation epochs between drawings.
         slice_length: validation steps drawn.
         slice_offset: steps between the first full validation window and the slice.
+        influence_maps: also draw `influence_maps.png` (visualization/influence_maps.py) of the first
+            validation window at each drawing: attention per layer and head, z2_delta's exact map, or
+            the gradient map; drawn for models without gates too.
     """
 
     def __init__(self, dirpath: str | Path | None = None, every_n_epochs: int = 5, slice_length: int = 500,
-                 slice_offset: int = 0) -> None:
+                 slice_offset: int = 0, influence_maps: bool = False) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 1.")
         if slice_length < 1:
@@ -51,6 +55,7 @@ class GateHeatmapCallback(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.slice_length = slice_length
         self.slice_offset = slice_offset
+        self.influence_maps = influence_maps
         self.drawings: dict[str, dict[str, torch.Tensor]] = {}
         self._validations = 0
         self._drawn_at_step: int | None = None
@@ -78,7 +83,17 @@ class GateHeatmapCallback(pl.Callback):
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, label: str) -> None:
         self._drawn_at_step = trainer.global_step
         # The slice needs no other rank, so one process draws and writes.
-        if not trainer.is_global_zero or not self._has_gates:
+        if not trainer.is_global_zero:
+            return
+        if self.influence_maps:
+            maps = influence_maps(pl_module.model, sample_window(trainer.datamodule).to(pl_module.device))
+            figure = plot_influence_maps(maps, self.dirpath / tag / "influence_maps.png",
+                                         f"{pl_module.hparams.model_type}, {label}: first validation window")
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_figure("gates/influence_maps", figure, global_step=trainer.global_step,
+                                                  close=False)
+        if not self._has_gates:
             return
         data = collect_slice_diagnostics(pl_module, trainer.datamodule, self.slice_length, self.slice_offset)
         if not data.diagnostics:

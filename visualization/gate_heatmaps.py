@@ -2,6 +2,7 @@
 
     python visualization/gate_heatmaps.py --experiment logs/train/runs/<run>
     python visualization/gate_heatmaps.py --experiment <run> --checkpoint <run>/checkpoints/last.ckpt --length 300
+    python visualization/gate_heatmaps.py --checkpoint <run>/checkpoints/epoch_003.ckpt   # its run dir is found
 
 The command rebuilds every figure of a finished run from its checkpoint (by default the one its
 metrics.json evaluated, else last.ckpt) and its saved `.hydra/config.yaml`, into
@@ -532,10 +533,11 @@ def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: st
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     """Rebuild a finished run's gate figures from its checkpoint and .hydra config; returns the PNG paths."""
-    from train_hydra import ConfigError, load_run
+    from train_hydra import ConfigError, load_run, run_dir_of
 
     parser = argparse.ArgumentParser(description="Rebuild the gate figures of a finished run.")
-    parser.add_argument("--experiment", type=Path, required=True, help="run directory (holds .hydra/config.yaml)")
+    parser.add_argument("--experiment", type=Path, default=None,
+                        help="run directory (holds .hydra/config.yaml; default: the one --checkpoint lies in)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)")
     parser.add_argument("--output", type=Path, default=None, help="figure directory (default: <run>/figures/posthoc)")
@@ -543,8 +545,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--offset", type=int, default=0,
                         help="steps after the first full validation window (default 0)")
     args = parser.parse_args(argv)
+    if args.experiment is None and args.checkpoint is None:
+        parser.error("pass --experiment RUN, --checkpoint CKPT or both.")
 
     try:
+        args.experiment = args.experiment or run_dir_of(args.checkpoint)
         run = load_run(args.experiment, args.checkpoint)
     except ConfigError as error:
         parser.error(str(error))

@@ -120,11 +120,12 @@ def _smooth(values: np.ndarray) -> np.ndarray:
     return smoothed
 
 
-def plot_training_curves(runs: list[Run], save_path: Path | None = None) -> Figure:
-    """One panel per logged curve of CURVES, every run overlaid in its own colour."""
-    panels = [curve for curve in CURVES if any(curve[0] in run.scalars for run in runs)]
+def plot_training_curves(runs: list[Run], save_path: Path | None = None,
+                         curves: list[tuple[str, str, bool]] = CURVES) -> Figure:
+    """One panel per logged curve of `curves` ((tag, title, log-scale y)), every run overlaid in its own colour."""
+    panels = [curve for curve in curves if any(curve[0] in run.scalars for run in runs)]
     if not panels:
-        raise ValueError(f"none of the runs logged any of {', '.join(tag for tag, _, _ in CURVES)}; "
+        raise ValueError(f"none of the runs logged any of {', '.join(tag for tag, _, _ in curves)}; "
                          "was TensorBoard logging on (logger=tensorboard)?")
     columns = min(2, len(panels))
     rows = -(-len(panels) // columns)
