@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
 from models.registry import INPUT_KINDS
+from visualization.config_tree import CONFIG_TREE_FILE, print_config_tree
 from visualization.sweep_summary import JOB_ERROR_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -173,16 +176,33 @@ def check_checkpoint_fits(path: Path, model_cfg: DictConfig) -> None:
             )
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(precision: str) -> None:
+    """torch.set_float32_matmul_precision, with a bad value named by its config key."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"float32_matmul_precision={precision} is not allowed; choose one of: "
+                          f"{', '.join(MATMUL_PRECISIONS)}.")
+    torch.set_float32_matmul_precision(precision)
+
+
 def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the configured model; write metrics.json into the run dir and return its content."""
+    if cfg.print_config:
+        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
     ckpt_path = resolve_ckpt_path(cfg)
+    set_matmul_precision(cfg.float32_matmul_precision)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_from(cfg, "data")
     module = build_module(cfg, datamodule)
+    if cfg.compile:
+        # In place: the parameter names, and so checkpoints, stay those of the plain model.
+        module.model.compile()
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
     if not loggers:
@@ -206,6 +226,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         evaluated_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         if evaluated_ckpt:
             trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated_ckpt, weights_only=True, verbose=False)
+        metrics.update(run_metrics(trainer))
+    elif ckpt_path is not None:
+        # train=false ckpt_path=...: evaluate the checkpoint on val (and on test below).
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False)
         metrics.update(run_metrics(trainer))
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=evaluated_ckpt or None, weights_only=True, verbose=False)
@@ -278,6 +302,25 @@ def metric_direction(metric_name: str) -> str:
 
 
 OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)
+
+JOB_DIR_NAME_LENGTH = 64  # longer override lists are cut and end in a hash of the whole list
+
+
+def job_dir_name(job_num: int, override_dirname: str) -> str:
+    """A sweep job's dir name: its number, then its overrides (`3_model=lstm,seed=43`).
+
+    The number keeps two jobs with the same overrides apart (Optuna may repeat a trial) and sorts
+    the dirs; characters that are awkward in paths become `_`. Nothing but the job number and the
+    overrides enters the name, so the same sweep command gives the same dirs again.
+    """
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname)
+    if len(name) > JOB_DIR_NAME_LENGTH:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
+        name = f"{name[:JOB_DIR_NAME_LENGTH - 9]}-{digest}"
+    return f"{job_num}_{name}" if name else str(job_num)
+
+
+OmegaConf.register_new_resolver("job_dir_name", job_dir_name, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
