@@ -201,8 +201,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate_from(cfg, "data")
     module = build_module(cfg, datamodule)
     if cfg.compile:
-        # In place: the parameter names, and so checkpoints, stay those of the plain model.
-        module.model.compile()
+        # The forward only (nn.Module.compile is skipped by dynamo here): parameter names, and so
+        # checkpoints, stay those of the plain model.
+        module.model.forward = torch.compile(module.model.forward)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
     if not loggers:
@@ -366,6 +367,8 @@ def check_group_choices(argv: list[str]) -> None:
             continue
         available = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
         chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        # `logger=[tensorboard,mlflow]` picks several configs of one group.
+        chosen = [item for choice in chosen for item in (choice if isinstance(choice, list) else [choice])]
         for choice in chosen:
             if choice is not None and str(choice) not in available:
                 kind = "registered model or model variant" if group == "model" else f"config in configs/{group}"
