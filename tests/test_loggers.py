@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from train_hydra import check_group_choices, compose_config, train
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["debug=limit", "model=lstm", "model.hidden_dim=16", "data.generator.T=600", "data.batch_size=16",
         "print_config=false", "callbacks.rich_progress_bar=null", "trainer.enable_model_summary=false",
         "trainer.enable_progress_bar=false", "tags=[logger_test]"]
@@ -27,30 +33,21 @@ def test_mlflow_run_is_in_the_local_store_with_its_metrics(tmp_path, monkeypatch
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2 + 1  # two epochs and the final validate
 
 
-# Slow: wandb starts its service process, several seconds on a busy 2-core machine.
+# Slow: a whole `python train_hydra.py` process, and wandb starts its service process (about 30 s on a
+# busy 2-core machine). A process, because wandb writes the run out when the process ends.
 @pytest.mark.slow
-def test_wandb_writes_an_offline_run_into_the_run_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_BASE_URL", "http://unreachable.invalid")  # any contact would fail
-    train(compose_config([*TINY, "logger=wandb"], tmp_path))
+def test_wandb_writes_an_offline_run_into_the_run_dir(tmp_path):
+    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                   "WANDB_BASE_URL": "http://unreachable.invalid"}  # any contact would fail
+    result = subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), *TINY, "logger=wandb",
+                             f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=environment, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     (run_file,) = run_dir.glob("*.wandb")
-    assert run_file.stat().st_size > 0
-    summary = (run_dir / "files" / "wandb-summary.json").read_text()
-    assert '"val/loss"' in summary and '"test/mse"' in summary
-
-
-# Slow: aim starts its RocksDB repo and indexing; optional, skipped where aim is not installed.
-@pytest.mark.slow
-def test_aim_run_is_in_the_local_repo_with_its_metrics(tmp_path):
-    aim = pytest.importorskip("aim")
-    record = train(compose_config([*TINY, "logger=aim"], tmp_path))
-    (run,) = list(aim.Repo(str(tmp_path)).iter_runs())
-    assert run.name == "lstm" and run.experiment == "debug"
-    logged = {metric.name: metric for metric in run.metrics()}
-    assert logged["val/loss"].values.last_value() == pytest.approx(record["metrics"]["val/loss"])
-    assert "test/mse" in logged
+    # The run's transaction log (what `wandb sync` uploads) holds the logged metrics and the tags.
+    records = run_file.read_bytes()
+    assert b"val/loss" in records and b"test/mse" in records and b"logger_test" in records
 
 
 def test_several_loggers_can_be_chosen_on_the_command_line(tmp_path):
