@@ -375,6 +375,30 @@ def check_group_choices(argv: list[str]) -> None:
                 sys.exit(f"Invalid config: {group}={choice} is not a {kind}; choose one of: {', '.join(available)}.")
 
 
+EXCLUDE_KEYS_OVERRIDE = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def name_jobs_by_what_they_sweep(argv: list[str]) -> list[str]:
+    """`argv` plus an override that leaves the command-line overrides every job shares out of the job
+    dir names, so `-m model=lstm,gru trainer=fast` names its jobs `0_model=lstm` and `1_model=gru`.
+
+    Only the command line says which overrides are swept; the jobs' configs no longer do.
+    """
+    try:
+        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+    except Exception:  # malformed overrides: Hydra's own parser explains those
+        return argv
+    if any(override.key_or_group == EXCLUDE_KEYS_OVERRIDE for override in overrides):
+        return argv  # the user chose the excluded keys
+    shared = [override.key_or_group for override in overrides
+              if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")]
+    if not shared:
+        return argv
+    defaults = OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys
+    return [*argv, f"{EXCLUDE_KEYS_OVERRIDE}=[{','.join(dict.fromkeys([*defaults, *shared]))}]"]
+
+
 if __name__ == "__main__":
     check_group_choices(sys.argv[1:])
+    sys.argv[1:] = name_jobs_by_what_they_sweep(sys.argv[1:])
     main()
