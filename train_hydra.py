@@ -36,7 +36,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
 from models.registry import INPUT_KINDS
-from visualization.config_tree import CONFIG_TREE_FILE, print_config_tree
+from visualization.config_tree import CONFIG_TREE_FILE, check_tags, print_config_tree
 from visualization.sweep_summary import JOB_ERROR_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -331,6 +331,10 @@ def main(cfg: DictConfig) -> float | None:
     In a sweep a failing job is recorded in its dir and returns NaN (Optuna marks such a trial
     failed), so the other jobs still run and the sweep summary shows the failure.
     """
+    try:
+        check_tags(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+    except ValueError as error:
+        sys.exit(f"Invalid config: {error}")  # stops the whole sweep, not only this job
     started = time.perf_counter()
     try:
         record = train(cfg)

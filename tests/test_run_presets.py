@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from train_hydra import CONFIG_DIR, compose_config, train
-from visualization.config_tree import CONFIG_TREE_FILE, RequireTags
+from visualization.config_tree import CONFIG_TREE_FILE, check_tags
 
 QUIET = ["callbacks.rich_progress_bar=null", "trainer.enable_model_summary=false", "trainer.enable_progress_bar=false",
          "logger=none"]
@@ -88,9 +88,9 @@ def test_no_config_tree_with_print_config_false(tmp_path):
 
 def test_a_multirun_without_tags_is_refused_and_one_with_tags_starts(tmp_path):
     with pytest.raises(ValueError, match=r"^tags is empty; a multirun needs tags"):
-        RequireTags().on_multirun_start(compose_config(["tags=[]"], tmp_path))
-    RequireTags().on_multirun_start(compose_config(["tags=[lstm_sweep]"], tmp_path))
-    RequireTags().on_run_start(compose_config(["tags=[]"], tmp_path))  # a single run only warns
+        check_tags(compose_config(["tags=[]"], tmp_path), multirun=True)
+    check_tags(compose_config(["tags=[lstm_sweep]"], tmp_path), multirun=True)
+    check_tags(compose_config(["tags=[]"], tmp_path), multirun=False)  # a single run only warns
 
 
 def test_train_false_evaluates_a_checkpoint_on_val_and_test(tmp_path):

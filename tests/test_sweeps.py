@@ -92,12 +92,13 @@ def test_only_the_swept_command_line_overrides_name_the_jobs():
     assert name_jobs_by_what_they_sweep(chosen) == chosen  # the user's own choice stays
 
 
-def test_a_multirun_without_tags_stops_before_its_first_job(tmp_path):
+def test_a_multirun_without_tags_stops_at_its_first_job(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), "-m", "model=lstm,gru", "tags=[]", *TINY,
                              f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "tags is empty; a multirun needs tags to find its runs later, e.g. tags=[lstm_sweep]." in result.stderr
     assert not list(tmp_path.glob("debug/multiruns/*/*/metrics.json"))
+    assert not list(tmp_path.glob("debug/multiruns/*/*/checkpoints"))
 
 
 def test_optuna_direction_follows_the_optimized_metric(tmp_path):

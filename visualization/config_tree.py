@@ -1,20 +1,18 @@
 """How a run shows its config and labels itself: the rich config tree and the tags a multirun needs.
 
 `print_config_tree` prints the composed config at the start of a run and saves the same tree as
-`config_tree.log` in the run dir (as the lightning-hydra-template does); `RequireTags` is a Hydra
-callback (configs/hydra/default.yaml) that stops a multirun without tags before its first job.
+`config_tree.log` in the run dir (as the lightning-hydra-template does); `check_tags` stops a
+multirun without tags at its first job, before any training.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import rich
 import rich.syntax
 import rich.tree
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -48,17 +46,14 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
             rich.print(tree, file=file)
 
 
-class RequireTags(Callback):
+def check_tags(cfg: DictConfig, multirun: bool) -> None:
     """Refuse a multirun whose `tags` are empty: a sweep's runs are found again by their tags.
 
     The template asks for tags on stdin; a sweep may run where nobody can answer (CI, SLURM), so
-    it fails at once instead, in one sentence. Single runs keep running with a warning.
+    it fails at once instead, in one sentence. A single run keeps running with a warning.
     """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.get("tags"):
-            raise ValueError("tags is empty; a multirun needs tags to find its runs later, e.g. tags=[lstm_sweep].")
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.get("tags"):
-            log.warning("tags is empty; add tags=[...] to find this run again in the loggers.")
+    if cfg.get("tags"):
+        return
+    if multirun:
+        raise ValueError("tags is empty; a multirun needs tags to find its runs later, e.g. tags=[lstm_sweep].")
+    log.warning("tags is empty; add tags=[...] to find this run again in the loggers.")
