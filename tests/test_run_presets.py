@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from train_hydra import CONFIG_DIR, compose_config, train
-from visualization.config_tree import CONFIG_TREE_FILE, check_tags
+from training.config_tree import CONFIG_TREE_FILE, check_tags
 
 QUIET = ["callbacks.rich_progress_bar=null", "trainer.enable_model_summary=false", "trainer.enable_progress_bar=false",
          "logger=none"]

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from train_hydra import JOB_DIR_NAME_LENGTH, compose_config, job_dir_name, metric_direction, name_jobs_by_what_they_sweep
+from train_hydra import (
+    JOB_DIR_NAME_LENGTH,
+    compose_config,
+    job_dir_name,
+    metric_direction,
+    name_jobs_by_what_they_sweep,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["debug=fdr", "data.generator.T=600", "data.batch_size=16"]
