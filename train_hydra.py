@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from data.text import TOKENIZER_FILE
 from lightning_module import SeamGatedLightningModule
 from models import OptionError, check_task, get_model_class
 from models.contract import INPUT_KINDS
+from training.config_tree import CONFIG_TREE_FILE, check_tags, print_config_tree
 from training.run_files import JOB_ERROR_FILE
 from training.tuning import tune
 
@@ -181,18 +184,36 @@ def check_checkpoint_fits(path: Path, model_cfg: DictConfig) -> None:
             )
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(precision: str) -> None:
+    """torch.set_float32_matmul_precision, with a bad value named by its config key."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"float32_matmul_precision={precision} is not allowed; choose one of: "
+                          f"{', '.join(MATMUL_PRECISIONS)}.")
+    torch.set_float32_matmul_precision(precision)
+
+
 def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the configured model; write metrics.json into the run dir and return its content."""
+    if cfg.print_config:
+        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
     ckpt_path = resolve_ckpt_path(cfg)
+    set_matmul_precision(cfg.float32_matmul_precision)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_from(cfg, "data")
     if hasattr(datamodule, "save_tokenizer"):  # text data: sampling and load_run read it back
         datamodule.save_tokenizer(Path(cfg.paths.output_dir))
     module = build_module(cfg, datamodule)
+    if cfg.compile:
+        # The forward only (nn.Module.compile is skipped by dynamo here): parameter names, and so
+        # checkpoints, stay those of the plain model.
+        module.model.forward = torch.compile(module.model.forward)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
     if not loggers:
@@ -220,6 +241,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         evaluated_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         if evaluated_ckpt:
             trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated_ckpt, weights_only=True, verbose=False)
+        metrics.update(run_metrics(trainer))
+    elif ckpt_path is not None:
+        # train=false ckpt_path=...: evaluate the checkpoint on val (and on test below).
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False)
         metrics.update(run_metrics(trainer))
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=evaluated_ckpt or None, weights_only=True, verbose=False)
@@ -305,6 +330,25 @@ def metric_direction(metric_name: str) -> str:
 
 OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)
 
+JOB_DIR_NAME_LENGTH = 64  # longer override lists are cut and end in a hash of the whole list
+
+
+def job_dir_name(job_num: int, override_dirname: str) -> str:
+    """A sweep job's dir name: its number, then its overrides (`3_model=lstm,seed=43`).
+
+    The number keeps two jobs with the same overrides apart (Optuna may repeat a trial) and sorts
+    the dirs; characters that are awkward in paths become `_`. Nothing but the job number and the
+    overrides enters the name, so the same sweep command gives the same dirs again.
+    """
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname)
+    if len(name) > JOB_DIR_NAME_LENGTH:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
+        name = f"{name[:JOB_DIR_NAME_LENGTH - 9]}-{digest}"
+    return f"{job_num}_{name}" if name else str(job_num)
+
+
+OmegaConf.register_new_resolver("job_dir_name", job_dir_name, replace=True)
+
 
 def record_failure(output_dir: Path, error: Exception, wall_time_s: float) -> None:
     """Leave the error in the run dir (JOB_ERROR_FILE), where the sweep summary and list_runs read it."""
@@ -320,6 +364,10 @@ def main(cfg: DictConfig) -> float | None:
     In a sweep a failing job is recorded in its dir and returns NaN (Optuna marks such a trial
     failed), so the other jobs still run and the sweep summary shows the failure.
     """
+    try:
+        check_tags(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+    except ValueError as error:
+        sys.exit(f"Invalid config: {error}")  # stops the whole sweep, not only this job
     started = time.perf_counter()
     try:
         record = train(cfg)
@@ -367,6 +415,30 @@ def check_group_choices(argv: list[str]) -> None:
                 sys.exit(f"Invalid config: {group}={choice} is not a {kind}; choose one of: {', '.join(available)}.")
 
 
+EXCLUDE_KEYS_OVERRIDE = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def name_jobs_by_what_they_sweep(argv: list[str]) -> list[str]:
+    """`argv` plus an override that leaves the command-line overrides every job shares out of the job
+    dir names, so `-m model=lstm,gru trainer=fast` names its jobs `0_model=lstm` and `1_model=gru`.
+
+    Only the command line says which overrides are swept; the jobs' configs no longer do.
+    """
+    try:
+        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+    except Exception:  # malformed overrides: Hydra's own parser explains those
+        return argv
+    if any(override.key_or_group == EXCLUDE_KEYS_OVERRIDE for override in overrides):
+        return argv  # the user chose the excluded keys
+    shared = [override.key_or_group for override in overrides
+              if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")]
+    if not shared:
+        return argv
+    defaults = OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys
+    return [*argv, f"{EXCLUDE_KEYS_OVERRIDE}=[{','.join(dict.fromkeys([*defaults, *shared]))}]"]
+
+
 if __name__ == "__main__":
     check_group_choices(sys.argv[1:])
+    sys.argv[1:] = name_jobs_by_what_they_sweep(sys.argv[1:])
     main()

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from train_hydra import compose_config, metric_direction
+from train_hydra import (
+    JOB_DIR_NAME_LENGTH,
+    compose_config,
+    job_dir_name,
+    metric_direction,
+    name_jobs_by_what_they_sweep,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["debug=fdr", "data.generator.T=600", "data.batch_size=16"]
@@ -31,8 +37,17 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
 def test_a_2x2_sweep_with_a_failing_job_summarises_all_four(tmp_path):
     # z2_seam needs an even hidden_dim, so exactly one of the four jobs fails.
     sweep_dir = sweep(tmp_path, "model=z2_seam,lstm", "model.hidden_dim=7,8")
-    assert sorted(path.name for path in sweep_dir.iterdir() if path.is_dir()) == ["0", "1", "2", "3"]
+    # Only the swept overrides (TINY's are shared by every job), sorted by key as Hydra does.
+    job_dirs = ["0_model.hidden_dim=7,model=z2_seam", "1_model.hidden_dim=8,model=z2_seam",
+                "2_model.hidden_dim=7,model=lstm", "3_model.hidden_dim=8,model=lstm"]
+    assert sorted(path.name for path in sweep_dir.iterdir() if path.is_dir()) == sorted(job_dirs)
+    # TensorBoard names each run by its path under the sweep dir: `<job dir>/tensorboard`.
+    hydra_config = OmegaConf.load(sweep_dir / job_dirs[2] / ".hydra" / "hydra.yaml").hydra
+    assert Path(hydra_config.runtime.output_dir) == (sweep_dir / job_dirs[2]).resolve()
+    saved = OmegaConf.load(sweep_dir / job_dirs[2] / ".hydra" / "config.yaml")
+    assert OmegaConf.to_container(saved.logger.tensorboard)["save_dir"] == "${paths.output_dir}/tensorboard"
     rows = summary_rows(sweep_dir)
+    assert [row["job"] for row in rows] == job_dirs
     assert [row["overrides"].split()[:2] for row in rows] == [
         ["model=z2_seam", "model.hidden_dim=7"], ["model=z2_seam", "model.hidden_dim=8"],
         ["model=lstm", "model.hidden_dim=7"], ["model=lstm", "model.hidden_dim=8"]]
@@ -42,6 +57,7 @@ def test_a_2x2_sweep_with_a_failing_job_summarises_all_four(tmp_path):
     assert all(float(row["wall_time_s"]) >= 0 for row in rows)
     markdown = (sweep_dir / "summary.md").read_text().splitlines()
     assert len(markdown) == 2 + 4 and "FAILED" in markdown[2]
+    assert markdown[3].startswith(f"| [{job_dirs[1]}]({job_dirs[1]}/) |")  # each row links to its job dir
 
 
 def test_optuna_search_runs_three_trials_and_records_the_best(tmp_path):
@@ -58,6 +74,37 @@ def test_joblib_launcher_runs_two_jobs_in_parallel_processes(tmp_path):
     rows = summary_rows(sweep_dir)
     assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
     assert [row["overrides"].split()[0] for row in rows] == ["model=z2_seam", "model=gru"]
+    # The job dir names are resolved in the worker processes too.
+    assert [row["job"] for row in rows] == ["0_model=z2_seam", "1_model=gru"]
+
+
+def test_job_dir_names_are_short_path_safe_and_deterministic():
+    assert job_dir_name(3, "model=lstm,seed=43") == "3_model=lstm,seed=43"
+    assert job_dir_name(0, "") == "0"  # no overrides: the job number alone
+    assert job_dir_name(1, "callbacks=[audit,heatmap],data.path=/a b/c.txt") == "1_callbacks=_audit,heatmap_,data.path=_a_b_c.txt"
+    long_a, long_b = "model.hidden_dim=64," + "x" * 80 + "a", "model.hidden_dim=64," + "x" * 80 + "b"
+    assert len(job_dir_name(5, long_a)) == len("5_") + JOB_DIR_NAME_LENGTH
+    assert job_dir_name(5, long_a) != job_dir_name(5, long_b)  # cut names stay apart by their hash
+    assert job_dir_name(5, long_a) == job_dir_name(5, long_a)
+
+
+def test_only_the_swept_command_line_overrides_name_the_jobs():
+    argv = ["-m", "model=lstm,gru", "trainer=fast", "seed=42,43", "hydra/launcher=joblib"]
+    (*kept, added) = name_jobs_by_what_they_sweep(argv)
+    assert kept == argv
+    assert added == ("hydra.job.config.override_dirname.exclude_keys="
+                     "[paths.log_dir,paths.output_dir,ckpt_path,task_name,tags,trainer]")
+    chosen = [*argv, "hydra.job.config.override_dirname.exclude_keys=[seed]"]
+    assert name_jobs_by_what_they_sweep(chosen) == chosen  # the user's own choice stays
+
+
+def test_a_multirun_without_tags_stops_at_its_first_job(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), "-m", "model=lstm,gru", "tags=[]", *TINY,
+                             f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "tags is empty; a multirun needs tags to find its runs later, e.g. tags=[lstm_sweep]." in result.stderr
+    assert not list(tmp_path.glob("debug/multiruns/*/*/metrics.json"))
+    assert not list(tmp_path.glob("debug/multiruns/*/*/checkpoints"))
 
 
 def test_optuna_direction_follows_the_optimized_metric(tmp_path):

@@ -31,6 +31,7 @@ import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from visualization.sweep_summary import job_order  # noqa: E402
 
 DPI = 150
 # (tag, panel title, log-scale y) of the curves drawn, in order; panels whose tag no run logged are left out.
@@ -91,7 +92,7 @@ def find_runs(directory: Path) -> tuple[list[Run], bool]:
     """The runs of a DIR argument and whether it is a sweep (a dir of job dirs, ordered by job number)."""
     jobs = [path for path in directory.iterdir() if _is_job(path)] if not _is_job(directory) else []
     if jobs:
-        jobs.sort(key=lambda path: (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name))
+        jobs.sort(key=job_order)
         return [read_run(job) for job in jobs], True
     return [read_run(directory)], False
 

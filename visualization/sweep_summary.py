@@ -31,8 +31,7 @@ class SweepSummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        job_dirs = sorted((path.parent.parent for path in sweep_dir.glob("*/.hydra/overrides.yaml")),
-                          key=lambda path: (len(path.name), path.name))
+        job_dirs = sorted((path.parent.parent for path in sweep_dir.glob("*/.hydra/overrides.yaml")), key=job_order)
         if not job_dirs:
             return
         rows = [job_summary(job_dir) for job_dir in job_dirs]
@@ -40,12 +39,21 @@ class SweepSummaryCallback(Callback):
             writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
             writer.writeheader()
             writer.writerows(rows)
-        (sweep_dir / "summary.md").write_text(markdown_table(rows))
+        # In summary.md each job links to its dir (metrics.json, checkpoints, TensorBoard events).
+        linked = [{**row, "job": f"[{row['job']}]({row['job']}/)"} for row in rows]
+        (sweep_dir / "summary.md").write_text(markdown_table(linked))
         by_config = summary_over_seeds(rows)
         if len(by_config) < len(rows):
             (sweep_dir / "summary_by_config.md").write_text(markdown_table(by_config))
         failed = sum(row["status"] != "COMPLETED" for row in rows)
         log.info(f"sweep summary of {len(rows)} jobs ({failed} not completed): {sweep_dir / 'summary.md'}")
+
+
+def job_order(job_dir: Path) -> tuple[bool, int, str]:
+    """Sort key of job dirs, named `<job number>_<overrides>` (configs/hydra/default.yaml): by job
+    number, so job 10 follows job 9; dirs without a number go last, by name."""
+    number = job_dir.name.split("_", 1)[0]
+    return (not number.isdigit(), int(number) if number.isdigit() else 0, job_dir.name)
 
 
 def job_summary(job_dir: Path) -> dict[str, Any]:
