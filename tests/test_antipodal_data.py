@@ -23,19 +23,37 @@ def test_switch_rate_matches_p_switch_within_binomial_bound():
     assert low <= switches <= high
 
 
-def test_transition_fraction_matches_window_radius():
-    # An interior step is a transition step when a switch lands in the 2w steps (t-w, t+w].
-    config = AntipodalProcessConfig(T=50_000, p_switch=0.05, window_radius=5, seed=4)
+@pytest.mark.parametrize("window, switch_slots", [("observable", 1), ("symmetric", 2)])
+def test_transition_fraction_matches_window_radius(window, switch_slots):
+    # observable: t is a transition step when a switch lands in the w steps t-w .. t-1;
+    # symmetric: in the 2w steps t-w+1 .. t+w.
+    config = AntipodalProcessConfig(T=50_000, p_switch=0.05, window_radius=5, window=window, seed=4)
     sequence = generate_antipodal(config)
-    expected = 1 - (1 - config.p_switch) ** (2 * config.window_radius)
+    expected = 1 - (1 - config.p_switch) ** (switch_slots * config.window_radius)
     assert sequence.transition.mean() == pytest.approx(expected, abs=0.02)
     assert not generate_antipodal(AntipodalProcessConfig(T=1000, p_switch=0.0)).transition.any()
 
 
-def test_transition_mask_marks_s_minus_w_to_s_plus_w_minus_1():
+def test_observable_mask_marks_exactly_the_first_w_steps_each_switch_changes():
+    # Switches at s = 10 (r_10 = -1 != r_9) and s = 14; x_{s+1} is the first observation r_s produces.
+    regime = np.array([1] * 10 + [-1] * 4 + [1] * 10)
+    assert np.flatnonzero(transition_mask(regime, window_radius=3)).tolist() == [11, 12, 13, 15, 16, 17]
+    assert np.flatnonzero(transition_mask(regime, window_radius=3, window="observable")).tolist() == [
+        11, 12, 13, 15, 16, 17]
+    # The windows are cut at the end of the sequence; no switch, no transition steps.
+    assert np.flatnonzero(transition_mask(regime[:13], window_radius=3)).tolist() == [11, 12]
+    assert not transition_mask(np.ones(8, dtype=int), window_radius=3).any()
+
+
+def test_symmetric_mask_marks_s_minus_w_to_s_plus_w_minus_1():
     regime = np.array([1] * 10 + [-1] * 10)
-    mask = transition_mask(regime, window_radius=3)
+    mask = transition_mask(regime, window_radius=3, window="symmetric")
     assert np.flatnonzero(mask).tolist() == [7, 8, 9, 10, 11, 12]
+
+
+def test_unknown_window_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"generator.window='centred' is not allowed; choose one of: observable, symmetric"):
+        AntipodalProcessConfig(window="centred")
 
 
 def test_dynamics_follow_the_regime_sign():

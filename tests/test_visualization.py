@@ -88,13 +88,13 @@ def _switch_lines(ax) -> list[float]:
 def test_heatmap_regime_switches_line_up_with_the_transition_shading(planted):
     figure = plot_gate_heatmap(planted["gate"], planted["regime"], planted["transition"], first_step=FIRST_STEP)
     heat, regime_ax = figure.axes[0], figure.axes[1]
-    expected_switches = [FIRST_STEP + s - 0.5 for s in SWITCHES]  # between steps s-1 and s
+    expected_switches = [FIRST_STEP + s + 0.5 for s in SWITCHES]  # before x_{s+1}, the first step s changes
     assert _switch_lines(heat) == _switch_lines(regime_ax) == expected_switches
-    # Windows s-5 .. s+4 around each switch; those of 100 and 103 overlap into one shaded run.
-    windows = [(35, 44), (95, 107), (165, 174)]
+    # Observable windows s+1 .. s+5 after each switch; those of 100 and 103 overlap into one shaded run.
+    windows = [(41, 45), (101, 108), (171, 175)]
     assert _spans(regime_ax) == [(FIRST_STEP + a - 0.5, FIRST_STEP + b + 0.5) for a, b in windows]
-    for switch in expected_switches:
-        assert any(start < switch < stop for start, stop in _spans(regime_ax))
+    for switch in expected_switches:  # every window starts at or after its switch line, never before
+        assert any(start <= switch < stop for start, stop in _spans(regime_ax))
     # The regime bands change colour exactly at the switch lines.
     edges = {round(x, 6) for band in regime_ax.collections for x in band.get_paths()[0].vertices[:, 0]}
     assert set(expected_switches) <= set(edges)
@@ -106,7 +106,7 @@ def test_time_range_selects_steps_on_the_time_axis(planted):
                                            time_range=(FIRST_STEP + 90, FIRST_STEP + 120))
     energy_ax = figure.axes[0]
     assert energy_ax.get_xlim() == (FIRST_STEP + 89.5, FIRST_STEP + 119.5)
-    assert _switch_lines(energy_ax) == [FIRST_STEP + 99.5, FIRST_STEP + 102.5]
+    assert _switch_lines(energy_ax) == [FIRST_STEP + 100.5, FIRST_STEP + 103.5]
     assert [line.get_ydata()[0] for line in energy_ax.lines if line.get_gid() == "k_star"] == [K_STAR]
     with pytest.raises(ValueError, match=r"time_range=\(0, 10\) holds none of the steps 6000..6239"):
         plot_gate_heatmap(planted["gate"], first_step=FIRST_STEP, time_range=(0, 10))

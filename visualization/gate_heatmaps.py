@@ -98,8 +98,8 @@ def _switch_indices(regime: np.ndarray) -> np.ndarray:
 def _mark_transitions(ax, steps: np.ndarray, transition: np.ndarray | None, regime: np.ndarray | None) -> None:
     """Shade transition windows and draw a dashed line at every regime switch.
 
-    Step t covers [t - 0.5, t + 0.5), so a window of steps s-w .. s+w-1 spans [s-w-0.5, s+w-0.5)
-    and the switch at s (r_s != r_{s-1}) sits at s - 0.5, the window's centre.
+    Step t covers [t - 0.5, t + 0.5). A switch at s (r_s != r_{s-1}) first changes x_{s+1}, so its
+    line sits at s + 0.5, where it first affects x: the observable window s+1 .. s+w starts there.
     """
     if transition is not None:
         for start, stop in _runs(transition):
@@ -107,22 +107,24 @@ def _mark_transitions(ax, steps: np.ndarray, transition: np.ndarray | None, regi
                        gid="transition")
     if regime is not None:
         for index in _switch_indices(regime):
-            ax.axvline(steps[index] - 0.5, gid="switch", **SWITCH_STYLE)
+            ax.axvline(steps[index] + 0.5, gid="switch", **SWITCH_STYLE)
 
 
 def _draw_regime(ax, steps: np.ndarray, regime: np.ndarray | None, transition: np.ndarray | None) -> None:
-    """The regime r_t as coloured bands at +1 / -1 (where known), with transition windows and switches marked."""
+    """The sign of the dynamics as coloured bands at +1 / -1 (where known), with transition windows and switches."""
     _mark_transitions(ax, steps, transition, regime)
     ax.set_ylim(-1.3, 1.3)
     if regime is None:
         ax.set_yticks([])
         ax.set_ylabel("transitions")
         return
+    # Drawn one step late, as the sign r_{t-1} of the dynamics that produced x_t: its colour changes
+    # where the switch lines are, at the first observation a switch changes.
     for value, color in REGIME_COLORS.items():
         for start, stop in _runs(regime == value):
-            ax.fill_between([steps[start] - 0.5, steps[stop - 1] + 0.5], 0, value, color=color, alpha=0.85, linewidth=0)
+            ax.fill_between([steps[start] + 0.5, steps[stop - 1] + 1.5], 0, value, color=color, alpha=0.85, linewidth=0)
     ax.set_yticks([-1, 1], ["-1", "+1"])
-    ax.set_ylabel("regime $r_t$")
+    ax.set_ylabel("sign $r_{t-1}$\nproducing $x_t$")
     ax.axhline(0, color="black", linewidth=0.5)
 
 
