@@ -24,7 +24,6 @@ import argparse
 import inspect
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,13 +34,16 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
-import torchmetrics.functional  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from scipy import stats  # noqa: E402
 from torch import nn  # noqa: E402
 
+from analysis.statistics import (  # noqa: E402, F401  (re-exported: the names the README and seeds use)
+    SIGNIFICANCE,
+    GateTransitionStatistics,
+    gate_transition_statistics,
+)
 from models.parity import K_STAR  # noqa: E402
 
 DPI = 150
@@ -49,7 +51,6 @@ REGIME_COLORS = {1: "#4C72B0", -1: "#DD8452"}  # seaborn's first two "deep" colo
 TRANSITION_COLOR = "0.55"
 SWITCH_STYLE = {"color": "black", "linestyle": "--", "linewidth": 0.8}
 GATE_CMAP = "viridis"
-SIGNIFICANCE = 0.05
 
 ArrayLike = Any  # numpy arrays, torch tensors or sequences of numbers
 
@@ -268,70 +269,6 @@ def plot_parity_energy_trajectory(
     axes[-1].set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
     ax_energy.set_title(title or "Parity energy and seam gate over time")
     return _finish(fig, save_path)
-
-
-@dataclass(frozen=True)
-class GateTransitionStatistics:
-    """How much higher the gate is at transition steps than at stable steps.
-
-    welch_t / welch_p / welch_df: one-sided Welch t-test, H1: mean(transition) > mean(stable).
-    cohens_d: mean difference over the pooled standard deviation.
-    auroc: probability that a random transition step has a higher gate than a random stable step.
-    """
-
-    n_transition: int
-    n_stable: int
-    mean_transition: float
-    mean_stable: float
-    welch_t: float
-    welch_p: float
-    welch_df: float
-    cohens_d: float
-    auroc: float
-    alpha: float = SIGNIFICANCE
-
-    @property
-    def significant(self) -> bool:
-        return math.isfinite(self.welch_p) and self.welch_p < self.alpha
-
-    def summary(self) -> str:
-        verdict = f"{'significant' if self.significant else 'not significant'} at alpha = {self.alpha:g}"
-        return (f"Welch t = {self.welch_t:.3g} (df {self.welch_df:.1f}), one-sided p = {self.welch_p:.3g}  "
-                f"[{verdict}]\n"
-                f"Cohen's d = {self.cohens_d:.3g}    AUROC = {self.auroc:.3f}\n"
-                f"mean gate: {self.mean_transition:.3f} at {self.n_transition} transition steps, "
-                f"{self.mean_stable:.3f} at {self.n_stable} stable steps")
-
-
-def gate_transition_statistics(gate_activations: ArrayLike, transition_mask: ArrayLike,
-                               alpha: float = SIGNIFICANCE) -> GateTransitionStatistics:
-    """One-sided Welch t-test, Cohen's d and AUROC of the gate as a detector of transition steps."""
-    gate = _series(gate_activations, "gate_activations")
-    transition = _series(transition_mask, "transition_mask", len(gate), bool)
-    inside, outside = gate[transition], gate[~transition]
-    if len(inside) < 2 or len(outside) < 2:
-        raise ValueError(f"transition_mask marks {len(inside)} transition and {len(outside)} stable steps; "
-                         "the statistics need at least 2 of each.")
-    # A constant gate (gate=fixed or none) has no variance: t, p and d are NaN or infinite, which
-    # the summary reports as not significant; scipy's and numpy's warnings about it add nothing.
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        welch = stats.ttest_ind(inside, outside, equal_var=False, alternative="greater")
-        pooled = math.sqrt(((len(inside) - 1) * inside.var(ddof=1) + (len(outside) - 1) * outside.var(ddof=1))
-                           / (len(inside) + len(outside) - 2))
-        difference = inside.mean() - outside.mean()
-        if pooled > 0:
-            cohens_d = difference / pooled
-        else:
-            cohens_d = math.nan if difference == 0 else math.copysign(math.inf, difference)
-    auroc = torchmetrics.functional.auroc(torch.as_tensor(gate, dtype=torch.float64),
-                                          torch.as_tensor(transition, dtype=torch.long), task="binary")
-    return GateTransitionStatistics(
-        n_transition=len(inside), n_stable=len(outside),
-        mean_transition=float(inside.mean()), mean_stable=float(outside.mean()),
-        welch_t=float(welch.statistic), welch_p=float(welch.pvalue), welch_df=float(welch.df),
-        cohens_d=float(cohens_d), auroc=float(auroc), alpha=alpha,
-    )
 
 
 def plot_gate_statistics(
