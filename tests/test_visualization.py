@@ -298,3 +298,21 @@ def test_plot_runs_compares_the_jobs_of_a_sweep_by_their_swept_hyperparameters(t
     assert len(plot_runs.plot_sweep(runs, ["model", "seed"], sweep.name).axes) == 2  # one panel per metric
     printed = capsys.readouterr().out
     assert "swept: model, seed" in printed and "0.0031" in printed
+
+
+def test_plot_runs_draws_the_filter_as_a_horizontal_reference_line(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    _fake_job(tmp_path / "model", "z2_seam", 1, 0.0028)
+    filter_job = tmp_path / "filter"
+    (filter_job / ".hydra").mkdir(parents=True)
+    (filter_job / "metrics.json").write_text(json.dumps({"model": "hamilton_imm", "metrics": {"val/mse": 0.0025}}))
+    writer = SummaryWriter(str(filter_job / "tensorboard"))
+    writer.add_scalar("val/mse", 0.0025, 0)  # evaluated once, at step 0
+    writer.close()
+    runs = [plot_runs.read_run(tmp_path / "model"), plot_runs.read_run(filter_job)]
+    figure = plot_runs.plot_training_curves(runs)
+    panel = next(ax for ax in figure.axes if ax.get_title() and ax.get_ylabel() == "val/mse")
+    references = [line for line in panel.lines if line.get_gid() == "reference"]
+    assert len(references) == 1 and np.allclose(references[0].get_ydata(), 0.0025)
+    assert list(references[0].get_xdata()) == [0, 1]  # axes coordinates: the whole panel width
