@@ -14,7 +14,12 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 
-from visualization.gate_heatmaps import collect_slice_diagnostics, draw_slice_figures, gate_transition_statistics
+from visualization.gate_heatmaps import (
+    collect_slice_diagnostics,
+    draw_slice_figures,
+    gate_series,
+    gate_transition_statistics,
+)
 
 
 class GateHeatmapCallback(pl.Callback):
@@ -79,7 +84,7 @@ class GateHeatmapCallback(pl.Callback):
         if not trainer.is_global_zero or not self._has_gates:
             return
         data = collect_slice_diagnostics(pl_module, trainer.datamodule, self.slice_length, self.slice_offset)
-        if not data.diagnostics:
+        if not gate_series(data.diagnostics):
             self._has_gates = False
             rank_zero_warn(f"GateHeatmapCallback: model {pl_module.hparams.model_type} returns no gate diagnostics; "
                            "no gate figures are drawn for this run.")

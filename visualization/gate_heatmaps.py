@@ -443,6 +443,14 @@ def collect_slice_diagnostics(module: nn.Module, datamodule: Any, length: int = 
     )
 
 
+NOT_GATES = ("parity_energy", "state")  # per-step diagnostics that are no gate (state is a vector per step)
+
+
+def gate_series(diagnostics: Mapping[str, Any]) -> dict[str, Any]:
+    """The diagnostics that are gates: one value in [0, 1] per step."""
+    return {name: values for name, values in diagnostics.items() if name not in NOT_GATES}
+
+
 def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: str) -> dict[str, Figure]:
     """The heatmap, parity-energy and gate-statistics figures of a slice, saved as PNGs in `output_dir`.
 
@@ -450,7 +458,7 @@ def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: st
     energy no trajectory, and fewer than two transition or stable steps no statistics.
     """
     output_dir = Path(output_dir)
-    gates = {name: values for name, values in data.diagnostics.items() if name != "parity_energy"}
+    gates = gate_series(data.diagnostics)
     steps = f"steps {data.steps[0]}-{data.steps[-1]}"  # of whichever split the slice was cut from
     figures: dict[str, Figure] = {}
     if gates:
@@ -489,7 +497,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         parser.error(str(error))
     module, checkpoint = run.module, run.checkpoint
     data = collect_slice_diagnostics(module, run.datamodule, length=args.length, offset=args.offset)
-    if not data.diagnostics:
+    if not gate_series(data.diagnostics):
         sys.exit(f"model {module.hparams.model_type} returns no gate diagnostics; there is nothing to draw.")
     output = args.output or args.experiment / "figures" / "posthoc"
     figures = draw_slice_figures(data, output, f"{module.hparams.model_type} ({checkpoint.name})")
