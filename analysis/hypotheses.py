@@ -18,7 +18,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from analysis.statistics import BootstrapResult, auroc, block_bootstrap, holm, mean_difference, pearson
+from analysis.statistics import (
+    BootstrapResult,
+    auroc,
+    block_bootstrap,
+    holm,
+    mean_difference,
+    pearson,
+)
 
 HYSTERESIS = np.round(np.arange(0.0, 0.5, 0.05), 2)  # H2: Schmitt-trigger half widths around 0.5
 FALSE_ALARMS_PER_1000 = 10.0  # H2 operating point: the expected delay at <= this many false alarms per 1000 steps
