@@ -32,6 +32,11 @@ from analysis import hypotheses
 from analysis.statistics import block_bootstrap
 from data.antipodal import transition_mask
 from models.hamilton_imm import HamiltonIMMReference, hamilton_imm_filter
+from visualization.gate_heatmaps import (
+    SliceDiagnostics,
+    draw_slice_figures,
+    gate_series,
+)
 
 log = logging.getLogger(__name__)
 REFERENCE = "hamilton_imm"
@@ -78,7 +83,7 @@ class SeedArrays:
     gate: np.ndarray | None = None
     parity_energy: np.ndarray | None = None
     probe: np.ndarray | None = None  # P(d_t = -1) from a logistic probe of the state (gateless models)
-    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)
+    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)  # per test step, for the figures
 
 
 @dataclass
@@ -86,6 +91,7 @@ class SeedData:
     """What a seed's data and the filter give, shared by every model of a setting."""
 
     steps: np.ndarray  # test steps t (the last step a model has read)
+    regime: np.ndarray  # r_t at those steps
     negative: np.ndarray  # d_t = r_{t-1} == -1
     observable: np.ndarray  # s+1 <= t <= s+w
     symmetric: np.ndarray  # s-w <= t <= s+w-1 (the paper's)
@@ -117,7 +123,7 @@ def seed_data(datamodule) -> SeedData:
     predictions = torch.cat([reference(chunk)[:, -1] for chunk in x.split(256)])
     w = process.window_radius
     return SeedData(
-        steps=steps, negative=regime[steps - 1] == -1,
+        steps=steps, regime=regime[steps], negative=regime[steps - 1] == -1,
         observable=transition_mask(regime, w, "observable")[steps],
         symmetric=transition_mask(regime, w, "symmetric")[steps],
         filter_negative=1.0 - posterior[steps], targets=targets,
@@ -152,6 +158,7 @@ def model_arrays(run_dir: Path, data: SeedData) -> SeedArrays:
     series = torch.as_tensor(datamodule.sequence.x, dtype=torch.float32)
     step_windows = torch.stack([series[t - history + 1 : t + 1] for t in data.steps])
     diagnostics = _last_step_diagnostics(module, step_windows)
+    arrays.diagnostics = {name: values for name, values in diagnostics.items() if name != "state"}
     gate = diagnostics.get("gate")
     if gate is not None and gate.std() > 0:  # a constant gate (fixed, none) tracks nothing
         arrays.gate = gate
@@ -222,7 +229,22 @@ def filter_reference(seeds: list[SeedData]) -> dict:
             "H2": hypotheses.h2_switch_detection(posterior, negative, groups)}
 
 
-def collect(run_dirs: list[Path]) -> dict[str, dict]:
+def slug(label: str) -> str:
+    return label.replace(", ", "_").replace("=", "-")
+
+
+def draw_gate_figures(arrays: SeedArrays, data: SeedData, output_dir: Path, name: str, length: int = 400) -> None:
+    """Gate heatmap, parity-energy and gate-statistics figures of the first `length` test steps of one seed."""
+    if not gate_series(arrays.diagnostics):
+        return
+    window = slice(0, length)
+    shown = SliceDiagnostics(steps=data.steps[window], regime=data.regime[window], transition=data.observable[window],
+                             diagnostics={k: v[window] for k, v in arrays.diagnostics.items()}, history_length=0)
+    for figure in draw_slice_figures(shown, output_dir, f"{name} (test split)").values():
+        figure.clear()
+
+
+def collect(run_dirs: list[Path], figures_dir: Path | None = None) -> dict[str, dict]:
     """{setting label: {"setting", "seeds", "filter", "models": {variant: analysis}, "per_seed_mse"}}."""
     from train_hydra import instantiate_from
 
@@ -250,6 +272,8 @@ def collect(run_dirs: list[Path]) -> dict[str, dict]:
             runs = entry["runs"][name]
             used = [s for s in seeds if s in runs]
             arrays = [model_arrays(runs[s], entry["data"][s]) for s in used]
+            if figures_dir is not None:
+                draw_gate_figures(arrays[0], entry["data"][used[0]], figures_dir / slug(label) / name, name)
             models[name] = analyse_model([entry["data"][s] for s in used], arrays)
             models[name]["seeds"] = used
             models[name]["per_seed_mse"] = [float(a.errors.mean()) for a in arrays]
@@ -374,7 +398,7 @@ def write_report(paths: list[Path], output_dir: Path) -> dict[str, dict]:
     run_dirs = find_run_dirs([Path(p) for p in paths])
     if not run_dirs:
         raise ValueError(f"no finished runs (metrics.json with .hydra/config.yaml) under {', '.join(map(str, paths))}.")
-    report = collect(run_dirs)
+    report = collect(run_dirs, Path(output_dir) / "figures")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(report, indent=2, default=float))
