@@ -124,3 +124,21 @@ def test_bad_arguments_fail_naming_the_argument(kwargs, key):
         AntipodalDataModule(**kwargs)
     message = str(error.value)
     assert message.startswith(key) and message.count("\n") == 0
+
+
+def test_the_default_setting_is_informative_and_the_paper_setting_is_not(tmp_path):
+    # The filter must be >= 30 % below predicting 0 on the default data (docs/seam_experiment.md).
+    from models.hamilton_imm import HamiltonIMMReference
+    from train_hydra import compose_config, instantiate_from
+
+    gains = {}
+    for name, overrides in {"default": [], "paper": ["experiment=paper_setting"]}.items():
+        cfg = compose_config(overrides, tmp_path)
+        datamodule = instantiate_from(cfg, "data")
+        datamodule.setup()
+        dataset = datamodule.datasets["val"]
+        batch = [dataset[i] for i in range(0, len(dataset), 20)]
+        x, y = torch.stack([b["x"] for b in batch]), torch.stack([b["y"] for b in batch])
+        prediction = HamiltonIMMReference(4, 4, datamodule.reference_process())(x)[:, -1]
+        gains[name] = 1 - (prediction - y).pow(2).mean().item() / y.pow(2).mean().item()
+    assert gains["default"] >= 0.30 and gains["paper"] < 0.10, gains
