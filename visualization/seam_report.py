@@ -149,7 +149,7 @@ def model_arrays(run_dir: Path, data: SeedData) -> SeedArrays:
     datamodule.setup()
     x, y, _ = _windows(datamodule, "test")
     with torch.no_grad():
-        predictions = torch.cat([module.scored_prediction({"x": chunk}) for chunk in x.split(256)])
+        predictions = torch.cat([module.scored_prediction(chunk) for chunk in x.split(256)])
     predictions = predictions[:, -1] if predictions.dim() == 3 else predictions
     arrays = SeedArrays(errors=(predictions - y).pow(2).mean(-1).numpy())
     # Step t reads the window ending at t, so the test windows end at data.steps[:-1]; the last step
