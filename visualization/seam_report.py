@@ -229,8 +229,9 @@ def filter_reference(seeds: list[SeedData]) -> dict:
             "H2": hypotheses.h2_switch_detection(posterior, negative, groups)}
 
 
-def slug(label: str) -> str:
-    return label.replace(", ", "_").replace("=", "-")
+def slug(setting: dict[str, Any]) -> str:
+    """A short directory name of a setting: its noise level, context length and target mode."""
+    return f"sigma_epsilon-{setting.get('sigma_epsilon')}_H-{setting.get('history_length')}_{setting.get('target_mode')}"
 
 
 def draw_gate_figures(arrays: SeedArrays, data: SeedData, output_dir: Path, name: str, length: int = 400) -> None:
@@ -273,7 +274,7 @@ def collect(run_dirs: list[Path], figures_dir: Path | None = None) -> dict[str, 
             used = [s for s in seeds if s in runs]
             arrays = [model_arrays(runs[s], entry["data"][s]) for s in used]
             if figures_dir is not None:
-                draw_gate_figures(arrays[0], entry["data"][used[0]], figures_dir / slug(label) / name, name)
+                draw_gate_figures(arrays[0], entry["data"][used[0]], figures_dir / slug(entry["setting"]) / name, name)
             models[name] = analyse_model([entry["data"][s] for s in used], arrays)
             models[name]["seeds"] = used
             models[name]["per_seed_mse"] = [float(a.errors.mean()) for a in arrays]
