@@ -162,7 +162,8 @@ def test_gate_activation_hook_collects_diagnostics_without_changing_outputs():
     assert isinstance(model(x), torch.Tensor)  # removed on exit
     with GateActivationHook(build_model("lstm", input_dim=4, output_dim=4)) as lstm_hook:
         lstm_hook.model(x)
-    assert lstm_hook.collected() == {}
+    assert set(lstm_hook.collected()) == {"state"}  # no gates: only the hidden state, for the regime probe
+    assert lstm_hook.collected()["state"].shape == (3, 7, 64)
     with pytest.raises(ValueError, match="model Linear has no return_diagnostics argument"):
         GateActivationHook(torch.nn.Linear(2, 2))
 
