@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.hypotheses import apply_holm, fit_logistic_probe, h1_regime_tracking, h2_switch_detection, h3_boundary_gain
+from analysis.hypotheses import (
+    apply_holm,
+    fit_logistic_probe,
+    h1_regime_tracking,
+    h2_switch_detection,
+    h3_boundary_gain,
+)
 from analysis.statistics import auroc, block_bootstrap, choose_block_length, holm
 from data.antipodal import transition_mask
 
