@@ -3,6 +3,8 @@ processes by torchmetrics."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torchmetrics
 from torch import nn
@@ -41,7 +43,9 @@ class RegressionMetrics(nn.Module):
 
 
 class ClassificationMetrics(nn.Module):
-    """Cross-entropy (without label smoothing), perplexity and accuracy over all scored tokens."""
+    """Cross-entropy (without label smoothing), perplexity and accuracy over all scored tokens, and,
+    where the batch says how many characters each target token covers (text data), bits per
+    character: total nats / (ln 2 * characters covered), one scale for char, word and BPE tokens."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -49,16 +53,24 @@ class ClassificationMetrics(nn.Module):
         self.accuracy = torchmetrics.classification.MulticlassAccuracy(
             num_classes, average="micro", ignore_index=IGNORE_INDEX
         )
+        self.nats = torchmetrics.SumMetric()
+        self.characters = torchmetrics.SumMetric()
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, characters: torch.Tensor | None = None) -> None:
         logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
         scored = target != IGNORE_INDEX
         losses = nn.functional.cross_entropy(logits[scored], target[scored], reduction="none")
         self.cross_entropy.update(losses)
         self.accuracy.update(logits, target)
+        # Data without character counts adds 0 characters, and then reports no bits per character.
+        self.nats.update(losses.sum())
+        self.characters.update(characters.reshape(-1)[scored].sum() if characters is not None else 0)
 
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
         values = finite_values_and_reset(self)
+        nats, characters = values.pop("nats"), values.pop("characters")
+        if characters > 0:
+            values["bits_per_character"] = nats / (math.log(2) * characters)
         if "cross_entropy" in values:
             values["loss"] = values["cross_entropy"]
             values["perplexity"] = values["cross_entropy"].exp()
