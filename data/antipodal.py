@@ -6,7 +6,9 @@ A latent linear system whose dynamics flip sign when a hidden regime switches,
     x_t     = C z_t + eta_t,      eta_t ~ N(0, sigma_eta^2 I)
 with A = Q diag(0.95, ..., 0.60) Q^T (Q random orthogonal), C_ij ~ N(0, 1/4), z_0 ~ N(0, I).
 The flip x -> -x is an exact symmetry of the process; a regime switch is the seam where the sign
-convention of the dynamics flips. Steps within `window_radius` of a switch are transition steps.
+convention of the dynamics flips. A switch at s (r_s != r_{s-1}) first changes x_{s+1}; by default
+(`window="observable"`) the transition steps are the first `window_radius` observations a switch
+changes, s+1 .. s+w. `window="symmetric"` is the seed paper's s-w .. s+w-1, for comparison only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from data.augmentation import Augmentation, train_loader
 from data.datamodule import SplitDataModule, checked_split
 
 TARGET_MODES = ("last", "next_step")
+WINDOWS = ("observable", "symmetric")
 SPLITS = ("train", "val", "test")
 
 
@@ -36,6 +39,7 @@ class AntipodalProcessConfig:
     sigma_epsilon: float = 0.01
     sigma_eta: float = 0.05
     window_radius: int = 5
+    window: str = "observable"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -49,6 +53,8 @@ class AntipodalProcessConfig:
                 raise ValueError(f"generator.{name}={getattr(self, name)} must be >= 0.")
         if self.window_radius < 0:
             raise ValueError(f"generator.window_radius={self.window_radius} must be >= 0.")
+        if self.window not in WINDOWS:
+            raise ValueError(f"generator.window={self.window!r} is not allowed; choose one of: {', '.join(WINDOWS)}.")
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class AntipodalSequence:
     x: np.ndarray  # (T, obs_dim) observations
     z: np.ndarray  # (T, latent_dim) latent states
     regime: np.ndarray  # (T,) in {+1, -1}
-    transition: np.ndarray  # (T,) bool, within window_radius of a switch
+    transition: np.ndarray  # (T,) bool, in a transition window (config.window) of a switch
     A: np.ndarray
     C: np.ndarray
     config: AntipodalProcessConfig = field(repr=False)
@@ -69,11 +75,22 @@ class AntipodalSequence:
         return np.flatnonzero(self.regime[1:] != self.regime[:-1]) + 1
 
 
-def transition_mask(regime: np.ndarray, window_radius: int) -> np.ndarray:
-    """Step t is a transition step when some switch s has s - w <= t <= s + w - 1."""
+def transition_mask(regime: np.ndarray, window_radius: int, window: str = "observable") -> np.ndarray:
+    """Transition steps of a regime sequence, for switches s (r_s != r_{s-1}) and w = window_radius.
+
+    observable: s + 1 <= t <= s + w, the first w observations the switch changes (x_{s+1} is the
+        first one produced by the new sign r_s);
+    symmetric: s - w <= t <= s + w - 1, the seed paper's window (6 of its 2w steps precede any
+        observable change when w = 5).
+    """
+    if window not in WINDOWS:
+        raise ValueError(f"window={window!r} is not allowed; choose one of: {', '.join(WINDOWS)}.")
     mask = np.zeros(len(regime), dtype=bool)
     for s in np.flatnonzero(regime[1:] != regime[:-1]) + 1:
-        mask[max(0, s - window_radius) : s + window_radius] = True
+        if window == "observable":
+            mask[s + 1 : s + 1 + window_radius] = True
+        else:
+            mask[max(0, s - window_radius) : s + window_radius] = True
     return mask
 
 
@@ -95,7 +112,7 @@ def generate_antipodal(config: AntipodalProcessConfig) -> AntipodalSequence:
         z[t + 1] = regime[t] * (A @ z[t]) + process_noise[t]
     x = z @ C.T + rng.normal(0.0, config.sigma_eta, size=(steps, m))
     return AntipodalSequence(
-        x=x, z=z, regime=regime, transition=transition_mask(regime, config.window_radius), A=A, C=C, config=config
+        x=x, z=z, regime=regime, transition=transition_mask(regime, config.window_radius, config.window), A=A, C=C, config=config
     )
 
 

@@ -182,7 +182,9 @@ class RecurrentModel(SequenceModel):
         """x: (B, T, input_dim) floats or (B, T) token ids -> per-step outputs (B, T, output_dim).
 
         `use_cell_path` forces the path (default: the cell path exactly when LayerNorm is on); both
-        paths compute the same function of the same weights. No gate diagnostics.
+        paths compute the same function of the same weights. No gates; the diagnostic `state` is the
+        top layer's hidden state (B, T, hidden * directions), which the seam experiment's logistic probe
+        reads (analysis.hypotheses.fit_logistic_probe).
         """
         if self.embedding is not None:
             x = self.embedding(x)
@@ -190,7 +192,7 @@ class RecurrentModel(SequenceModel):
             use_cell_path = self.use_layer_norm
         features = self._cell_path(x) if use_cell_path else self.recurrent(x)[0]
         output = self.head(features)
-        return (output, {}) if return_diagnostics else output
+        return (output, {"state": features}) if return_diagnostics else output
 
     def _cell_path(self, x: torch.Tensor) -> torch.Tensor:
         rnn = self.recurrent

@@ -23,19 +23,37 @@ def test_switch_rate_matches_p_switch_within_binomial_bound():
     assert low <= switches <= high
 
 
-def test_transition_fraction_matches_window_radius():
-    # An interior step is a transition step when a switch lands in the 2w steps (t-w, t+w].
-    config = AntipodalProcessConfig(T=50_000, p_switch=0.05, window_radius=5, seed=4)
+@pytest.mark.parametrize("window, switch_slots", [("observable", 1), ("symmetric", 2)])
+def test_transition_fraction_matches_window_radius(window, switch_slots):
+    # observable: t is a transition step when a switch lands in the w steps t-w .. t-1;
+    # symmetric: in the 2w steps t-w+1 .. t+w.
+    config = AntipodalProcessConfig(T=50_000, p_switch=0.05, window_radius=5, window=window, seed=4)
     sequence = generate_antipodal(config)
-    expected = 1 - (1 - config.p_switch) ** (2 * config.window_radius)
+    expected = 1 - (1 - config.p_switch) ** (switch_slots * config.window_radius)
     assert sequence.transition.mean() == pytest.approx(expected, abs=0.02)
     assert not generate_antipodal(AntipodalProcessConfig(T=1000, p_switch=0.0)).transition.any()
 
 
-def test_transition_mask_marks_s_minus_w_to_s_plus_w_minus_1():
+def test_observable_mask_marks_exactly_the_first_w_steps_each_switch_changes():
+    # Switches at s = 10 (r_10 = -1 != r_9) and s = 14; x_{s+1} is the first observation r_s produces.
+    regime = np.array([1] * 10 + [-1] * 4 + [1] * 10)
+    assert np.flatnonzero(transition_mask(regime, window_radius=3)).tolist() == [11, 12, 13, 15, 16, 17]
+    assert np.flatnonzero(transition_mask(regime, window_radius=3, window="observable")).tolist() == [
+        11, 12, 13, 15, 16, 17]
+    # The windows are cut at the end of the sequence; no switch, no transition steps.
+    assert np.flatnonzero(transition_mask(regime[:13], window_radius=3)).tolist() == [11, 12]
+    assert not transition_mask(np.ones(8, dtype=int), window_radius=3).any()
+
+
+def test_symmetric_mask_marks_s_minus_w_to_s_plus_w_minus_1():
     regime = np.array([1] * 10 + [-1] * 10)
-    mask = transition_mask(regime, window_radius=3)
+    mask = transition_mask(regime, window_radius=3, window="symmetric")
     assert np.flatnonzero(mask).tolist() == [7, 8, 9, 10, 11, 12]
+
+
+def test_unknown_window_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"generator.window='centred' is not allowed; choose one of: observable, symmetric"):
+        AntipodalProcessConfig(window="centred")
 
 
 def test_dynamics_follow_the_regime_sign():
@@ -106,3 +124,21 @@ def test_bad_arguments_fail_naming_the_argument(kwargs, key):
         AntipodalDataModule(**kwargs)
     message = str(error.value)
     assert message.startswith(key) and message.count("\n") == 0
+
+
+def test_the_default_setting_is_informative_and_the_paper_setting_is_not(tmp_path):
+    # The filter must be >= 30 % below predicting 0 on the default data (docs/seam_experiment.md).
+    from models.hamilton_imm import HamiltonIMMReference
+    from train_hydra import compose_config, instantiate_from
+
+    gains = {}
+    for name, overrides in {"default": [], "paper": ["experiment=paper_setting"]}.items():
+        cfg = compose_config(overrides, tmp_path)
+        datamodule = instantiate_from(cfg, "data")
+        datamodule.setup()
+        dataset = datamodule.datasets["val"]
+        batch = [dataset[i] for i in range(0, len(dataset), 20)]
+        x, y = torch.stack([b["x"] for b in batch]), torch.stack([b["y"] for b in batch])
+        prediction = HamiltonIMMReference(4, 4, datamodule.reference_process())(x)[:, -1]
+        gains[name] = 1 - (prediction - y).pow(2).mean().item() / y.pow(2).mean().item()
+    assert gains["default"] >= 0.30 and gains["paper"] < 0.10, gains

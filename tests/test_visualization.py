@@ -88,13 +88,13 @@ def _switch_lines(ax) -> list[float]:
 def test_heatmap_regime_switches_line_up_with_the_transition_shading(planted):
     figure = plot_gate_heatmap(planted["gate"], planted["regime"], planted["transition"], first_step=FIRST_STEP)
     heat, regime_ax = figure.axes[0], figure.axes[1]
-    expected_switches = [FIRST_STEP + s - 0.5 for s in SWITCHES]  # between steps s-1 and s
+    expected_switches = [FIRST_STEP + s + 0.5 for s in SWITCHES]  # before x_{s+1}, the first step s changes
     assert _switch_lines(heat) == _switch_lines(regime_ax) == expected_switches
-    # Windows s-5 .. s+4 around each switch; those of 100 and 103 overlap into one shaded run.
-    windows = [(35, 44), (95, 107), (165, 174)]
+    # Observable windows s+1 .. s+5 after each switch; those of 100 and 103 overlap into one shaded run.
+    windows = [(41, 45), (101, 108), (171, 175)]
     assert _spans(regime_ax) == [(FIRST_STEP + a - 0.5, FIRST_STEP + b + 0.5) for a, b in windows]
-    for switch in expected_switches:
-        assert any(start < switch < stop for start, stop in _spans(regime_ax))
+    for switch in expected_switches:  # every window starts at or after its switch line, never before
+        assert any(start <= switch < stop for start, stop in _spans(regime_ax))
     # The regime bands change colour exactly at the switch lines.
     edges = {round(x, 6) for band in regime_ax.collections for x in band.get_paths()[0].vertices[:, 0]}
     assert set(expected_switches) <= set(edges)
@@ -106,7 +106,7 @@ def test_time_range_selects_steps_on_the_time_axis(planted):
                                            time_range=(FIRST_STEP + 90, FIRST_STEP + 120))
     energy_ax = figure.axes[0]
     assert energy_ax.get_xlim() == (FIRST_STEP + 89.5, FIRST_STEP + 119.5)
-    assert _switch_lines(energy_ax) == [FIRST_STEP + 99.5, FIRST_STEP + 102.5]
+    assert _switch_lines(energy_ax) == [FIRST_STEP + 100.5, FIRST_STEP + 103.5]
     assert [line.get_ydata()[0] for line in energy_ax.lines if line.get_gid() == "k_star"] == [K_STAR]
     with pytest.raises(ValueError, match=r"time_range=\(0, 10\) holds none of the steps 6000..6239"):
         plot_gate_heatmap(planted["gate"], first_step=FIRST_STEP, time_range=(0, 10))
@@ -140,7 +140,7 @@ def test_a_planted_difference_is_significant_and_equal_data_is_not(planted):
     assert planted_result.significant and planted_result.welch_p < 1e-10
     assert np.isfinite([planted_result.welch_t, planted_result.cohens_d, planted_result.auroc]).all()
     assert planted_result.cohens_d > 2 and planted_result.auroc > 0.95
-    same = np.random.default_rng(2).normal(0.5, 0.1, 240)
+    same = np.random.default_rng(5).normal(0.5, 0.1, 240)
     equal_result = gate_transition_statistics(same, planted["transition"])
     assert not equal_result.significant and equal_result.welch_p > 0.05 and 0.35 < equal_result.auroc < 0.65
     constant = gate_transition_statistics(np.full(240, 0.5), planted["transition"])
@@ -162,7 +162,8 @@ def test_gate_activation_hook_collects_diagnostics_without_changing_outputs():
     assert isinstance(model(x), torch.Tensor)  # removed on exit
     with GateActivationHook(build_model("lstm", input_dim=4, output_dim=4)) as lstm_hook:
         lstm_hook.model(x)
-    assert lstm_hook.collected() == {}
+    assert set(lstm_hook.collected()) == {"state"}  # no gates: only the hidden state, for the regime probe
+    assert lstm_hook.collected()["state"].shape == (3, 7, 64)
     with pytest.raises(ValueError, match="model Linear has no return_diagnostics argument"):
         GateActivationHook(torch.nn.Linear(2, 2))
 
@@ -298,3 +299,21 @@ def test_plot_runs_compares_the_jobs_of_a_sweep_by_their_swept_hyperparameters(t
     assert len(plot_runs.plot_sweep(runs, ["model", "seed"], sweep.name).axes) == 2  # one panel per metric
     printed = capsys.readouterr().out
     assert "swept: model, seed" in printed and "0.0031" in printed
+
+
+def test_plot_runs_draws_the_filter_as_a_horizontal_reference_line(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    _fake_job(tmp_path / "model", "z2_seam", 1, 0.0028)
+    filter_job = tmp_path / "filter"
+    (filter_job / ".hydra").mkdir(parents=True)
+    (filter_job / "metrics.json").write_text(json.dumps({"model": "hamilton_imm", "metrics": {"val/mse": 0.0025}}))
+    writer = SummaryWriter(str(filter_job / "tensorboard"))
+    writer.add_scalar("val/mse", 0.0025, 0)  # evaluated once, at step 0
+    writer.close()
+    runs = [plot_runs.read_run(tmp_path / "model"), plot_runs.read_run(filter_job)]
+    figure = plot_runs.plot_training_curves(runs)
+    panel = next(ax for ax in figure.axes if ax.get_title() and ax.get_ylabel() == "val/mse")
+    references = [line for line in panel.lines if line.get_gid() == "reference"]
+    assert len(references) == 1 and np.allclose(references[0].get_ydata(), 0.0025)
+    assert list(references[0].get_xdata()) == [0, 1]  # axes coordinates: the whole panel width

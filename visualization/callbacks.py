@@ -15,8 +15,12 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 
 from training.checkpoint_io import atomic_write
-
-from visualization.gate_heatmaps import collect_slice_diagnostics, draw_slice_figures, gate_transition_statistics
+from visualization.gate_heatmaps import (
+    collect_slice_diagnostics,
+    draw_slice_figures,
+    gate_series,
+    gate_transition_statistics,
+)
 from visualization.influence_maps import influence_maps, plot_influence_maps, sample_window
 
 
@@ -96,7 +100,7 @@ class GateHeatmapCallback(pl.Callback):
         if not self._has_gates:
             return
         data = collect_slice_diagnostics(pl_module, trainer.datamodule, self.slice_length, self.slice_offset)
-        if not data.diagnostics:
+        if not gate_series(data.diagnostics):
             self._has_gates = False
             rank_zero_warn(f"GateHeatmapCallback: model {pl_module.hparams.model_type} returns no gate diagnostics; "
                            "no gate figures are drawn for this run.")

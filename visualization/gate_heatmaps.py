@@ -25,7 +25,6 @@ import argparse
 import inspect
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,13 +35,16 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
-import torchmetrics.functional  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from scipy import stats  # noqa: E402
 from torch import nn  # noqa: E402
 
+from analysis.statistics import (  # noqa: E402, F401  (re-exported: the names the README and seeds use)
+    SIGNIFICANCE,
+    GateTransitionStatistics,
+    gate_transition_statistics,
+)
 from models.parity import K_STAR  # noqa: E402
 
 DPI = 150
@@ -50,7 +52,6 @@ REGIME_COLORS = {1: "#4C72B0", -1: "#DD8452"}  # seaborn's first two "deep" colo
 TRANSITION_COLOR = "0.55"
 SWITCH_STYLE = {"color": "black", "linestyle": "--", "linewidth": 0.8}
 GATE_CMAP = "viridis"
-SIGNIFICANCE = 0.05
 
 ArrayLike = Any  # numpy arrays, torch tensors or sequences of numbers
 
@@ -99,8 +100,8 @@ def _switch_indices(regime: np.ndarray) -> np.ndarray:
 def _mark_transitions(ax, steps: np.ndarray, transition: np.ndarray | None, regime: np.ndarray | None) -> None:
     """Shade transition windows and draw a dashed line at every regime switch.
 
-    Step t covers [t - 0.5, t + 0.5), so a window of steps s-w .. s+w-1 spans [s-w-0.5, s+w-0.5)
-    and the switch at s (r_s != r_{s-1}) sits at s - 0.5, the window's centre.
+    Step t covers [t - 0.5, t + 0.5). A switch at s (r_s != r_{s-1}) first changes x_{s+1}, so its
+    line sits at s + 0.5, where it first affects x: the observable window s+1 .. s+w starts there.
     """
     if transition is not None:
         for start, stop in _runs(transition):
@@ -108,22 +109,24 @@ def _mark_transitions(ax, steps: np.ndarray, transition: np.ndarray | None, regi
                        gid="transition")
     if regime is not None:
         for index in _switch_indices(regime):
-            ax.axvline(steps[index] - 0.5, gid="switch", **SWITCH_STYLE)
+            ax.axvline(steps[index] + 0.5, gid="switch", **SWITCH_STYLE)
 
 
 def _draw_regime(ax, steps: np.ndarray, regime: np.ndarray | None, transition: np.ndarray | None) -> None:
-    """The regime r_t as coloured bands at +1 / -1 (where known), with transition windows and switches marked."""
+    """The sign of the dynamics as coloured bands at +1 / -1 (where known), with transition windows and switches."""
     _mark_transitions(ax, steps, transition, regime)
     ax.set_ylim(-1.3, 1.3)
     if regime is None:
         ax.set_yticks([])
         ax.set_ylabel("transitions")
         return
+    # Drawn one step late, as the sign r_{t-1} of the dynamics that produced x_t: its colour changes
+    # where the switch lines are, at the first observation a switch changes.
     for value, color in REGIME_COLORS.items():
         for start, stop in _runs(regime == value):
-            ax.fill_between([steps[start] - 0.5, steps[stop - 1] + 0.5], 0, value, color=color, alpha=0.85, linewidth=0)
+            ax.fill_between([steps[start] + 0.5, steps[stop - 1] + 1.5], 0, value, color=color, alpha=0.85, linewidth=0)
     ax.set_yticks([-1, 1], ["-1", "+1"])
-    ax.set_ylabel("regime $r_t$")
+    ax.set_ylabel("sign $r_{t-1}$\nproducing $x_t$")
     ax.axhline(0, color="black", linewidth=0.5)
 
 
@@ -267,70 +270,6 @@ def plot_parity_energy_trajectory(
     axes[-1].set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
     ax_energy.set_title(title or "Parity energy and seam gate over time")
     return _finish(fig, save_path)
-
-
-@dataclass(frozen=True)
-class GateTransitionStatistics:
-    """How much higher the gate is at transition steps than at stable steps.
-
-    welch_t / welch_p / welch_df: one-sided Welch t-test, H1: mean(transition) > mean(stable).
-    cohens_d: mean difference over the pooled standard deviation.
-    auroc: probability that a random transition step has a higher gate than a random stable step.
-    """
-
-    n_transition: int
-    n_stable: int
-    mean_transition: float
-    mean_stable: float
-    welch_t: float
-    welch_p: float
-    welch_df: float
-    cohens_d: float
-    auroc: float
-    alpha: float = SIGNIFICANCE
-
-    @property
-    def significant(self) -> bool:
-        return math.isfinite(self.welch_p) and self.welch_p < self.alpha
-
-    def summary(self) -> str:
-        verdict = f"{'significant' if self.significant else 'not significant'} at alpha = {self.alpha:g}"
-        return (f"Welch t = {self.welch_t:.3g} (df {self.welch_df:.1f}), one-sided p = {self.welch_p:.3g}  "
-                f"[{verdict}]\n"
-                f"Cohen's d = {self.cohens_d:.3g}    AUROC = {self.auroc:.3f}\n"
-                f"mean gate: {self.mean_transition:.3f} at {self.n_transition} transition steps, "
-                f"{self.mean_stable:.3f} at {self.n_stable} stable steps")
-
-
-def gate_transition_statistics(gate_activations: ArrayLike, transition_mask: ArrayLike,
-                               alpha: float = SIGNIFICANCE) -> GateTransitionStatistics:
-    """One-sided Welch t-test, Cohen's d and AUROC of the gate as a detector of transition steps."""
-    gate = _series(gate_activations, "gate_activations")
-    transition = _series(transition_mask, "transition_mask", len(gate), bool)
-    inside, outside = gate[transition], gate[~transition]
-    if len(inside) < 2 or len(outside) < 2:
-        raise ValueError(f"transition_mask marks {len(inside)} transition and {len(outside)} stable steps; "
-                         "the statistics need at least 2 of each.")
-    # A constant gate (gate=fixed or none) has no variance: t, p and d are NaN or infinite, which
-    # the summary reports as not significant; scipy's and numpy's warnings about it add nothing.
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        welch = stats.ttest_ind(inside, outside, equal_var=False, alternative="greater")
-        pooled = math.sqrt(((len(inside) - 1) * inside.var(ddof=1) + (len(outside) - 1) * outside.var(ddof=1))
-                           / (len(inside) + len(outside) - 2))
-        difference = inside.mean() - outside.mean()
-        if pooled > 0:
-            cohens_d = difference / pooled
-        else:
-            cohens_d = math.nan if difference == 0 else math.copysign(math.inf, difference)
-    auroc = torchmetrics.functional.auroc(torch.as_tensor(gate, dtype=torch.float64),
-                                          torch.as_tensor(transition, dtype=torch.long), task="binary")
-    return GateTransitionStatistics(
-        n_transition=len(inside), n_stable=len(outside),
-        mean_transition=float(inside.mean()), mean_stable=float(outside.mean()),
-        welch_t=float(welch.statistic), welch_p=float(welch.pvalue), welch_df=float(welch.df),
-        cohens_d=float(cohens_d), auroc=float(auroc), alpha=alpha,
-    )
 
 
 def plot_gate_statistics(
@@ -505,6 +444,14 @@ def collect_slice_diagnostics(module: nn.Module, datamodule: Any, length: int = 
     )
 
 
+NOT_GATES = ("parity_energy", "state")  # per-step diagnostics that are no gate (state is a vector per step)
+
+
+def gate_series(diagnostics: Mapping[str, Any]) -> dict[str, Any]:
+    """The diagnostics that are gates: one value in [0, 1] per step."""
+    return {name: values for name, values in diagnostics.items() if name not in NOT_GATES}
+
+
 def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: str) -> dict[str, Figure]:
     """The heatmap, parity-energy and gate-statistics figures of a slice, saved as PNGs in `output_dir`.
 
@@ -512,7 +459,7 @@ def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: st
     energy no trajectory, and fewer than two transition or stable steps no statistics.
     """
     output_dir = Path(output_dir)
-    gates = {name: values for name, values in data.diagnostics.items() if name != "parity_energy"}
+    gates = gate_series(data.diagnostics)
     steps = f"steps {data.steps[0]}-{data.steps[-1]}"  # of whichever split the slice was cut from
     figures: dict[str, Figure] = {}
     if gates:
@@ -555,7 +502,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         parser.error(str(error))
     module, checkpoint = run.module, run.checkpoint
     data = collect_slice_diagnostics(module, run.datamodule, length=args.length, offset=args.offset)
-    if not data.diagnostics:
+    if not gate_series(data.diagnostics):
         sys.exit(f"model {module.hparams.model_type} returns no gate diagnostics; there is nothing to draw.")
     output = args.output or args.experiment / "figures" / "posthoc"
     figures = draw_slice_figures(data, output, f"{module.hparams.model_type} ({checkpoint.name})")

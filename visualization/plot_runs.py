@@ -108,6 +108,9 @@ def label_runs(runs: list[Run], sweep: bool) -> list[str]:
     return swept
 
 
+REFERENCE_MODELS = ("hamilton_imm",)  # evaluated without training (the filter)
+
+
 def _smooth(values: np.ndarray) -> np.ndarray:
     """TensorBoard's exponential moving average, debiased so the first points are not pulled to 0.
 
@@ -138,6 +141,11 @@ def plot_training_curves(runs: list[Run], save_path: Path | None = None,
             if tag not in run.scalars:
                 continue
             steps, values = run.scalars[tag]
+            if run.model in REFERENCE_MODELS:
+                # An untrained reference is evaluated once: a level every model is judged against,
+                # drawn across the whole panel like predicting 0, not as a dot at step 0.
+                ax.axhline(values[-1], color=color, linestyle=":", linewidth=1.6, gid="reference")
+                continue
             if tag in SMOOTHED and len(values) > 1:
                 ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
                 values = _smooth(values)
