@@ -335,6 +335,9 @@ class SeamGatedLightningModule(pl.LightningModule):
         scheduler: one of SCHEDULERS.
         warmup_fraction: fraction of all steps spent warming up (`onecycle`, `cosine_warmup`).
         objective_kwargs: options of the task's objective, e.g. `label_smoothing`.
+        stateful: truncated backprop through time on consecutive chunks (data.stateful): each
+            training batch starts from the detached final state of the previous one, and the first
+            batch of every epoch from zeros. Needs a model with `forward_with_state`.
     """
 
     def __init__(
@@ -352,6 +355,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         vocab_size: int | None = None,
         input_shape: tuple[int, int, int] | list[int] | None = None,
         objective_kwargs: dict[str, Any] | None = None,
+        stateful: bool = False,
     ) -> None:
         super().__init__()
         if task not in OBJECTIVES:
@@ -382,8 +386,12 @@ class SeamGatedLightningModule(pl.LightningModule):
                 "bidirectional=True lets each step's output see the steps it must predict, so it is refused for "
                 "next-step prediction; set model.bidirectional=false, or data.target_mode=last where the data has it."
             )
+        if stateful and not hasattr(self.model, "forward_with_state"):
+            raise ValueError(f"stateful=True needs a model that returns its final state; {model_type} has no "
+                             "forward_with_state.")
         self.objective = OBJECTIVES[task](output_dim, **(objective_kwargs or {}))
         self.train_loss = torchmetrics.MeanMetric()
+        self.carried_state = None  # stateful training: the detached final state of the last batch
 
     @property
     def num_parameters(self) -> int:
@@ -395,7 +403,12 @@ class SeamGatedLightningModule(pl.LightningModule):
     def scored_prediction(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model outputs the loss and metrics score (predictions or logits), aligned with
         batch["y"], in float32."""
-        prediction = self.model(batch["x"])
+        if self.hparams.stateful and self.training:
+            prediction, state = self.model.forward_with_state(batch["x"], self.carried_state)
+            # Detached: gradients stop at the chunk boundary (truncated BPTT), memory stays one chunk.
+            self.carried_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        else:
+            prediction = self.model(batch["x"])
         # Mixed precision: score in float32 so the loss and metrics do not lose digits.
         prediction = prediction.float()
         return prediction[:, -1] if self.hparams.target_mode == "last" else prediction
@@ -414,6 +427,9 @@ class SeamGatedLightningModule(pl.LightningModule):
         if self._is_logging_step():
             self.log_dict({"train/loss": loss, "train/lr": self.optimizers().param_groups[0]["lr"]}, prog_bar=True)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.carried_state = None  # every epoch walks the streams again from their first chunk
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)

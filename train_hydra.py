@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from lightning_module import SeamGatedLightningModule
-from models import check_task, get_model_class
+from models import check_task, get_model_class, list_models
 from models.registry import INPUT_KINDS
 from visualization.sweep_summary import JOB_ERROR_FILE
 
@@ -100,6 +100,11 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             raise ConfigError("model.separator_token is taken from the data (the token that ends each prompt); "
                               "remove it from the model config.")
         model_kwargs["separator_token"] = getattr(datamodule, "separator_token", None)
+    stateful = getattr(datamodule, "stateful", False)
+    if stateful and not hasattr(get_model_class(model_type), "forward_with_state"):
+        stateful_models = [name for name in list_models() if hasattr(get_model_class(name), "forward_with_state")]
+        raise ConfigError(f"data.stateful=true carries the model's state between batches, which model={model_type} "
+                          f"cannot do; use one of: {', '.join(stateful_models)}, or data.stateful=false.")
     try:
         module = SeamGatedLightningModule(
             model_type=model_type,
@@ -107,6 +112,7 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             task=datamodule.task,
             output_dim=datamodule.output_dim,
             target_mode=getattr(datamodule, "target_mode", "next_step"),
+            stateful=stateful,
             objective_kwargs=OmegaConf.to_container(cfg.objective, resolve=True),
             **input_size,
             **cfg.optim,

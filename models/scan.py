@@ -31,7 +31,6 @@ to rounding for any real a: negative, near 0 or near 1.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -48,7 +47,7 @@ _MIN_CHUNKED_T = 16
 # anything between sqrt(T / 4) and sqrt(T) is within noise.
 _CHUNK_FACTOR = 0.5
 
-def linear_scan_reference(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+def linear_scan_reference(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Sequential float64 loop for h_t = a_t * h_{t-1} + b_t; returns all states (B, T, H) in float64."""
     a, b = a.double(), b.double()
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0.double()
@@ -59,7 +58,7 @@ def linear_scan_reference(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> 
     return torch.stack(states, dim=1)
 
 
-def linear_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Compute h_t = a_t * h_{t-1} + b_t over dim 1 of (B, T, H) tensors a and b.
 
     h0 is the (B, H) state before the first step (zeros if None). Returns all
@@ -74,14 +73,14 @@ class EagerScan:
     """The device-generic chunked scan of the module docstring, in eager PyTorch ops."""
 
     @staticmethod
-    def forward(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tensor:
+    def forward(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         h = torch.empty_like(b)
         _chunked_scan_into(a, b, h0, h, False)
         return h
 
     @staticmethod
-    def backward(a: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor,
-                 need_a: bool) -> tuple[Tensor, Optional[Tensor]]:
+    def backward(a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor,
+                 need_a: bool) -> tuple[Tensor, Tensor | None]:
         # d_t = g_t + a_{t+1} d_{t+1} with d_{T-1} = g_{T-1}: a reverse scan whose
         # coefficient at step t is a_{t+1}, i.e. a scan over a[:, 1:] seeded with g_{T-1}.
         d = torch.empty_like(h)
@@ -111,7 +110,7 @@ def select_backend(x: Tensor):
     return EagerScan
 
 
-def _check_inputs(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> None:
+def _check_inputs(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
     for name, x in (("a", a), ("b", b)):
         if x.dim() != 3:
             raise ValueError(f"linear_scan: {name} has shape {_fmt(x.shape)} but must be 3-D as (B, T, H).")
@@ -142,7 +141,7 @@ class _LinearScan(torch.autograd.Function):
     """Scan forward, reverse scan backward; autograd sees one node, not one per step."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, h0: Optional[Tensor], backend) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor | None, backend) -> Tensor:
         dtypes = [x.dtype for x in (a, b, h0) if x is not None]
         compute = torch.float64 if torch.float64 in dtypes else torch.float32
         # Autocast must not pull the recurrence back into half precision.
@@ -177,7 +176,7 @@ class _LinearScan(torch.autograd.Function):
         )
 
 
-def _loop_into(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor, reverse: bool) -> Tensor:
+def _loop_into(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, reverse: bool) -> Tensor:
     """Plain sequential scan along dim 1 into out; returns the last computed state."""
     steps = list(zip(a.unbind(1), b.unbind(1), out.unbind(1)))
     prev = h0
@@ -194,7 +193,7 @@ def _chunk_len(T: int) -> int:
     return max(2, round(math.sqrt(T * _CHUNK_FACTOR)))
 
 
-def _chunked_scan_into(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor, reverse: bool) -> Tensor:
+def _chunked_scan_into(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, reverse: bool) -> Tensor:
     """Chunked scan along dim 1 of (B, T, H) views into out.
 
     reverse runs t = T-1 .. 0 with h_{t+1} as the previous state. The chunks
@@ -218,7 +217,7 @@ def _chunked_scan_into(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor, 
 
 
 def _chunks_into(
-    a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor, reverse: bool, nc: int, L: int
+    a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, reverse: bool, nc: int, L: int
 ) -> Tensor:
     """Two-level scan over exactly nc chunks of L steps (see the module docstring)."""
     B, _, H = a.shape

@@ -19,9 +19,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -51,7 +50,7 @@ class ScanKernel:
     def supports(self, x: Tensor) -> bool:
         return x.device.type == "cpu" and x.dtype in _SUFFIX
 
-    def forward(self, a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tensor:
+    def forward(self, a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         """All states h (B, T, H) of h_t = a_t h_{t-1} + b_t; inputs contiguous, one dtype."""
         h = torch.empty_like(b)
         B, T, H = b.shape
@@ -59,8 +58,8 @@ class ScanKernel:
                                         torch.get_num_threads())
         return h
 
-    def backward(self, a: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor,
-                 need_a: bool) -> tuple[Tensor, Optional[Tensor]]:
+    def backward(self, a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor,
+                 need_a: bool) -> tuple[Tensor, Tensor | None]:
         """(grad_b, grad_a or None) of the scan, in one reverse pass."""
         grad_b = torch.empty_like(h)
         grad_a = torch.empty_like(h) if need_a else None
@@ -70,7 +69,7 @@ class ScanKernel:
         return grad_b, grad_a
 
 
-def _pointer(x: Optional[Tensor]) -> Optional[int]:
+def _pointer(x: Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
@@ -80,7 +79,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seam-gated-rnn"
 
 
-def compiler() -> Optional[str]:
+def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
@@ -99,7 +98,8 @@ def build_library() -> Path:
     handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        result = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True, timeout=300)
+        result = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", partial], check=False, capture_output=True,
+                                text=True, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {result.stderr.strip()[-500:]}")
         os.replace(partial, target)
@@ -128,15 +128,16 @@ def _self_check(candidate: ScanKernel) -> None:
             raise RuntimeError(f"self-check failed: {name} differs from linear_scan_reference")
 
 
-@lru_cache(maxsize=None)
-def kernel() -> Optional[ScanKernel]:
+@cache
+def kernel() -> ScanKernel | None:
     """The fused CPU kernel, or None (logged once) where it cannot be built or is switched off."""
     if os.environ.get("SEAM_SCAN_KERNEL", "").lower() == "eager":
         return None
     try:
         candidate = ScanKernel(ctypes.CDLL(str(build_library())))
         _self_check(candidate)
-    except Exception as error:  # any build, load or check failure means: use the eager scan
+    # Any build, load or check failure means: use the eager scan.
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         log.warning("linear_scan: fused CPU kernel unavailable (%s); using the eager chunked scan.", error)
         return None
     return candidate
