@@ -390,7 +390,10 @@ class SeamGatedLightningModule(pl.LightningModule):
             raise ValueError(f"stateful=True needs a model that returns its final state; {model_type} has no "
                              "forward_with_state.")
         self.objective = OBJECTIVES[task](output_dim, **(objective_kwargs or {}))
-        self.train_loss = torchmetrics.MeanMetric()
+        # The epoch's training loss, summed on the device: a metric object would check every step's
+        # value for NaN on the host (a device sync per step) and upload the batch weight.
+        self.register_buffer("train_loss_sum", torch.zeros(()), persistent=False)
+        self.train_samples = 0
         self.carried_state = None  # stateful training: the detached final state of the last batch
 
     @property
@@ -423,7 +426,8 @@ class SeamGatedLightningModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.objective.training_loss(self, batch)
-        self.train_loss.update(loss.detach(), weight=len(batch["x"]))
+        self.train_loss_sum.add_(loss.detach(), alpha=len(batch["x"]))
+        self.train_samples += len(batch["x"])
         if self._is_logging_step():
             self.log_dict({"train/loss": loss, "train/lr": self.optimizers().param_groups[0]["lr"]}, prog_bar=True)
         return loss
@@ -432,13 +436,22 @@ class SeamGatedLightningModule(pl.LightningModule):
         self.carried_state = None  # every epoch walks the streams again from their first chunk
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
-        self.train_loss.reset()
+        if self.train_samples == 0:
+            return
+        strategy = self.trainer.strategy
+        total = strategy.reduce(self.train_loss_sum.clone(), reduce_op="sum")
+        samples = strategy.reduce(torch.tensor(float(self.train_samples), device=self.device), reduce_op="sum")
+        # Already summed over ranks; sync_dist only tells Lightning so.
+        self.log("train/loss_epoch", total / samples, sync_dist=True)
+        self.train_loss_sum.zero_()
+        self.train_samples = 0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs after AMP unscaling, so this is the true gradient norm (before clipping).
+        if not self._is_logging_step():
+            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and self._is_logging_step():
+        if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def _log_stage_metrics(self, stage: str) -> None:
