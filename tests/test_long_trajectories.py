@@ -143,3 +143,10 @@ def test_stateful_training_of_a_model_without_a_state_fails_naming_the_key(make_
     with pytest.raises(ConfigError, match="data.stateful=true carries the model's state between batches, which "
                                           "model=transformer cannot do; use one of: .*gru.*lstm.*rnn"):
         train(cfg)
+
+
+def test_a_strided_run_trains_end_to_end(make_config):
+    cfg = make_config(["model=z2_delta", "data.generator.T=1000", "data.target_mode=next_step",
+                       "data.history_length=20", "data.stride=20", "debug=fdr"])
+    record = train(cfg)
+    assert torch.isfinite(torch.tensor(record["metrics"]["val/mse"]))
