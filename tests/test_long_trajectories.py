@@ -150,3 +150,17 @@ def test_a_strided_run_trains_end_to_end(make_config):
                        "data.history_length=20", "data.stride=20", "debug=fdr"])
     record = train(cfg)
     assert torch.isfinite(torch.tensor(record["metrics"]["val/mse"]))
+
+
+def test_field_data_strides_its_training_windows_and_refuses_stateful():
+    from data.antipodal_field import AntipodalFieldDataModule
+
+    dm = AntipodalFieldDataModule(**SMALL, history_length=10, target_mode="next_step", stride=10, grid_size=4,
+                                  target="observation")
+    dm.setup()
+    assert set(_target_counts(dm.datasets["train"]).values()) == {1}
+    # Window 2 starts at step 20 of the train split (which starts at 0): targets are x_21 .. x_30.
+    expected = torch.as_tensor(dm.sequence.process.x[21:31], dtype=torch.float32)
+    torch.testing.assert_close(dm.datasets["train"][2]["y"], expected)
+    with pytest.raises(ValueError, match="stateful=true is not available for field data"):
+        AntipodalFieldDataModule(**SMALL, target_mode="next_step", stateful=True)
