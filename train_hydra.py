@@ -34,7 +34,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class, list_models
 from models.registry import INPUT_KINDS
-from visualization.sweep_summary import JOB_ERROR_FILE
+from training.run_files import JOB_ERROR_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 log = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
         cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def config_without_hydra(cfg: DictConfig) -> DictConfig:
+    """`cfg` less its `hydra` node: the run's own settings, as loggers and saved configs record them."""
+    return OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
 
 
 def instantiate_from(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -195,9 +200,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # LearningRateMonitor only writes to loggers and refuses to start without one (logger=none).
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
-    run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(run_config, resolve=True))
+        logger.log_hyperparams(OmegaConf.to_container(config_without_hydra(cfg), resolve=True))
 
     started = time.perf_counter()
     metrics: dict[str, float] = {}

@@ -23,12 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks.timing import median_train_step_seconds  # noqa: E402
-from models import build_model, get_model_class, list_models  # noqa: E402
-from models.registry import supported_inputs  # noqa: E402
+from benchmarks.timing import median_train_step_seconds
+from models import build_model, get_model_class, list_models
+from models.registry import supported_inputs
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
 
@@ -88,7 +88,7 @@ def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) 
     for name in names:
         cells = [f"{results[(name, t)]:.2f} | {results[(name, t)] / results[('z2_delta', t)]:.2f}x" for t in lengths]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    verdict = lambda ok: "PASS" if ok else "MISS"  # noqa: E731
+    verdict = lambda ok: "PASS" if ok else "MISS"
     lstm = "torch.nn.LSTM(4, 64)"
     print()
     for steps, target in ((1000, 3.0), (100, 1.0)):

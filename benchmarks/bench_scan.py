@@ -25,18 +25,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks.timing import synchronize  # noqa: E402
-from models.scan import EagerScan, linear_scan, select_backend  # noqa: E402
+from benchmarks.timing import synchronize
+from models.scan import EagerScan, linear_scan, select_backend
 
 B, H, RNN_INPUT = 32, 64, 4
 OPS = ("linear_scan", "per-step loop", "nn.LSTM", "nn.GRU", "tensor copy")
@@ -115,7 +115,7 @@ def time_cases(steps: dict[str, Callable[[], None]], device: torch.device, repea
 
 
 def _proc_status_kib(field: str) -> int:
-    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
 
 
 def _cpu_memory_probe(op: str, T: int, threads: int) -> float:

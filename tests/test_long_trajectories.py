@@ -124,7 +124,7 @@ def test_the_training_module_carries_a_detached_state_and_resets_it_each_epoch(m
     assert module.hparams.stateful
     batches = list(datamodule.train_dataloader())[:2]
     module.train()
-    first, second = (module.scored_prediction(batch) for batch in batches)
+    first, second = (module.scored_prediction(batch["x"]) for batch in batches)
     whole = module.model(torch.cat([batches[0]["x"], batches[1]["x"]], dim=1))
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-6)
     assert all(not s.requires_grad for s in module.carried_state)
@@ -132,7 +132,7 @@ def test_the_training_module_carries_a_detached_state_and_resets_it_each_epoch(m
     assert module.carried_state is None
     # Evaluation windows start from zeros: no state is used or kept.
     module.eval()
-    torch.testing.assert_close(module.scored_prediction(batches[1]), module.model(batches[1]["x"]))
+    torch.testing.assert_close(module.scored_prediction(batches[1]["x"]), module.model(batches[1]["x"]))
     # And the whole run trains end to end.
     record = train(cfg)
     assert torch.isfinite(torch.tensor(record["metrics"]["val/mse"]))

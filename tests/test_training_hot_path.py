@@ -4,7 +4,6 @@ log nothing, and the epoch's training loss is still the sample-weighted mean of 
 from __future__ import annotations
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from torch.overrides import TorchFunctionMode
 
