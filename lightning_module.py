@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from models import build_model, check_task
-from models.registry import INPUT_KINDS
+from models.contract import INPUT_KINDS, OptionError
 from training.objectives import HEADLINE_METRIC, OBJECTIVES
 from training.schedules import SCHEDULERS, STEP_SCHEDULERS, lr_scheduler_config
 from training.trainer import create_trainer
@@ -63,7 +63,7 @@ class SeamGatedLightningModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if task not in OBJECTIVES:
-            raise ValueError(f"task={task!r} is not supported by SeamGatedLightningModule; "
+            raise OptionError("task", f"task={task!r} is not supported by SeamGatedLightningModule; "
                              f"supported: {', '.join(OBJECTIVES)}.")
         sizes = {"input_dim": input_dim, "vocab_size": vocab_size, "input_shape": input_shape}
         given = {key: value for key, value in sizes.items() if value is not None}
@@ -71,23 +71,23 @@ class SeamGatedLightningModule(pl.LightningModule):
             raise ValueError(f"exactly one of input_dim, vocab_size, input_shape must be given, got: {', '.join(given) or 'none'}.")
         check_task(model_type, task, input_kind=INPUT_KINDS[next(iter(given))])
         if target_mode not in ("last", "next_step"):
-            raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: last, next_step.")
+            raise OptionError("target_mode", f"target_mode={target_mode!r} is not allowed; choose one of: last, next_step.")
         if task == "seq2seq" and target_mode != "next_step":
-            raise ValueError(f"target_mode={target_mode!r} is not allowed for seq2seq data, whose targets are "
+            raise OptionError("target_mode", f"target_mode={target_mode!r} is not allowed for seq2seq data, whose targets are "
                              "whole answers scored step by step; use next_step.")
         if learning_rate <= 0:
-            raise ValueError(f"learning_rate={learning_rate} must be > 0.")
+            raise OptionError("learning_rate", f"learning_rate={learning_rate} must be > 0.")
         if weight_decay < 0:
-            raise ValueError(f"weight_decay={weight_decay} must be >= 0.")
+            raise OptionError("weight_decay", f"weight_decay={weight_decay} must be >= 0.")
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler={scheduler!r} is not allowed; choose one of: {', '.join(SCHEDULERS)}.")
+            raise OptionError("scheduler", f"scheduler={scheduler!r} is not allowed; choose one of: {', '.join(SCHEDULERS)}.")
         if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
+            raise OptionError("warmup_fraction", f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
         self.save_hyperparameters()
         self.model = build_model(model_type, output_dim=output_dim, **given, **(model_kwargs or {}))
-        if target_mode == "next_step" and getattr(self.model, "sees_future_steps", False):
-            raise ValueError(
-                "bidirectional=True lets each step's output see the steps it must predict, so it is refused for "
+        if target_mode == "next_step" and self.model.sees_future_steps:
+            raise OptionError(
+                "bidirectional", "bidirectional=True lets each step's output see the steps it must predict, so it is refused for "
                 "next-step prediction; set model.bidirectional=false, or data.target_mode=last where the data has it."
             )
         if stateful and not hasattr(self.model, "forward_with_state"):

@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from lightning_module import SeamGatedLightningModule
-from models import check_task, get_model_class, list_models
-from models.registry import INPUT_KINDS
+from models import OptionError, check_task, get_model_class, list_models
+from models.contract import INPUT_KINDS
 from training.run_files import JOB_ERROR_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -95,12 +95,13 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
                    input_kind=INPUT_KINDS[next(iter(input_size))])
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    if getattr(get_model_class(model_type), "needs_reference_process", False):
+    contract = get_model_class(model_type)
+    if contract.needs_reference_process:
         if not hasattr(datamodule, "reference_process"):
             raise ConfigError(f"model={model_type} needs data whose generating process is known (antipodal); "
                               f"data={data_name} has none.")
         model_kwargs["process"] = datamodule.reference_process()
-    if getattr(get_model_class(model_type), "reads_prompt_separator", False):
+    if contract.reads_prompt_separator:
         if "separator_token" in model_kwargs:
             raise ConfigError("model.separator_token is taken from the data (the token that ends each prompt); "
                               "remove it from the model config.")
@@ -124,13 +125,13 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
         )
         # A model with a fixed number of positions fails here, not at the first long test batch.
         longest_input = getattr(datamodule, "max_sequence_length", None)
-        if longest_input is not None and hasattr(module.model, "check_input_length"):
+        if longest_input is not None:
             module.model.check_input_length(longest_input)
         return module
     except ValueError as error:
-        # Messages start with the argument they reject; name it by its place in the config.
-        argument = str(error).split("=")[0]
-        group = "optim" if argument in cfg.optim else "objective" if argument in cfg.objective else "model"
+        # Name the rejected option by its place in the config; an error without a key is the model's.
+        key = error.key if isinstance(error, OptionError) else None
+        group = "optim" if key in cfg.optim else "objective" if key in cfg.objective else "model"
         raise ConfigError(f"{group}.{error}") from error
 
 

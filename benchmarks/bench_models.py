@@ -23,12 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch
-from torch import nn
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
-from benchmarks.timing import median_train_step_seconds
-from models import build_model, get_model_class, list_models
-from models.registry import supported_inputs
+from benchmarks.timing import median_train_step_seconds  # noqa: E402
+from models import build_model, get_model_class, list_models  # noqa: E402
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
 
@@ -66,8 +65,8 @@ def step_time_table(lengths: list[int], repeats: int, device: torch.device,
                     only: list[str] | None = None) -> dict[tuple[str, int], float]:
     candidates = {"torch.nn.LSTM(4, 64)": lambda steps: RawLSTM()}
     # Registered models that read vectors and are trained (the hamilton_imm reference has no train step).
-    for name in (m for m in list_models() if "vectors" in supported_inputs(get_model_class(m))
-                 and not getattr(get_model_class(m), "needs_reference_process", False) and (not only or m in only)):
+    for name in (m for m in list_models() if "vectors" in get_model_class(m).supported_inputs
+                 and not get_model_class(m).needs_reference_process and (not only or m in only)):
         candidates[name] = lambda steps, name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM,
                                                                 **width_options(name, steps))
     results = {}
@@ -88,7 +87,9 @@ def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) 
     for name in names:
         cells = [f"{results[(name, t)]:.2f} | {results[(name, t)] / results[('z2_delta', t)]:.2f}x" for t in lengths]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    verdict = lambda ok: "PASS" if ok else "MISS"
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
     lstm = "torch.nn.LSTM(4, 64)"
     print()
     for steps, target in ((1000, 3.0), (100, 1.0)):

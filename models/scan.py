@@ -231,8 +231,8 @@ def _chunks_into(
     # so this pass reads a and b and writes nothing of size T.
     first, second, *rest = steps
     end = torch.addcmul(b_s[second], a_s[second], b_s[first])
-    for l in rest:
-        torch.addcmul(b_s[l], a_s[l], end, out=end)
+    for step in rest:
+        torch.addcmul(b_s[step], a_s[step], end, out=end)
 
     # Level 2: chunk-end states follow the same recurrence over chunks, with the
     # product of a over a chunk as its coefficient. carry holds the state before
@@ -253,7 +253,7 @@ def _chunks_into(
     # the same ops as keeping in-chunk products for a correction pass but never
     # materialises a second T-sized buffer.
     prev = carry_in
-    for l in steps:
-        torch.addcmul(b_s[l], a_s[l], prev, out=out_s[l])
-        prev = out_s[l]
+    for step in steps:
+        torch.addcmul(b_s[step], a_s[step], prev, out=out_s[step])
+        prev = out_s[step]
     return out[:, 0] if reverse else out[:, -1]

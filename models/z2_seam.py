@@ -4,7 +4,7 @@ The hidden state splits into even and odd channels; the group element -1 acts as
 h_even -> h_even, h_odd -> -h_odd. Every map respects that action, so the model is exactly
 equivariant: model(-x) = -model(x), with gates and parity energy unchanged. A seam gate g_t flips
 the chart of the odd state, (1 - 2 g_t) h_odd, which is how the model can follow a regime switch
-in which the sign convention of the dynamics flips. Equations: shared/DESIGN.md, "Models".
+in which the sign convention of the dynamics flips. Equations: docs/models.md.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.contract import SequenceModel
 from models.parity import K_STAR, parity_energy, split_hidden_dim
 from models.registry import register_model
 
@@ -20,7 +21,7 @@ NUM_INVARIANTS = 4  # x.y, ||x||^2, ||y||^2, alpha_minus
 
 
 @register_model("z2_seam")
-class Z2SeamRNN(nn.Module):
+class Z2SeamRNN(SequenceModel):
     """Seam-gated Z2-equivariant RNN that predicts x_{t+1} at every step.
 
     Args:

@@ -15,7 +15,6 @@ import torch
 from training.schedules import warmup_cosine
 from training.trainer import resolve_accelerator, resolve_precision
 from models import get_model_class, list_models
-from models.registry import supported_inputs
 from train_hydra import CONFIG_DIR, ConfigError, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +28,7 @@ def model_configs_reading(input_kind: str) -> list[str]:
     from train_hydra import compose_config
 
     names = {stem: compose_config([f"model={stem}"], tempfile.gettempdir()).model.name for stem in MODEL_CONFIGS}
-    return [stem for stem, name in names.items() if input_kind in supported_inputs(get_model_class(name))]
+    return [stem for stem, name in names.items() if input_kind in get_model_class(name).supported_inputs]
 
 
 def test_every_registered_model_has_a_config_and_every_config_a_registered_model(tmp_path):

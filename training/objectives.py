@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from data.datamodule import IGNORE_INDEX
+from models.contract import OptionError
 from training.decoding import SAMPLING_SCHEDULES, greedy_decode, mix_in_predictions, scheduled_sampling_rate
 from training.metrics import ClassificationMetrics, RegressionMetrics, Seq2SeqMetrics
 
@@ -57,7 +58,7 @@ class ClassificationObjective(nn.Module):
         super().__init__()
         reject_options_of_other_tasks("classification", other_task_options)
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1).")
+            raise OptionError("label_smoothing", f"label_smoothing={label_smoothing} must lie in [0, 1).")
         self.label_smoothing = label_smoothing
         self.stage_metrics = nn.ModuleDict({stage: ClassificationMetrics(output_dim) for stage in STAGES})
 
@@ -101,17 +102,17 @@ class Seq2SeqObjective(ClassificationObjective):
         reject_options_of_other_tasks("seq2seq", other_task_options)
         super().__init__(output_dim, label_smoothing)
         if scheduled_sampling not in SAMPLING_SCHEDULES:
-            raise ValueError(f"scheduled_sampling={scheduled_sampling!r} is not allowed; choose one of: "
+            raise OptionError("scheduled_sampling", f"scheduled_sampling={scheduled_sampling!r} is not allowed; choose one of: "
                              f"{', '.join(SAMPLING_SCHEDULES)}.")
         if not 0.0 <= sampling_start < 1.0:
-            raise ValueError(f"sampling_start={sampling_start} must lie in [0, 1).")
+            raise OptionError("sampling_start", f"sampling_start={sampling_start} must lie in [0, 1).")
         if not 0.0 < sampling_max_rate <= 1.0:
-            raise ValueError(f"sampling_max_rate={sampling_max_rate} must lie in (0, 1].")
+            raise OptionError("sampling_max_rate", f"sampling_max_rate={sampling_max_rate} must lie in (0, 1].")
         if scheduled_sampling == "none":
             defaults = inspect.signature(Seq2SeqObjective).parameters
             for name, value in (("sampling_start", sampling_start), ("sampling_max_rate", sampling_max_rate)):
                 if value != defaults[name].default:
-                    raise ValueError(f"{name}={value} has no effect with scheduled_sampling='none'; choose a schedule "
+                    raise OptionError(name, f"{name}={value} has no effect with scheduled_sampling='none'; choose a schedule "
                                      f"({', '.join(SAMPLING_SCHEDULES[1:])}) or leave it at {defaults[name].default}.")
         self.scheduled_sampling, self.sampling_start, self.sampling_max_rate = (
             scheduled_sampling, sampling_start, sampling_max_rate)
@@ -125,7 +126,7 @@ class Seq2SeqObjective(ClassificationObjective):
         if self.scheduled_sampling == "none":
             return 0.0
         if not math.isfinite(progress):
-            raise ValueError(f"scheduled_sampling={self.scheduled_sampling!r} follows training progress, so it needs "
+            raise OptionError("scheduled_sampling", f"scheduled_sampling={self.scheduled_sampling!r} follows training progress, so it needs "
                              "a finite number of steps; set trainer.max_epochs or trainer.max_steps.")
         return scheduled_sampling_rate(self.scheduled_sampling, progress, self.sampling_start, self.sampling_max_rate)
 
@@ -167,8 +168,8 @@ def reject_options_of_other_tasks(task: str, options: dict[str, Any]) -> None:
             known = sorted({option for objective in OBJECTIVES.values()
                             for option in inspect.signature(objective).parameters
                             if option not in ("output_dim", "other_task_options")})
-            raise ValueError(f"{name}={value} is not an option of any objective; options: {', '.join(known)}.")
+            raise OptionError(name, f"{name}={value} is not an option of any objective; options: {', '.join(known)}.")
         default = inspect.signature(OBJECTIVES[owners[0]]).parameters[name].default
         if value != default:
-            raise ValueError(f"{name}={value} applies to {' and '.join(owners)} tasks only; "
+            raise OptionError(name, f"{name}={value} applies to {' and '.join(owners)} tasks only; "
                              f"leave it at {default} for {task} data.")

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from models.contract import OptionError
+
 SCHEDULERS = ("onecycle", "cosine_warmup", "plateau", "none")
 STEP_SCHEDULERS = ("onecycle", "cosine_warmup")  # those that follow the total number of training steps
 
@@ -32,8 +34,8 @@ def lr_scheduler_config(optimizer: torch.optim.Optimizer, scheduler: str, learni
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
         return {"scheduler": plateau, "monitor": "val/loss"}
     if total_steps is None or not math.isfinite(total_steps):
-        raise ValueError(
-            f"scheduler={scheduler!r} needs a finite number of steps; set trainer.max_epochs or "
+        raise OptionError(
+            "scheduler", f"scheduler={scheduler!r} needs a finite number of steps; set trainer.max_epochs or "
             "trainer.max_steps, or use scheduler=plateau or none."
         )
     # OneCycleLR divides by the length of each phase, so both phases need at least two steps.
