@@ -12,7 +12,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torchmetrics
 
 from models import build_model, check_task
 from models.contract import INPUT_KINDS, OptionError
@@ -40,6 +39,9 @@ class SeamGatedLightningModule(pl.LightningModule):
         scheduler: one of SCHEDULERS.
         warmup_fraction: fraction of all steps spent warming up (`onecycle`, `cosine_warmup`).
         objective_kwargs: options of the task's objective, e.g. `label_smoothing`.
+        stateful: truncated backprop through time on consecutive chunks (data.stateful): each
+            training batch starts from the detached final state of the previous one, and the first
+            batch of every epoch from zeros. Needs a model with `forward_with_state`.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         vocab_size: int | None = None,
         input_shape: tuple[int, int, int] | list[int] | None = None,
         objective_kwargs: dict[str, Any] | None = None,
+        stateful: bool = False,
     ) -> None:
         super().__init__()
         if task not in OBJECTIVES:
@@ -87,8 +90,15 @@ class SeamGatedLightningModule(pl.LightningModule):
                 "bidirectional", "bidirectional=True lets each step's output see the steps it must predict, so it is refused for "
                 "next-step prediction; set model.bidirectional=false, or data.target_mode=last where the data has it."
             )
+        if stateful and not hasattr(self.model, "forward_with_state"):
+            raise ValueError(f"stateful=True needs a model that returns its final state; {model_type} has no "
+                             "forward_with_state.")
         self.objective = OBJECTIVES[task](output_dim, **(objective_kwargs or {}))
-        self.train_loss = torchmetrics.MeanMetric()
+        # The epoch's training loss, summed on the device: a metric object would check every step's
+        # value for NaN on the host (a device sync per step) and upload the batch weight.
+        self.register_buffer("train_loss_sum", torch.zeros(()), persistent=False)
+        self.train_samples = 0
+        self.carried_state = None  # stateful training: the detached final state of the last batch
 
     @property
     def num_parameters(self) -> int:
@@ -100,7 +110,12 @@ class SeamGatedLightningModule(pl.LightningModule):
     def scored_prediction(self, x: torch.Tensor) -> torch.Tensor:
         """The model outputs for input `x` that the loss and metrics score (predictions or logits),
         aligned with the batch's targets, in float32."""
-        prediction = self.model(x)
+        if self.hparams.stateful and self.training:
+            prediction, state = self.model.forward_with_state(x, self.carried_state)
+            # Detached: gradients stop at the chunk boundary (truncated BPTT), memory stays one chunk.
+            self.carried_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        else:
+            prediction = self.model(x)
         # Mixed precision: score in float32 so the loss and metrics do not lose digits.
         prediction = prediction.float()
         return prediction[:, -1] if self.hparams.target_mode == "last" else prediction
@@ -124,20 +139,33 @@ class SeamGatedLightningModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, scalars = self.objective.training_loss(self.scored_prediction, batch, self.training_progress())
-        self.train_loss.update(loss.detach(), weight=len(batch["x"]))
+        self.train_loss_sum.add_(loss.detach(), alpha=len(batch["x"]))
+        self.train_samples += len(batch["x"])
         if self._is_logging_step():
             self.log_dict({f"train/{name}": value for name, value in scalars.items()})
             self.log_dict({"train/loss": loss, "train/lr": self.optimizers().param_groups[0]["lr"]}, prog_bar=True)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.carried_state = None  # every epoch walks the streams again from their first chunk
+
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
-        self.train_loss.reset()
+        if self.train_samples == 0:
+            return
+        strategy = self.trainer.strategy
+        total = strategy.reduce(self.train_loss_sum.clone(), reduce_op="sum")
+        samples = strategy.reduce(torch.tensor(float(self.train_samples), device=self.device), reduce_op="sum")
+        # Already summed over ranks; sync_dist only tells Lightning so.
+        self.log("train/loss_epoch", total / samples, sync_dist=True)
+        self.train_loss_sum.zero_()
+        self.train_samples = 0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs after AMP unscaling, so this is the true gradient norm (before clipping).
+        if not self._is_logging_step():
+            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and self._is_logging_step():
+        if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def _log_stage_metrics(self, stage: str) -> None:

@@ -35,7 +35,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 
 from data.text import TOKENIZER_FILE
 from lightning_module import SeamGatedLightningModule
-from models import OptionError, check_task, get_model_class
+from models import OptionError, check_task, get_model_class, list_models
 from models.contract import INPUT_KINDS
 from training.config_tree import CONFIG_TREE_FILE, check_tags, print_config_tree
 from training.run_files import JOB_ERROR_FILE
@@ -111,6 +111,11 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             raise ConfigError("model.separator_token is taken from the data (the token that ends each prompt); "
                               "remove it from the model config.")
         model_kwargs["separator_token"] = getattr(datamodule, "separator_token", None)
+    stateful = getattr(datamodule, "stateful", False)
+    if stateful and not hasattr(get_model_class(model_type), "forward_with_state"):
+        stateful_models = [name for name in list_models() if hasattr(get_model_class(name), "forward_with_state")]
+        raise ConfigError(f"data.stateful=true carries the model's state between batches, which model={model_type} "
+                          f"cannot do; use one of: {', '.join(stateful_models)}, or data.stateful=false.")
     try:
         module = SeamGatedLightningModule(
             model_type=model_type,
@@ -118,6 +123,7 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             task=datamodule.task,
             output_dim=datamodule.output_dim,
             target_mode=getattr(datamodule, "target_mode", "next_step"),
+            stateful=stateful,
             objective_kwargs=OmegaConf.to_container(cfg.objective, resolve=True),
             **input_size,
             **cfg.optim,

@@ -127,14 +127,17 @@ class AntipodalWindows(Dataset):
 
     A window covering steps s .. s+H-1 has its target at s+H (`last`) or at s+1 .. s+H
     (`next_step`); both need s+H < stop, so no window or target leaves its segment.
+    Windows start every `stride` steps from `start`; with `next_step` and stride = H each target
+    of the segment is predicted exactly once (the last (stop - start - 1) mod H are left out).
     `regime` and `transition` describe the target step(s).
     """
 
-    def __init__(self, sequence: AntipodalSequence, start: int, stop: int, history_length: int, target_mode: str):
+    def __init__(self, sequence: AntipodalSequence, start: int, stop: int, history_length: int, target_mode: str,
+                 stride: int = 1):
         self.x = torch.as_tensor(sequence.x, dtype=torch.float32)
         self.regime = torch.as_tensor(sequence.regime, dtype=torch.float32)
         self.transition = torch.as_tensor(sequence.transition)
-        self.starts = torch.arange(start, stop - history_length)
+        self.starts = torch.arange(start, stop - history_length, stride)
         self.history_length = history_length
         self.target_mode = target_mode
 
@@ -145,7 +148,8 @@ class AntipodalWindows(Dataset):
         """Every time index that some window of this dataset reads, input or target."""
         if len(self.starts) == 0:
             return self.starts
-        return torch.arange(int(self.starts[0]), int(self.starts[-1]) + self.history_length + 1)
+        steps = self.starts[:, None] + torch.arange(self.history_length + 1)
+        return torch.unique(steps)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s, h = int(self.starts[index]), self.history_length
@@ -157,6 +161,25 @@ class AntipodalWindows(Dataset):
             "regime": squeeze(self.regime[target]),
             "transition": squeeze(self.transition[target]),
         }
+
+
+class StatefulChunks(AntipodalWindows):
+    """The segment [start, stop) as `rows` contiguous streams, each cut into consecutive chunks of
+    `history_length` steps with next-step targets, ordered so that batch k of a loader with
+    batch_size = rows (in order, not shuffled) holds chunk k of every stream.
+
+    Row r reads steps start + r n .. start + (r + 1) n (n = (stop - start - 1) // rows rounded down
+    to whole chunks), so the state a recurrent model ends batch k with is the right start state of
+    batch k + 1 (truncated backprop through time); every target is predicted once per epoch.
+    """
+
+    def __init__(self, sequence: AntipodalSequence, start: int, stop: int, history_length: int, rows: int):
+        chunks_per_row = (stop - start - 1) // rows // history_length
+        super().__init__(sequence, start, stop, history_length, "next_step")
+        row_starts = start + torch.arange(rows) * chunks_per_row * history_length
+        chunk_offsets = torch.arange(chunks_per_row) * history_length
+        # Index k * rows + r is chunk k of row r.
+        self.starts = (chunk_offsets[:, None] + row_starts[None, :]).reshape(-1)
 
 
 class AntipodalDataModule(SplitDataModule):
@@ -178,6 +201,8 @@ class AntipodalDataModule(SplitDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         augmentation: dict | Augmentation | None = None,
+        stride: int = 1,
+        stateful: bool = False,
     ) -> None:
         super().__init__()
         self.augmentation = augmentation if isinstance(augmentation, Augmentation) else Augmentation(**(augmentation or {}))
@@ -187,6 +212,17 @@ class AntipodalDataModule(SplitDataModule):
         split = checked_split(split, batch_size, num_workers)
         if history_length < 1:
             raise ValueError(f"history_length={history_length} must be a positive integer.")
+        if stride < 1:
+            raise ValueError(f"stride={stride} must be a positive integer (1: a window at every step).")
+        if stateful and target_mode != "next_step":
+            raise ValueError(f"stateful=true carries the state from chunk to chunk and scores every step, so it "
+                             f"needs target_mode=next_step, not {target_mode!r}.")
+        if stateful and self.augmentation.enabled:
+            raise ValueError("augmentation is not available with stateful=true: a shifted window would break the "
+                             "chunk-to-chunk continuity of the carried state; set data.augmentation.augmentation_prob=0.")
+        if stateful and stride != 1:
+            raise ValueError(f"stride={stride} has no effect with stateful=true, whose chunks never overlap; "
+                             "leave it at 1.")
         self.bounds = split_bounds(process.T, split)
         shortest = min(stop - start for start, stop in self.bounds.values())
         if history_length + 1 > shortest:
@@ -194,26 +230,44 @@ class AntipodalDataModule(SplitDataModule):
                 f"history_length={history_length} is too long: a window and its target need "
                 f"{history_length + 1} steps but the shortest split has {shortest} (raise generator.T or lower history_length)."
             )
+        train_steps = self.bounds["train"][1] - self.bounds["train"][0]
+        if stateful and train_steps < batch_size * history_length + 1:
+            raise ValueError(
+                f"stateful=true needs batch_size * history_length + 1 = {batch_size * history_length + 1} training "
+                f"steps (one chunk per batch row) but the train split has {train_steps}; lower batch_size or "
+                "history_length, or raise generator.T."
+            )
         self.process = process
         self.history_length = history_length
         self.target_mode = target_mode
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.stride = stride
+        self.stateful = stateful
         self.seed = process.seed  # one seed draws the data and the training order
         self.input_dim = self.output_dim = process.obs_dim
         self.save_hyperparameters({"generator": asdict(process), "history_length": history_length,
                                    "target_mode": target_mode, "split": list(split), "batch_size": batch_size,
-                                   "augmentation": asdict(self.augmentation)})
+                                   "augmentation": asdict(self.augmentation), "stride": stride,
+                                   "stateful": stateful})
         self.sequence: AntipodalSequence | None = None
         self.datasets: dict[str, AntipodalWindows] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.sequence is None:
             self.sequence = generate_antipodal(self.process)
+            # stride and stateful reshape the training windows only: evaluation keeps a window at
+            # every step, so metrics stay comparable between runs that train either way.
             self.datasets = {
                 name: AntipodalWindows(self.sequence, start, stop, self.history_length, self.target_mode)
                 for name, (start, stop) in self.bounds.items()
             }
+            start, stop = self.bounds["train"]
+            if self.stateful:
+                self.datasets["train"] = StatefulChunks(self.sequence, start, stop, self.history_length, self.batch_size)
+            elif self.stride > 1:
+                self.datasets["train"] = AntipodalWindows(self.sequence, start, stop, self.history_length,
+                                                          self.target_mode, self.stride)
 
     def reference_process(self) -> dict[str, object]:
         """The true parameters of the generating process, for reference filters such as hamilton_imm."""
@@ -222,5 +276,8 @@ class AntipodalDataModule(SplitDataModule):
                 "sigma_epsilon": self.process.sigma_epsilon, "sigma_eta": self.process.sigma_eta}
 
     def train_dataloader(self) -> DataLoader:
+        if self.stateful:
+            # Stateful chunks must arrive in order: batch k + 1 continues the streams of batch k.
+            return self._loader("train", shuffle=False)
         # Augmentation (data/augmentation.py) touches the training split only.
         return train_loader(self.datasets["train"], self.augmentation, self.batch_size, self.seed, self.num_workers)

@@ -89,10 +89,11 @@ class AntipodalFieldWindows(AntipodalWindows):
     steps (read from windows over the vector sequence with identical starts)."""
 
     def __init__(self, sequence: AntipodalFieldSequence, start: int, stop: int, history_length: int,
-                 target_mode: str, target: str) -> None:
-        super().__init__(sequence, start, stop, history_length, target_mode)
+                 target_mode: str, target: str, stride: int = 1) -> None:
+        super().__init__(sequence, start, stop, history_length, target_mode, stride)
         self.observation_windows = (
-            AntipodalWindows(sequence.process, start, stop, history_length, target_mode) if target == "observation" else None
+            AntipodalWindows(sequence.process, start, stop, history_length, target_mode, stride)
+            if target == "observation" else None
         )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -108,8 +109,9 @@ class AntipodalFieldDataModule(AntipodalDataModule):
     `task` = regression and `target_mode`; batches hold x (B, H, channels, S, S), y, regime and transition.
 
     Args:
-        generator, history_length, target_mode, split, batch_size, num_workers, augmentation: as
-            AntipodalDataModule (noise is added per pixel).
+        generator, history_length, target_mode, split, batch_size, num_workers, augmentation, stride: as
+            AntipodalDataModule (noise is added per pixel; stride thins the training windows).
+        stateful: must stay false: no model that reads fields carries its state between batches.
         grid_size: S.
         channels: channels per field.
         basis_length_scale: blur (pixels) of the basis maps; larger is smoother.
@@ -134,8 +136,14 @@ class AntipodalFieldDataModule(AntipodalDataModule):
         pixel_noise: float = 0.05,
         target: str = "field",
         augmentation: dict | None = None,
+        stride: int = 1,
+        stateful: bool = False,
     ) -> None:
-        super().__init__(generator, history_length, target_mode, split, batch_size, num_workers, augmentation)
+        if stateful:
+            raise ValueError("stateful=true is not available for field data: no model that reads fields carries its "
+                             "state between batches; use stride=history_length with target_mode=next_step instead.")
+        super().__init__(generator, history_length, target_mode, split, batch_size, num_workers, augmentation,
+                         stride)
         if grid_size < 1:
             raise ValueError(f"grid_size={grid_size} must be a positive integer.")
         if channels < 1:
@@ -163,7 +171,9 @@ class AntipodalFieldDataModule(AntipodalDataModule):
         if self.sequence is None:
             self.sequence = generate_antipodal_field(self.process, self.grid_size, self.channels,
                                                      self.basis_length_scale, self.pixel_noise)
+            # As for the vector data, stride thins the training windows only.
             self.datasets = {
-                name: AntipodalFieldWindows(self.sequence, start, stop, self.history_length, self.target_mode, self.target)
+                name: AntipodalFieldWindows(self.sequence, start, stop, self.history_length, self.target_mode,
+                                            self.target, self.stride if name == "train" else 1)
                 for name, (start, stop) in self.bounds.items()
             }

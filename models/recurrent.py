@@ -194,6 +194,20 @@ class RecurrentModel(SequenceModel):
         output = self.head(features)
         return (output, {"state": features}) if return_diagnostics else output
 
+    def forward_with_state(self, x: torch.Tensor, state=None):
+        """(outputs, final state) of one chunk started from `state` (None: zeros), on the fused path.
+
+        For stateful training on one long trajectory: the final state of a chunk is the state to
+        start the next chunk from (torch's h_n, or (h_n, c_n) for the LSTM).
+        """
+        if self.use_layer_norm or self.bidirectional:
+            raise ValueError(f"stateful training of {self.family} needs the fused path, which use_layer_norm=true "
+                             "and bidirectional=true do not run; set both to false.")
+        if self.embedding is not None:
+            x = self.embedding(x)
+        features, final_state = self.recurrent(x, state)
+        return self.head(features), final_state
+
     def _cell_path(self, x: torch.Tensor) -> torch.Tensor:
         rnn = self.recurrent
         directions = 2 if rnn.bidirectional else 1

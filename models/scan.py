@@ -10,7 +10,15 @@ single reverse scan.
 ``linear_scan`` is the fast op; ``linear_scan_reference`` next to it is the
 plain float64 loop that defines what it must compute.
 
-Algorithm (device-generic eager PyTorch): a two-level chunked scan with
+Two backends compute it, chosen per call by ``select_backend``:
+- CPU, float32/float64: the fused kernel of models/scan_kernel.cpp (built once per
+  machine at first use by models/scan_cpu_kernel.py and checked against the
+  reference before use). It walks each recurrence once, so forward and backward
+  each touch every (B, T, H) tensor once, the op's memory floor.
+- everywhere else, and on CPU where the kernel cannot be built (one logged line):
+  the eager chunked scan below.
+
+Eager algorithm (device-generic PyTorch): a two-level chunked scan with
 O(sqrt T) sequential Python steps. Time is cut into nc chunks of L steps.
 Level 1 runs all chunks at once from a zero state and keeps each chunk's end
 state; level 2 walks the nc chunks in order to get each chunk's carry-in;
@@ -23,12 +31,13 @@ to rounding for any real a: negative, near 0 or near 1.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["linear_scan", "linear_scan_reference"]
+from models import scan_cpu_kernel
+
+__all__ = ["linear_scan", "linear_scan_reference", "select_backend"]
 
 # Below this length the plain loop issues fewer Python-level ops than the chunked scan.
 _MIN_CHUNKED_T = 16
@@ -38,12 +47,7 @@ _MIN_CHUNKED_T = 16
 # anything between sqrt(T / 4) and sqrt(T) is within noise.
 _CHUNK_FACTOR = 0.5
 
-# scan_into(a, b, h0, out, reverse) writes the recurrence over dim 1 of (B, T, H)
-# tensors into out and returns the state at the last step it computed.
-ScanInto = Callable[[Tensor, Tensor, Optional[Tensor], Tensor, bool], Tensor]
-
-
-def linear_scan_reference(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+def linear_scan_reference(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Sequential float64 loop for h_t = a_t * h_{t-1} + b_t; returns all states (B, T, H) in float64."""
     a, b = a.double(), b.double()
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0.double()
@@ -54,7 +58,7 @@ def linear_scan_reference(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> 
     return torch.stack(states, dim=1)
 
 
-def linear_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Compute h_t = a_t * h_{t-1} + b_t over dim 1 of (B, T, H) tensors a and b.
 
     h0 is the (B, H) state before the first step (zeros if None). Returns all
@@ -62,14 +66,51 @@ def linear_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
     inputs and under autocast, and in float64 when any input is float64.
     """
     _check_inputs(a, b, h0)
-    return _LinearScan.apply(a, b, h0, _select_scan(b))
+    return _LinearScan.apply(a, b, h0, select_backend(b))
 
 
-def _select_scan(x: Tensor) -> ScanInto:
-    return _chunked_scan_into
+class EagerScan:
+    """The device-generic chunked scan of the module docstring, in eager PyTorch ops."""
+
+    @staticmethod
+    def forward(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
+        h = torch.empty_like(b)
+        _chunked_scan_into(a, b, h0, h, False)
+        return h
+
+    @staticmethod
+    def backward(a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor,
+                 need_a: bool) -> tuple[Tensor, Tensor | None]:
+        # d_t = g_t + a_{t+1} d_{t+1} with d_{T-1} = g_{T-1}: a reverse scan whose
+        # coefficient at step t is a_{t+1}, i.e. a scan over a[:, 1:] seeded with g_{T-1}.
+        d = torch.empty_like(h)
+        d[:, -1].copy_(grad_h[:, -1])
+        if h.shape[1] > 1:
+            _chunked_scan_into(a[:, 1:], grad_h[:, :-1], d[:, -1], d[:, :-1], True)
+        grad_a = None
+        if need_a:
+            grad_a = torch.empty_like(h)
+            torch.mul(d[:, 1:], h[:, :-1], out=grad_a[:, 1:])
+            if h0 is None:
+                grad_a[:, 0].zero_()
+            else:
+                torch.mul(d[:, 0], h0, out=grad_a[:, 0])
+        return d, grad_a
 
 
-def _check_inputs(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> None:
+def select_backend(x: Tensor):
+    """The fused CPU kernel for CPU float32/float64 (built at first use), else the eager scan.
+
+    No fused GPU kernel exists yet: CUDA runs the eager scan.
+    """
+    if x.device.type == "cpu":
+        fused = scan_cpu_kernel.kernel()
+        if fused is not None:
+            return fused
+    return EagerScan
+
+
+def _check_inputs(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
     for name, x in (("a", a), ("b", b)):
         if x.dim() != 3:
             raise ValueError(f"linear_scan: {name} has shape {_fmt(x.shape)} but must be 3-D as (B, T, H).")
@@ -100,20 +141,19 @@ class _LinearScan(torch.autograd.Function):
     """Scan forward, reverse scan backward; autograd sees one node, not one per step."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, h0: Optional[Tensor], scan_into: ScanInto) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor | None, backend) -> Tensor:
         dtypes = [x.dtype for x in (a, b, h0) if x is not None]
         compute = torch.float64 if torch.float64 in dtypes else torch.float32
         # Autocast must not pull the recurrence back into half precision.
         with torch.autocast(b.device.type, enabled=False):
             a_c = a.to(compute).contiguous()
             b_c = b.to(compute).contiguous()
-            h0_c = None if h0 is None else h0.to(compute)
-            h = torch.empty_like(b_c)
-            scan_into(a_c, b_c, h0_c, h, False)
+            h0_c = None if h0 is None else h0.to(compute).contiguous()
+            h = backend.forward(a_c, b_c, h0_c)
         # a is saved as given (maybe half) and upcast again in backward, which is
         # cheaper in memory than keeping a float32 copy alive; h keeps full precision.
         ctx.save_for_backward(a, h, h0)
-        ctx.scan_into = scan_into
+        ctx.backend = backend
         ctx.input_dtypes = (a.dtype, b.dtype, None if h0 is None else h0.dtype)
         return h.to(b.dtype)
 
@@ -123,24 +163,10 @@ class _LinearScan(torch.autograd.Function):
         need_a, need_b, need_h0 = ctx.needs_input_grad[:3]
         with torch.autocast(h.device.type, enabled=False):
             a = a.to(h.dtype).contiguous()
-            g = grad_h.to(h.dtype)
-            h0 = None if h0 is None else h0.to(h.dtype)
-            # d_t = g_t + a_{t+1} d_{t+1} with d_{T-1} = g_{T-1}: a reverse scan whose
-            # coefficient at step t is a_{t+1}, i.e. a scan over a[:, 1:] seeded with g_{T-1}.
-            d = torch.empty_like(h)
-            d[:, -1].copy_(g[:, -1])
-            if h.shape[1] > 1:
-                ctx.scan_into(a[:, 1:], g[:, :-1], d[:, -1], d[:, :-1], True)
-            grad_a = grad_h0 = None
-            if need_a:
-                grad_a = torch.empty_like(h)
-                torch.mul(d[:, 1:], h[:, :-1], out=grad_a[:, 1:])
-                if h0 is None:
-                    grad_a[:, 0].zero_()
-                else:
-                    torch.mul(d[:, 0], h0, out=grad_a[:, 0])
-            if need_h0 and h0 is not None:
-                grad_h0 = a[:, 0] * d[:, 0]
+            g = grad_h.to(h.dtype).contiguous()
+            h0 = None if h0 is None else h0.to(h.dtype).contiguous()
+            d, grad_a = ctx.backend.backward(a, h, h0, g, need_a)
+            grad_h0 = a[:, 0] * d[:, 0] if need_h0 and h0 is not None else None
         a_dtype, b_dtype, h0_dtype = ctx.input_dtypes
         return (
             None if grad_a is None else grad_a.to(a_dtype),
@@ -150,7 +176,7 @@ class _LinearScan(torch.autograd.Function):
         )
 
 
-def _loop_into(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor, reverse: bool) -> Tensor:
+def _loop_into(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, reverse: bool) -> Tensor:
     """Plain sequential scan along dim 1 into out; returns the last computed state."""
     steps = list(zip(a.unbind(1), b.unbind(1), out.unbind(1)))
     prev = h0
@@ -167,7 +193,7 @@ def _chunk_len(T: int) -> int:
     return max(2, round(math.sqrt(T * _CHUNK_FACTOR)))
 
 
-def _chunked_scan_into(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor, reverse: bool) -> Tensor:
+def _chunked_scan_into(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, reverse: bool) -> Tensor:
     """Chunked scan along dim 1 of (B, T, H) views into out.
 
     reverse runs t = T-1 .. 0 with h_{t+1} as the previous state. The chunks
@@ -191,7 +217,7 @@ def _chunked_scan_into(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor, 
 
 
 def _chunks_into(
-    a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor, reverse: bool, nc: int, L: int
+    a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, reverse: bool, nc: int, L: int
 ) -> Tensor:
     """Two-level scan over exactly nc chunks of L steps (see the module docstring)."""
     B, _, H = a.shape
@@ -205,8 +231,8 @@ def _chunks_into(
     # so this pass reads a and b and writes nothing of size T.
     first, second, *rest = steps
     end = torch.addcmul(b_s[second], a_s[second], b_s[first])
-    for l in rest:
-        torch.addcmul(b_s[l], a_s[l], end, out=end)
+    for step in rest:
+        torch.addcmul(b_s[step], a_s[step], end, out=end)
 
     # Level 2: chunk-end states follow the same recurrence over chunks, with the
     # product of a over a chunk as its coefficient. carry holds the state before
@@ -227,7 +253,7 @@ def _chunks_into(
     # the same ops as keeping in-chunk products for a correction pass but never
     # materialises a second T-sized buffer.
     prev = carry_in
-    for l in steps:
-        torch.addcmul(b_s[l], a_s[l], prev, out=out_s[l])
-        prev = out_s[l]
+    for step in steps:
+        torch.addcmul(b_s[step], a_s[step], prev, out=out_s[step])
+        prev = out_s[step]
     return out[:, 0] if reverse else out[:, -1]

@@ -1,11 +1,29 @@
-"""linear_scan: matches the float64 reference loop in value and gradient, composes, stays fp32 under autocast."""
+"""linear_scan: every backend (the fused CPU kernel and the eager chunked scan) matches the float64
+reference loop in value and gradient, composes, stays fp32 under autocast; the kernel falls back."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
 
-from models.scan import linear_scan, linear_scan_reference
+from models import scan, scan_cpu_kernel
+from models.scan import EagerScan, linear_scan, linear_scan_reference
+
+
+@pytest.fixture(params=["fused", "eager"])
+def backend(request, monkeypatch):
+    """Run the test once through each backend that linear_scan can dispatch to on CPU."""
+    if request.param == "fused":
+        if scan_cpu_kernel.compiler() is None:
+            pytest.skip("no C++ compiler on this machine: the fused kernel cannot be built")
+        fused = scan_cpu_kernel.kernel()
+        assert fused is not None, "a compiler exists but the fused kernel did not build (see the logged line)"
+        assert scan.select_backend(torch.zeros(1)) is fused
+    else:
+        monkeypatch.setattr(scan, "select_backend", lambda x: EagerScan)
+    return request.param
 
 
 def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -25,7 +43,7 @@ def _gates(regime: str, shape: tuple[int, ...], generator: torch.Generator) -> t
 
 @pytest.mark.parametrize("regime", ["uniform", "near_zero", "near_one"])
 @pytest.mark.parametrize("T", [1, 2, 63, 100, 1000, 4097])
-def test_value_and_gradients_match_float64_reference(T, regime):
+def test_value_and_gradients_match_float64_reference(T, regime, backend):
     generator = torch.Generator().manual_seed(T)
     B, H = 3, 4
     a = _gates(regime, (B, T, H), generator).requires_grad_()
@@ -50,7 +68,7 @@ def test_value_and_gradients_match_float64_reference(T, regime):
 # Prime T >= 16 is never a whole number of chunks, so those exercise the ragged tail;
 # T < 16 takes the plain loop.
 @pytest.mark.parametrize("T", [1, 3, 18, 23, 37, 50])
-def test_gradcheck_float64(T):
+def test_gradcheck_float64(T, backend):
     generator = torch.Generator().manual_seed(T)
     a = (2 * torch.rand(2, T, 3, generator=generator, dtype=torch.float64) - 1).requires_grad_()
     b = torch.randn(2, T, 3, generator=generator, dtype=torch.float64, requires_grad=True)
@@ -59,7 +77,7 @@ def test_gradcheck_float64(T):
     assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b), (a, b))
 
 
-def test_float64_inputs_stay_float64():
+def test_float64_inputs_stay_float64(backend):
     a = torch.rand(2, 40, 3, dtype=torch.float64)
     b = torch.randn(2, 40, 3, dtype=torch.float64)
     h = linear_scan(a, b)
@@ -67,12 +85,12 @@ def test_float64_inputs_stay_float64():
     torch.testing.assert_close(h, linear_scan_reference(a, b), rtol=1e-12, atol=1e-12)
 
 
-def test_zero_h0_equals_no_h0():
+def test_zero_h0_equals_no_h0(backend):
     a, b = torch.rand(2, 50, 3) * 2 - 1, torch.randn(2, 50, 3)
     torch.testing.assert_close(linear_scan(a, b), linear_scan(a, b, torch.zeros(2, 3)), rtol=0, atol=0)
 
 
-def test_two_halves_with_carried_state_equal_one_call():
+def test_two_halves_with_carried_state_equal_one_call(backend):
     generator = torch.Generator().manual_seed(0)
     a = 2 * torch.rand(4, 301, 8, generator=generator) - 1
     b = torch.randn(4, 301, 8, generator=generator)
@@ -83,7 +101,7 @@ def test_two_halves_with_carried_state_equal_one_call():
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-6)
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(backend):
     a = (torch.rand(5, 4, 70) * 2 - 1).transpose(1, 2)
     b = torch.randn(5, 4, 70).transpose(1, 2)
     h0 = torch.randn(4, 5).t()
@@ -92,7 +110,7 @@ def test_non_contiguous_inputs():
     assert _rel_err(linear_scan(a, b, h0), ref) <= 1e-5
 
 
-def test_autocast_bf16_computes_in_float32_and_returns_input_dtype():
+def test_autocast_bf16_computes_in_float32_and_returns_input_dtype(backend):
     generator = torch.Generator().manual_seed(0)
     B, T, H = 4, 1000, 8
     a = (1 - 0.02 * torch.rand(B, T, H, generator=generator)).bfloat16().requires_grad_()
@@ -120,7 +138,7 @@ def test_autocast_bf16_computes_in_float32_and_returns_input_dtype():
     assert a.grad.dtype == torch.bfloat16 and b.grad.dtype == torch.bfloat16
 
 
-def test_autocast_leaves_float32_inputs_in_float32():
+def test_autocast_leaves_float32_inputs_in_float32(backend):
     a, b = torch.rand(2, 64, 3) * 2 - 1, torch.randn(2, 64, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = linear_scan(a, b)
@@ -160,7 +178,7 @@ def _graph_nodes(fn) -> int:
     return len(seen)
 
 
-def test_backward_is_one_node_not_one_per_step():
+def test_backward_is_one_node_not_one_per_step(backend):
     counts = []
     for T in (10, 2000):
         a = torch.rand(2, T, 3, requires_grad=True)
@@ -175,3 +193,88 @@ def test_backward_is_one_node_not_one_per_step():
 
 def test_no_graph_when_no_input_requires_grad():
     assert linear_scan(torch.rand(2, 30, 3), torch.randn(2, 30, 3)).grad_fn is None
+
+
+def test_gradient_of_b_alone_skips_grad_a_and_matches_the_reference(backend):
+    generator = torch.Generator().manual_seed(1)
+    a = 2 * torch.rand(2, 40, 3, generator=generator) - 1
+    b = torch.randn(2, 40, 3, generator=generator, requires_grad=True)
+    h0 = torch.randn(2, 3, generator=generator)
+    (grad_b,) = torch.autograd.grad(linear_scan(a, b, h0).sum(), (b,))
+    b64 = b.detach().double().requires_grad_()
+    (ref_grad_b,) = torch.autograd.grad(linear_scan_reference(a, b64, h0).sum(), (b64,))
+    assert _rel_err(grad_b, ref_grad_b) <= 1e-5
+
+
+@pytest.fixture
+def fresh_kernel(tmp_path, monkeypatch):
+    """No loaded kernel and an empty build cache (so a patched compiler is really called); the real
+    kernel is loaded again afterwards."""
+    monkeypatch.setenv("SEAM_SCAN_CACHE", str(tmp_path / "cache"))
+    scan_cpu_kernel.kernel.cache_clear()
+    yield
+    scan_cpu_kernel.kernel.cache_clear()
+
+
+@pytest.fixture
+def reloaded_kernel():
+    """No loaded kernel (the built library in the cache is reused); reloaded afterwards."""
+    scan_cpu_kernel.kernel.cache_clear()
+    yield
+    scan_cpu_kernel.kernel.cache_clear()
+
+
+def _fallback_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "fused CPU kernel unavailable" in r.getMessage()]
+
+
+def test_failed_build_falls_back_to_the_eager_scan_with_one_logged_line(fresh_kernel, monkeypatch, caplog):
+    monkeypatch.setattr(scan_cpu_kernel, "compiler", lambda: "/nonexistent/c++")
+    generator = torch.Generator().manual_seed(0)
+    a = (2 * torch.rand(2, 100, 3, generator=generator) - 1).requires_grad_()
+    b = torch.randn(2, 100, 3, generator=generator)
+    with caplog.at_level(logging.WARNING, logger=scan_cpu_kernel.__name__):
+        for _ in range(3):
+            h = linear_scan(a, b)
+    assert scan.select_backend(b) is EagerScan
+    assert len(_fallback_lines(caplog)) == 1
+    assert "/nonexistent/c++" in _fallback_lines(caplog)[0]
+    ref_a = a.detach().double().requires_grad_()
+    ref = linear_scan_reference(ref_a, b)
+    assert _rel_err(h, ref) <= 1e-5
+    (grad_a,) = torch.autograd.grad(h.sum(), (a,))
+    assert _rel_err(grad_a, torch.autograd.grad(ref.sum(), (ref_a,))[0]) <= 1e-5
+
+
+def test_missing_compiler_falls_back(fresh_kernel, monkeypatch, caplog):
+    monkeypatch.setattr(scan_cpu_kernel, "compiler", lambda: None)
+    with caplog.at_level(logging.WARNING, logger=scan_cpu_kernel.__name__):
+        assert scan.select_backend(torch.zeros(1)) is EagerScan
+    assert "no C++ compiler found" in _fallback_lines(caplog)[0]
+
+
+def test_a_kernel_that_disagrees_with_the_reference_is_not_used(reloaded_kernel, monkeypatch, caplog):
+    wrong = scan_cpu_kernel.ScanKernel.forward
+    monkeypatch.setattr(scan_cpu_kernel.ScanKernel, "forward", lambda self, a, b, h0: 1.001 * wrong(self, a, b, h0))
+    with caplog.at_level(logging.WARNING, logger=scan_cpu_kernel.__name__):
+        assert scan.select_backend(torch.zeros(1)) is EagerScan
+    assert "self-check failed: h differs" in _fallback_lines(caplog)[0]
+
+
+def test_environment_switch_selects_the_eager_scan(reloaded_kernel, monkeypatch, caplog):
+    monkeypatch.setenv("SEAM_SCAN_KERNEL", "eager")
+    with caplog.at_level(logging.WARNING, logger=scan_cpu_kernel.__name__):
+        assert scan.select_backend(torch.zeros(1)) is EagerScan
+    assert not _fallback_lines(caplog)
+
+
+def test_the_library_is_built_once_and_reused_from_the_cache(monkeypatch):
+    if scan_cpu_kernel.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    first = scan_cpu_kernel.build_library()
+    assert first.parent == scan_cpu_kernel.cache_dir() and first.exists()
+    # The second call finds the library under the same key and must not run the compiler.
+    def no_build(*args, **kwargs):
+        raise AssertionError("compiled again although the library is cached")
+    monkeypatch.setattr(scan_cpu_kernel.subprocess, "run", no_build)
+    assert scan_cpu_kernel.build_library() == first

@@ -1,0 +1,143 @@
+"""Build, load and self-check the fused CPU scan kernel of models/scan_kernel.cpp.
+
+The kernel is plain C++ behind a C ABI (no torch headers), so it compiles in about a second with
+the system's C++ compiler the first time a process needs it. The library is cached per machine in
+a user cache directory (``$SEAM_SCAN_CACHE``, else ``$XDG_CACHE_HOME/seam-gated-rnn``, else
+``~/.cache/seam-gated-rnn``), named by a hash of the source, compiler and flags, so an edit
+rebuilds it and concurrent processes never read a half-written file. ``kernel()`` returns None,
+after one logged line, wherever the kernel cannot be built or disagrees with the reference; the
+caller then uses the eager scan. ``SEAM_SCAN_KERNEL=eager`` skips the kernel on purpose.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("scan_kernel.cpp")
+FLAGS = ("-O3", "-std=c++14", "-shared", "-fPIC", "-pthread")
+_POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+class ScanKernel:
+    """The loaded library's forward and backward on contiguous CPU (B, T, H) float32/float64 tensors."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._forward, self._backward = {}, {}
+        for suffix in _SUFFIX.values():
+            forward = getattr(library, f"scan_forward_{suffix}")
+            forward.argtypes = [_POINTER] * 4 + [_INT64] * 3 + [_INT]
+            forward.restype = None
+            backward = getattr(library, f"scan_backward_{suffix}")
+            backward.argtypes = [_POINTER] * 6 + [_INT64] * 3 + [_INT]
+            backward.restype = None
+            self._forward[suffix], self._backward[suffix] = forward, backward
+
+    def supports(self, x: Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype in _SUFFIX
+
+    def forward(self, a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
+        """All states h (B, T, H) of h_t = a_t h_{t-1} + b_t; inputs contiguous, one dtype."""
+        h = torch.empty_like(b)
+        B, T, H = b.shape
+        self._forward[_SUFFIX[b.dtype]](a.data_ptr(), b.data_ptr(), _pointer(h0), h.data_ptr(), B, T, H,
+                                        torch.get_num_threads())
+        return h
+
+    def backward(self, a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor,
+                 need_a: bool) -> tuple[Tensor, Tensor | None]:
+        """(grad_b, grad_a or None) of the scan, in one reverse pass."""
+        grad_b = torch.empty_like(h)
+        grad_a = torch.empty_like(h) if need_a else None
+        B, T, H = h.shape
+        self._backward[_SUFFIX[h.dtype]](a.data_ptr(), h.data_ptr(), _pointer(h0), grad_h.data_ptr(),
+                                         grad_b.data_ptr(), _pointer(grad_a), B, T, H, torch.get_num_threads())
+        return grad_b, grad_a
+
+
+def _pointer(x: Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+def cache_dir() -> Path:
+    if os.environ.get("SEAM_SCAN_CACHE"):
+        return Path(os.environ["SEAM_SCAN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seam-gated-rnn"
+
+
+def compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def build_library() -> Path:
+    """Compile the kernel into the cache (once per source, compiler and flags) and return its path."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX or install g++/clang++)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + cxx.encode() + " ".join(FLAGS).encode() + sys.platform.encode()).hexdigest()[:16]
+    target = cache_dir() / f"scan_kernel-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build under a unique name and rename into place, so a reader never sees a partial file.
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    try:
+        result = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", partial], check=False, capture_output=True,
+                                text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"{cxx} failed: {result.stderr.strip()[-500:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def _self_check(candidate: ScanKernel) -> None:
+    """The kernel must reproduce the float64 reference loop (values and gradients) before it is used."""
+    from models.scan import linear_scan_reference
+
+    generator = torch.Generator().manual_seed(0)
+    a = (2 * torch.rand(3, 37, 5, generator=generator, dtype=torch.float64) - 1).requires_grad_()
+    b = torch.randn(3, 37, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 37, 5, generator=generator, dtype=torch.float64)
+    reference = linear_scan_reference(a, b, h0)
+    ref_grad_a, ref_grad_b = torch.autograd.grad(reference, (a, b), upstream)
+    a, b, h0 = a.detach(), b.detach(), h0.detach()
+    h = candidate.forward(a, b, h0)
+    grad_b, grad_a = candidate.backward(a, h, h0, upstream, need_a=True)
+    for name, value, expected in (("h", h, reference), ("grad_a", grad_a, ref_grad_a), ("grad_b", grad_b, ref_grad_b)):
+        if not torch.allclose(value, expected, rtol=1e-10, atol=1e-12):
+            raise RuntimeError(f"self-check failed: {name} differs from linear_scan_reference")
+
+
+@cache
+def kernel() -> ScanKernel | None:
+    """The fused CPU kernel, or None (logged once) where it cannot be built or is switched off."""
+    if os.environ.get("SEAM_SCAN_KERNEL", "").lower() == "eager":
+        return None
+    try:
+        candidate = ScanKernel(ctypes.CDLL(str(build_library())))
+        _self_check(candidate)
+    # Any build, load or check failure means: use the eager scan.
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
+        log.warning("linear_scan: fused CPU kernel unavailable (%s); using the eager chunked scan.", error)
+        return None
+    return candidate
