@@ -29,7 +29,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
@@ -177,8 +177,39 @@ def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
+def json_safe_metrics(metrics: dict[str, float]) -> tuple[dict[str, float | None], dict[str, str]]:
+    """JSON has no NaN or inf: such a metric is stored as null in `metrics` and named, with its value
+    as a string ("nan", "inf", "-inf"), in the second dict (metrics.json's `non_finite_metrics`)."""
+    non_finite = {name: str(value) for name, value in metrics.items() if not math.isfinite(value)}
+    return {name: None if name in non_finite else value for name, value in metrics.items()}, non_finite
+
+
+def training_health(trainer: pl.Trainer) -> dict[str, Any]:
+    """What went wrong in training, for metrics.json: why training stopped early (`stopped_early`, one
+    sentence per callback that stopped it) and what the guards did (`health`, by callback class)."""
+    stopped = [callback.stopping_reason_message for callback in trainer.callbacks
+               if isinstance(callback, EarlyStopping) and callback.stopping_reason_message]
+    health = {type(callback).__name__: callback.health_record() for callback in trainer.callbacks
+              if hasattr(callback, "health_record")}
+    stopped += [record["stop_reason"] for record in health.values() if record.get("stop_reason")]
+    return {"stopped_early": stopped, "health": health}
+
+
+def check_numbers_are_finite(cfg: DictConfig) -> None:
+    """Fail in one sentence on a NaN or infinite number anywhere in the run's config (hydra/ aside)."""
+    def visit(node: Any, name: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            visit(value, f"{name}.{key}" if isinstance(key, str) else f"{name}[{key}]")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(f"{name.lstrip('.')}={node} is not a finite number; set a finite value.")
+
+    visit(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True), "")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the configured model; write metrics.json into the run dir and return its content."""
+    check_numbers_are_finite(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_from(cfg, "data")
@@ -195,6 +226,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     metrics: dict[str, float] = {}
+    health: dict[str, Any] = {"stopped_early": [], "health": {}}
     evaluated_ckpt = ckpt_path
     if cfg.train and module.num_parameters == 0:
         log.info(f"model={cfg.model.name} has nothing to train (a fixed reference); it is only evaluated.")
@@ -202,6 +234,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(run_metrics(trainer))
     elif cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # Taken now: evaluating a checkpoint below restores the callbacks' state as it was saved there.
+        health = training_health(trainer)
         # Report val and test metrics of the same weights: the best checkpoint where one exists.
         evaluated_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         if evaluated_ckpt:
@@ -211,15 +245,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=datamodule, ckpt_path=evaluated_ckpt or None, weights_only=True, verbose=False)
         metrics.update(run_metrics(trainer))
 
+    metrics, non_finite = json_safe_metrics(metrics)
     record = {
         "model": cfg.model.name,
         "metrics": metrics,
+        "non_finite_metrics": non_finite,
         "optimized_metric": cfg.optimized_metric,
         "num_parameters": module.num_parameters,
         "wall_time_s": time.perf_counter() - started,
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),
         "evaluated_checkpoint": evaluated_ckpt or None,
+        **health,
     }
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
@@ -299,11 +336,18 @@ def main(cfg: DictConfig) -> float | None:
         failure = {"error": f"{type(error).__name__}: {error}", "wall_time_s": time.perf_counter() - started}
         (Path(cfg.paths.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(failure, indent=2))
         return float("nan")
-    value = record["metrics"].get(cfg.optimized_metric)
+    return optimized_value(record, cfg.optimized_metric)
+
+
+def optimized_value(record: dict[str, Any], metric: str) -> float | None:
+    """The value a sweeper gets for `metric`: a non-finite one becomes the worst value in the metric's
+    direction (+inf when minimised, -inf when maximised), so a diverged job is never the best trial."""
+    if metric in record["non_finite_metrics"]:
+        return float("-inf") if metric_direction(metric) == "maximize" else float("inf")
+    value = record["metrics"].get(metric)
     if value is None:
-        log.warning(f"optimized_metric={cfg.optimized_metric} was not logged; logged: {sorted(record['metrics'])}.")
-        return None
-    return value if math.isfinite(value) else float("inf")
+        log.warning(f"optimized_metric={metric} was not logged; logged: {sorted(record['metrics'])}.")
+    return value
 
 
 def check_group_choices(argv: list[str]) -> None:
