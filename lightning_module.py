@@ -354,8 +354,14 @@ class SeamGatedLightningModule(pl.LightningModule):
         target_mode: `last` scores only the prediction after the final window step;
             `next_step` scores every step.
         learning_rate, weight_decay: AdamW settings (learning_rate is the peak for `onecycle`).
+        betas, eps: AdamW's moment decay rates and denominator term.
         scheduler: one of SCHEDULERS.
         warmup_fraction: fraction of all steps spent warming up (`onecycle`, `cosine_warmup`).
+        cycle_momentum: `onecycle` only: cycle beta1 inversely to the LR, from 0.95 down to 0.85 at the
+            peak LR and back (betas[0] must then stay 0.9); false keeps betas[0] throughout.
+        plateau_factor, plateau_patience: `plateau`: LR factor and validation epochs without improvement.
+        min_lr: the LR floor: `plateau` never cuts below it, `cosine_warmup` decays to it, `onecycle`
+            anneals to it (at 0, OneCycleLR's own end, peak / 2.5e5).
         objective_kwargs: options of the task's objective, e.g. `label_smoothing`.
     """
 
@@ -371,6 +377,12 @@ class SeamGatedLightningModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         scheduler: str = "onecycle",
         warmup_fraction: float = 0.1,
+        betas: tuple[float, float] | list[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        cycle_momentum: bool = True,
+        plateau_factor: float = 0.5,
+        plateau_patience: int = 3,
+        min_lr: float = 0.0,
         vocab_size: int | None = None,
         input_shape: tuple[int, int, int] | list[int] | None = None,
         objective_kwargs: dict[str, Any] | None = None,
@@ -397,6 +409,20 @@ class SeamGatedLightningModule(pl.LightningModule):
             raise ValueError(f"scheduler={scheduler!r} is not allowed; choose one of: {', '.join(SCHEDULERS)}.")
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
+        betas = tuple(float(beta) for beta in betas)
+        if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"betas={list(betas)} must be two numbers in [0, 1).")
+        if scheduler == "onecycle" and cycle_momentum and betas[0] != 0.9:
+            raise ValueError(f"betas={list(betas)}: onecycle with cycle_momentum=true cycles beta1 between 0.95 and "
+                             "0.85 in place of betas[0]; set optim.cycle_momentum=false to keep it, or betas[0]=0.9.")
+        if eps <= 0:
+            raise ValueError(f"eps={eps} must be > 0.")
+        if not 0.0 < plateau_factor < 1.0:
+            raise ValueError(f"plateau_factor={plateau_factor} must lie in (0, 1).")
+        if plateau_patience < 0:
+            raise ValueError(f"plateau_patience={plateau_patience} must be >= 0.")
+        if not 0.0 <= min_lr < learning_rate:
+            raise ValueError(f"min_lr={min_lr} must lie in [0, learning_rate={learning_rate}).")
         self.save_hyperparameters()
         self.model = build_model(model_type, output_dim=output_dim, **given, **(model_kwargs or {}))
         if target_mode == "next_step" and getattr(self.model, "sees_future_steps", False):
@@ -465,31 +491,105 @@ class SeamGatedLightningModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_stage_metrics("test")
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        if hp.scheduler == "none":
-            return optimizer
-        if hp.scheduler == "plateau":
-            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss"}}
+    def schedule_length(self) -> int:
+        """Optimizer steps the LR schedule spans: all steps of this fit (trainer.max_epochs/max_steps)."""
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ValueError(
-                f"scheduler={hp.scheduler!r} needs a finite number of steps; set trainer.max_epochs or "
+                f"scheduler={self.hparams.scheduler!r} needs a finite number of steps; set trainer.max_epochs or "
                 "trainer.max_steps, or use scheduler=plateau or none."
             )
         # OneCycleLR divides by the length of each phase, so both phases need at least two steps.
-        total_steps = max(int(total_steps), 4)
+        return max(int(total_steps), 4)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay,
+                                      betas=hp.betas, eps=hp.eps)
+        if hp.scheduler == "none":
+            return optimizer
+        if hp.scheduler == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=hp.plateau_factor, patience=hp.plateau_patience, min_lr=hp.min_lr)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss"}}
+        total_steps = self.schedule_length()
         if hp.scheduler == "onecycle":
             warmup_share = min(max(hp.warmup_fraction, 2.0 / total_steps), 0.5)
+            start_lr = hp.learning_rate / 25.0  # OneCycleLR's div_factor
             schedule = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.learning_rate, total_steps=total_steps, pct_start=warmup_share
+                optimizer, max_lr=hp.learning_rate, total_steps=total_steps, pct_start=warmup_share,
+                cycle_momentum=hp.cycle_momentum, final_div_factor=start_lr / hp.min_lr if hp.min_lr else 1e4,
             )
         else:
-            warmup = int(hp.warmup_fraction * total_steps)
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, WarmupCosine(int(hp.warmup_fraction * total_steps), total_steps, hp.min_lr / hp.learning_rate))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # A run resumed with a larger trainer.max_epochs/max_steps than its checkpoint was trained for.
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.LambdaLR)):
+                stretch_remaining_schedule(config.scheduler, self.schedule_length())
+
+
+class WarmupCosine:
+    """LambdaLR multiplier: `warmup_cosine`, floored at `floor`, with the stretches that
+    `stretch_remaining_schedule` applied on resume. A callable object, not a closure, so that
+    LambdaLR saves its attributes in the checkpoint."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float = 0.0) -> None:
+        self.warmup_steps, self.total_steps, self.floor = warmup_steps, total_steps, floor
+        self.length = total_steps  # the steps it spans now, after the stretches
+        self.stretches: list[tuple[int, float]] = []  # (resumed at step, old remaining / new remaining)
+
+    def __call__(self, step: int) -> float:
+        for resumed_at, scale in reversed(self.stretches):
+            step = resumed_at + (step - resumed_at) * scale if step > resumed_at else step
+        return self.floor + (1.0 - self.floor) * warmup_cosine(step, self.warmup_steps, self.total_steps)
+
+
+def stretch_remaining_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, total_steps: int) -> None:
+    """Spread the part of a step schedule not yet run over a new total of `total_steps` steps.
+
+    A run resumed with a larger budget than its checkpoint's schedule was built for (which would
+    otherwise end, or for OneCycleLR fail, past the old last step) continues from the LR and
+    momentum it stopped at, and runs the rest of the old schedule (warm-up, annealing) slowed down
+    to end at the new last step. A finished schedule has no rest: the extra steps stay at its final
+    LR. A schedule already of this length is left alone, so resuming with the same budget is exact.
+    """
+    resumed_at = scheduler.last_epoch
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        (multiplier,) = scheduler.lr_lambdas
+        if isinstance(multiplier, WarmupCosine) and multiplier.length != total_steps:
+            scale = max(0, multiplier.length - resumed_at) / (total_steps - resumed_at)
+            multiplier.stretches.append((resumed_at, scale))
+            multiplier.length = total_steps
+        return
+    if scheduler.total_steps == total_steps:
+        return
+    old_last, new_last = scheduler.total_steps - 1, total_steps - 1
+    last_phase = scheduler._schedule_phases[-1]
+    for group in scheduler.optimizer.param_groups:
+        if resumed_at > old_last:  # finished: OneCycleLR's one step past its end has left a stray LR
+            group["lr"] = group[last_phase["end_lr"]]
+            if scheduler.cycle_momentum and "betas" in group:
+                group["betas"] = (group[last_phase["end_momentum"]], *group["betas"][1:])
+            elif scheduler.cycle_momentum:
+                group["momentum"] = group[last_phase["end_momentum"]]
+        group["resume_lr"] = group["lr"]
+        if scheduler.cycle_momentum:
+            group["resume_momentum"] = group["betas"][0] if "betas" in group else group["momentum"]
+    resume = {"start_lr": "resume_lr", "start_momentum": "resume_momentum"}
+    hold = {**resume, "end_lr": "resume_lr", "end_momentum": "resume_momentum"}
+    remaining = [phase for phase in scheduler._schedule_phases if phase["end_step"] > resumed_at]
+    scale = (new_last - resumed_at) / (old_last - resumed_at) if remaining else 0.0
+    phases = [{**phase, "end_step": resumed_at + (phase["end_step"] - resumed_at) * scale} for phase in remaining]
+    if phases:
+        phases[0].update(resume)  # the phase it stopped in continues from where it stopped
+        phases[-1]["end_step"] = float(new_last)
+    # A phase ending at the resume step makes every later step start counting from there.
+    scheduler._schedule_phases = [{**hold, "end_step": float(resumed_at)}, *(phases or [{**hold, "end_step": float(new_last)}])]
+    scheduler.total_steps = total_steps
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -109,7 +109,7 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             target_mode=getattr(datamodule, "target_mode", "next_step"),
             objective_kwargs=OmegaConf.to_container(cfg.objective, resolve=True),
             **input_size,
-            **cfg.optim,
+            **OmegaConf.to_container(cfg.optim, resolve=True),
         )
         # A model with a fixed number of positions fails here, not at the first long test batch.
         longest_input = getattr(datamodule, "max_sequence_length", None)
