@@ -29,7 +29,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
@@ -126,14 +126,16 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from, checked before any work starts.
 
-    `auto` means this run dir's checkpoints/last.ckpt when it exists (a requeued or restarted job
+    `auto` means the last.ckpt of this run's checkpoint dir (callbacks.model_checkpoint.dirpath,
+    by default <run dir>/checkpoints) when it exists (a requeued or restarted job
     continues), and a fresh start when it does not.
     """
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
     if ckpt_path == "auto":
-        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+        path = Path(checkpoint_dir or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
         if not path.is_file():
             log.info(f"ckpt_path=auto: {path} does not exist yet, so training starts from scratch.")
             return None
@@ -171,6 +173,21 @@ def check_checkpoint_fits(path: Path, model_cfg: DictConfig) -> None:
                 f"ckpt_path={path} was trained with model.{key}={saved_kwargs[key]} but the config has "
                 f"model.{key}={value}; set model.{key}={saved_kwargs[key]} to resume it."
             )
+
+
+DATA_HPARAMS = ("task", "input_dim", "vocab_size", "input_shape", "output_dim", "target_mode")
+
+
+def check_checkpoint_fits_data(path: str, module: SeamGatedLightningModule, data_name: str) -> None:
+    """Fail in one sentence when the checkpoint at `path` was trained on data of other sizes or task."""
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    for key in DATA_HPARAMS:
+        if key in saved and plain(saved[key]) != plain(module.hparams[key]):
+            raise ConfigError(f"ckpt_path={path} was trained on data with {key}={saved[key]} but data={data_name} gives "
+                              f"{key}={module.hparams[key]}; resume it with the data it was trained on.")
 
 
 def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -214,12 +231,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_from(cfg, "data")
     module = build_module(cfg, datamodule)
+    if ckpt_path is not None:
+        data_name = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+        check_checkpoint_fits_data(ckpt_path, module, data_name or type(datamodule).__name__)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
     if not loggers:
         # LearningRateMonitor only writes to loggers and refuses to start without one (logger=none).
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    # Without a checkpoint callback (callbacks=none) Lightning would add its own, writing into the
+    # logger's dir; checkpointing is off then (the guard's emergency checkpoint still lands in checkpoints/).
+    checkpointing = {} if any(isinstance(callback, ModelCheckpoint) for callback in callbacks) else {
+        "enable_checkpointing": False}
+    trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False, **checkpointing)
     run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(run_config, resolve=True))

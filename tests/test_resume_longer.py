@@ -34,7 +34,7 @@ def test_a_run_stopped_midway_and_resumed_with_twice_the_epochs_continues_its_lr
     common = [*SHORT_RUN, f"optim.scheduler={scheduler}"]
     stopped = compose_config([*common, "trainer.max_epochs=4"], tmp_path)
     with open_dict(stopped):
-        stopped.callbacks.stop_after_two = {"_target_": "tests.test_resume_and_validation.StopAfterEpochs", "epochs": 2}
+        stopped.callbacks.stop_after_two = {"_target_": "test_resume_and_validation.StopAfterEpochs", "epochs": 2}
     train(stopped)
     assert last_epoch(tmp_path) == 1
     train(compose_config([*common, "trainer.max_epochs=8", "ckpt_path=auto"], tmp_path))
