@@ -350,6 +350,10 @@ def main(cfg: DictConfig) -> float | None:
     """
     started = time.perf_counter()
     try:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            finished = claim_sweep_job(cfg)
+            if finished is not None:
+                return optimized_value(finished, cfg.optimized_metric)
         record = train(cfg)
     except Exception as error:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -361,6 +365,39 @@ def main(cfg: DictConfig) -> float | None:
         (Path(cfg.paths.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(failure, indent=2))
         return float("nan")
     return optimized_value(record, cfg.optimized_metric)
+
+
+SWEEP_JOB_FILE = "sweep_job.json"  # the overrides a sweep job dir belongs to
+
+
+def claim_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """Let a re-run of the same multirun command (same hydra.sweep.dir) continue where it stopped.
+
+    A job dir holding a metrics.json of these overrides is complete: its record is returned and
+    nothing is retrained. A job dir that was started but not finished resumes from its last.ckpt
+    (ckpt_path=auto). A job dir started by other overrides fails in one sentence instead of being
+    overwritten.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    overrides = list(HydraConfig.get().overrides.task)
+    claim = output_dir / SWEEP_JOB_FILE
+    if claim.is_file():
+        claimed = json.loads(claim.read_text())["overrides"]
+        if claimed != overrides:
+            raise ConfigError(f"sweep job dir {output_dir} belongs to the overrides {' '.join(claimed)}, not "
+                              f"{' '.join(overrides)}; continue a sweep with its own command or pass a new hydra.sweep.dir.")
+        metrics = output_dir / "metrics.json"
+        if metrics.is_file():
+            log.info(f"job {HydraConfig.get().job.num} is complete ({metrics}); its metrics are reused, not retrained.")
+            return json.loads(metrics.read_text())
+        if cfg.ckpt_path is None:
+            with open_dict(cfg):
+                cfg.ckpt_path = "auto"
+    else:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        claim.write_text(json.dumps({"overrides": overrides}, indent=2))
+    (output_dir / JOB_ERROR_FILE).unlink(missing_ok=True)  # a failure of an earlier attempt is history now
+    return None
 
 
 def optimized_value(record: dict[str, Any], metric: str) -> float | None:
