@@ -29,12 +29,16 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 
 from lightning_module import SeamGatedLightningModule
 from models import check_task, get_model_class
 from models.registry import INPUT_KINDS
-from visualization.sweep_summary import JOB_ERROR_FILE
+from training.run_files import JOB_ERROR_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 log = logging.getLogger(__name__)
@@ -59,6 +63,11 @@ def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
         cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def config_without_hydra(cfg: DictConfig) -> DictConfig:
+    """`cfg` less its `hydra` node: the run's own settings, as loggers and saved configs record them."""
+    return OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
 
 
 def instantiate_from(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -221,7 +230,7 @@ def check_numbers_are_finite(cfg: DictConfig) -> None:
         if isinstance(node, float) and not math.isfinite(node):
             raise ConfigError(f"{name.lstrip('.')}={node} is not a finite number; set a finite value.")
 
-    visit(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True), "")
+    visit(OmegaConf.to_container(config_without_hydra(cfg), resolve=True), "")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -244,9 +253,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpointing = {} if any(isinstance(callback, ModelCheckpoint) for callback in callbacks) else {
         "enable_checkpointing": False}
     trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False, **checkpointing)
-    run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(run_config, resolve=True))
+        logger.log_hyperparams(OmegaConf.to_container(config_without_hydra(cfg), resolve=True))
 
     started = time.perf_counter()
     metrics: dict[str, float] = {}

@@ -33,6 +33,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
+from training.checkpoint_io import atomic_write_text  # noqa: E402
+
 VANISHING_GRAD_NORM = 1e-6
 EXPLODING_GRAD_NORM = 10.0
 # Beyond these pre-activations the derivative is below 7% of its peak (sigmoid'(4) = 0.018 of 0.25,
@@ -815,7 +817,8 @@ def prediction_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     time axis)."""
     objective = getattr(model, "objective", None)
     if objective is not None:
-        return objective.training_loss(model, batch)
+        progress = model.training_progress()  # NaN outside a fit with a step limit: no scheduled sampling then
+        return objective.training_loss(model.scored_prediction, batch, progress if math.isfinite(progress) else 0.0)[0]
     prediction = model(batch["x"]).float()
     if prediction.dim() == batch["y"].dim() + 1:
         prediction = prediction[:, -1]  # target_mode "last": only the step after the window is scored
@@ -879,10 +882,7 @@ def write_report(reports: list[tuple[str, AuditReport]], directory: Path) -> Non
         "txt": "\n\n".join(f"=== Audit at {label} ===\n{report}" for label, report in reports) + "\n",
     }
     for suffix, text in content.items():
-        # Write-then-rename: a reader (or a crash) never sees half a report.
-        partial = directory / f"report.{suffix}.partial"
-        partial.write_text(text)
-        partial.replace(directory / f"report.{suffix}")
+        atomic_write_text(directory / f"report.{suffix}", text)
 
 
 def main(argv: list[str] | None = None) -> AuditReport:
@@ -891,8 +891,9 @@ def main(argv: list[str] | None = None) -> AuditReport:
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from lightning_module import resolve_accelerator
-    from train_hydra import ConfigError, build_module, check_group_choices, compose_config, instantiate_from
+    from train_hydra import (ConfigError, build_module, check_group_choices, compose_config, config_without_hydra,
+                             instantiate_from)
+    from training.trainer import resolve_accelerator
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -920,7 +921,7 @@ def main(argv: list[str] | None = None) -> AuditReport:
     print(f"Auditing model={cfg.model.name} on {type(datamodule).__name__} ({device})\n")
     report = run_full_audit(module, datamodule.train_dataloader(), device, n_batches=args.n_batches)
     write_report([("initialisation (untrained model)", report)], output)
-    OmegaConf.save(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), output / "config.yaml")
+    OmegaConf.save(config_without_hydra(cfg), output / "config.yaml")
     print(f"\nReport written to {output}/report.json and {output}/report.txt")
     return report
 

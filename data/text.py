@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from data.antipodal import split_bounds
-from data.sampling import checked_split, split_loader
+from data.datamodule import SplitDataModule, checked_split
 
 
 class CharVocabulary:
@@ -108,7 +107,7 @@ class NextCharacterWindows(Dataset):
         return {"x": window[:-1], "y": window[1:]}
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(SplitDataModule):
     """Next-character prediction over a text file or a generated corpus.
 
     Args:
@@ -162,15 +161,3 @@ class TextDataModule(pl.LightningDataModule):
         }
         self.save_hyperparameters({"path": path, "sequence_length": sequence_length, "stride": stride,
                                    "split": list(split), "batch_size": batch_size, "seed": seed})
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.datasets[split], self.batch_size, self.seed, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -26,7 +26,8 @@ from audit.performance_audit import (
     main as audit_main,
     run_full_audit,
 )
-from lightning_module import SeamGatedLightningModule, warmup_cosine
+from lightning_module import SeamGatedLightningModule
+from training.schedules import warmup_cosine
 from models import build_model
 from train_hydra import train
 

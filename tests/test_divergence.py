@@ -27,8 +27,8 @@ def file_hashes(directory: Path) -> dict[str, str]:
 def test_a_nan_validation_metric_stops_training_and_is_recorded_not_dropped(make_config, monkeypatch):
     original = SeamGatedLightningModule.scored_prediction
 
-    def nan_when_evaluating(self, batch):
-        prediction = original(self, batch)
+    def nan_when_evaluating(self, x):
+        prediction = original(self, x)
         return prediction if self.training else prediction * float("nan")
 
     monkeypatch.setattr(SeamGatedLightningModule, "scored_prediction", nan_when_evaluating)

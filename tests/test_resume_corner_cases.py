@@ -41,8 +41,8 @@ def test_resuming_into_a_new_run_dir_keeps_the_best_checkpoint_and_score(tmp_pat
 
     original = SeamGatedLightningModule.scored_prediction
 
-    def worse_when_evaluating(self, batch):  # the resumed epochs never beat the first run's best
-        prediction = original(self, batch)
+    def worse_when_evaluating(self, x):  # the resumed epochs never beat the first run's best
+        prediction = original(self, x)
         return prediction if self.training else prediction + 1.0
 
     monkeypatch.setattr(SeamGatedLightningModule, "scored_prediction", worse_when_evaluating)

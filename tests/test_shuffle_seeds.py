@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from data.sampling import EpochSeededSampler
+from data.epoch_sampling import EpochSeededSampler
 
 SEEDS, EPOCHS = range(40, 46), range(6)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_module import resolve_accelerator, resolve_precision, warmup_cosine
+from training.schedules import warmup_cosine
+from training.trainer import resolve_accelerator, resolve_precision
 from models import get_model_class, list_models
 from models.registry import supported_inputs
 from train_hydra import CONFIG_DIR, ConfigError, train
@@ -167,7 +168,7 @@ def test_multirun_gives_one_job_dir_per_model(tmp_path):
 
 
 def test_regression_metrics_split_by_transition_and_leave_out_empty_groups():
-    from lightning_module import RegressionMetrics
+    from training.metrics import RegressionMetrics
 
     metrics = RegressionMetrics()
     prediction, target = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 0.0, 3.0, 0.0])
