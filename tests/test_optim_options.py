@@ -6,7 +6,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from train_hydra import ConfigError, build_module, compose_config, instantiate_from, train
+from train_hydra import (
+    ConfigError,
+    build_module,
+    compose_config,
+    instantiate_from,
+    train,
+)
 
 QUICK = ["data.generator.T=600", "data.batch_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
          "trainer.limit_val_batches=1", "test=false", "trainer.log_every_n_steps=1", "callbacks.rich_progress_bar=null",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from omegaconf import open_dict
@@ -46,7 +48,7 @@ def test_a_run_stopped_midway_and_resumed_with_twice_the_epochs_continues_its_lr
     changes = [abs(lr[step] - lr[step - 1]) for step in steps[1:12]]
     assert abs(lr[12] - lr[11]) <= max(changes)  # no jump at the resume step
     after = [lr[step] for step in steps if step >= 11]
-    assert all(later <= earlier + 1e-12 for earlier, later in zip(after, after[1:]))  # still annealing
+    assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(after))  # still annealing
     assert lr[steps[-1]] < 0.02 * PEAK and lr[12] > 0.3 * PEAK
 
 
