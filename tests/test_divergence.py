@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_a_loss_that_turns_nan_or_jumps_100x_stops_with_an_emergency_checkpoint(
     before = plant_loss(monkeypatch, from_step=12, factor=factor)
     with caplog.at_level(logging.ERROR, logger="audit.callbacks"):
         record = train(cfg)
-    kind = "non-finite" if factor != factor else "spike"
+    kind = "non-finite" if math.isnan(factor) else "spike"
     sentence = (f"NonFiniteGuard stopped training at step 15: the training loss was {kind} for 3 consecutive "
                 "steps, each skipped")
     assert sentence in caplog.text and sentence in record["stopped_early"][0]
