@@ -16,7 +16,13 @@ import torch
 from models import build_model, check_task
 from models.contract import INPUT_KINDS, OptionError
 from training.objectives import HEADLINE_METRIC, OBJECTIVES
-from training.schedules import SCHEDULERS, STEP_SCHEDULERS, lr_scheduler_config
+from training.schedules import (
+    SCHEDULERS,
+    STEP_SCHEDULERS,
+    lr_scheduler_config,
+    schedule_length,
+    stretch_remaining_schedule,
+)
 from training.trainer import create_trainer
 
 __all__ = ["SeamGatedLightningModule", "create_trainer"]
@@ -36,8 +42,14 @@ class SeamGatedLightningModule(pl.LightningModule):
         target_mode: `last` scores only the prediction after the final window step;
             `next_step` scores every step.
         learning_rate, weight_decay: AdamW settings (learning_rate is the peak for `onecycle`).
+        betas, eps: AdamW's moment decay rates and denominator term.
         scheduler: one of SCHEDULERS.
         warmup_fraction: fraction of all steps spent warming up (`onecycle`, `cosine_warmup`).
+        cycle_momentum: `onecycle` only: cycle beta1 inversely to the LR, from 0.95 down to 0.85 at the
+            peak LR and back (betas[0] must then stay 0.9); false keeps betas[0] throughout.
+        plateau_factor, plateau_patience: `plateau`: LR factor and validation epochs without improvement.
+        min_lr: the LR floor: `plateau` never cuts below it, `cosine_warmup` decays to it, `onecycle`
+            anneals to it (at 0, OneCycleLR's own end, peak / 2.5e5).
         objective_kwargs: options of the task's objective, e.g. `label_smoothing`.
         stateful: truncated backprop through time on consecutive chunks (data.stateful): each
             training batch starts from the detached final state of the previous one, and the first
@@ -56,6 +68,12 @@ class SeamGatedLightningModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         scheduler: str = "onecycle",
         warmup_fraction: float = 0.1,
+        betas: tuple[float, float] | list[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        cycle_momentum: bool = True,
+        plateau_factor: float = 0.5,
+        plateau_patience: int = 3,
+        min_lr: float = 0.0,
         vocab_size: int | None = None,
         input_shape: tuple[int, int, int] | list[int] | None = None,
         objective_kwargs: dict[str, Any] | None = None,
@@ -83,6 +101,20 @@ class SeamGatedLightningModule(pl.LightningModule):
             raise OptionError("scheduler", f"scheduler={scheduler!r} is not allowed; choose one of: {', '.join(SCHEDULERS)}.")
         if not 0.0 <= warmup_fraction < 1.0:
             raise OptionError("warmup_fraction", f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
+        betas = tuple(float(beta) for beta in betas)
+        if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+            raise OptionError("betas", f"betas={list(betas)} must be two numbers in [0, 1).")
+        if scheduler == "onecycle" and cycle_momentum and betas[0] != 0.9:
+            raise OptionError("betas", f"betas={list(betas)}: onecycle with cycle_momentum=true cycles beta1 between 0.95 and "
+                             "0.85 in place of betas[0]; set optim.cycle_momentum=false to keep it, or betas[0]=0.9.")
+        if eps <= 0:
+            raise OptionError("eps", f"eps={eps} must be > 0.")
+        if not 0.0 < plateau_factor < 1.0:
+            raise OptionError("plateau_factor", f"plateau_factor={plateau_factor} must lie in (0, 1).")
+        if plateau_patience < 0:
+            raise OptionError("plateau_patience", f"plateau_patience={plateau_patience} must be >= 0.")
+        if not 0.0 <= min_lr < learning_rate:
+            raise OptionError("min_lr", f"min_lr={min_lr} must lie in [0, learning_rate={learning_rate}).")
         self.save_hyperparameters()
         self.model = build_model(model_type, output_dim=output_dim, **given, **(model_kwargs or {}))
         if target_mode == "next_step" and self.model.sees_future_steps:
@@ -131,6 +163,10 @@ class SeamGatedLightningModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # Read once: the trainer re-derives it from the loaders on every access.
         self._total_steps = self.trainer.estimated_stepping_batches
+        # A run resumed with a larger trainer.max_epochs/max_steps than its checkpoint was trained for.
+        if self.hparams.scheduler in STEP_SCHEDULERS:
+            for config in self.trainer.lr_scheduler_configs:
+                stretch_remaining_schedule(config.scheduler, schedule_length(self.hparams.scheduler, self._total_steps))
 
     def training_progress(self) -> float:
         """Share of all training steps done so far; NaN when training has no step limit."""
@@ -188,7 +224,9 @@ class SeamGatedLightningModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay,
+                                      betas=hp.betas, eps=hp.eps)
         total_steps = self.trainer.estimated_stepping_batches if hp.scheduler in STEP_SCHEDULERS else None
-        schedule = lr_scheduler_config(optimizer, hp.scheduler, hp.learning_rate, hp.warmup_fraction, total_steps)
+        schedule = lr_scheduler_config(optimizer, hp.scheduler, hp.learning_rate, hp.warmup_fraction, total_steps,
+                                       hp.cycle_momentum, hp.plateau_factor, hp.plateau_patience, hp.min_lr)
         return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -31,7 +31,11 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 
 from data.text import TOKENIZER_FILE
 from lightning_module import SeamGatedLightningModule
@@ -126,7 +130,7 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
             stateful=stateful,
             objective_kwargs=OmegaConf.to_container(cfg.objective, resolve=True),
             **input_size,
-            **cfg.optim,
+            **OmegaConf.to_container(cfg.optim, resolve=True),
         )
         # A model with a fixed number of positions fails here, not at the first long test batch.
         longest_input = getattr(datamodule, "max_sequence_length", None)
@@ -143,14 +147,16 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from, checked before any work starts.
 
-    `auto` means this run dir's checkpoints/last.ckpt when it exists (a requeued or restarted job
+    `auto` means the last.ckpt of this run's checkpoint dir (callbacks.model_checkpoint.dirpath,
+    by default <run dir>/checkpoints) when it exists (a requeued or restarted job
     continues), and a fresh start when it does not.
     """
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
     if ckpt_path == "auto":
-        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        checkpoint_dir = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+        path = Path(checkpoint_dir or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
         if not path.is_file():
             log.info(f"ckpt_path=auto: {path} does not exist yet, so training starts from scratch.")
             return None
@@ -201,12 +207,58 @@ def set_matmul_precision(precision: str) -> None:
     torch.set_float32_matmul_precision(precision)
 
 
+DATA_HPARAMS = ("task", "input_dim", "vocab_size", "input_shape", "output_dim", "target_mode")
+
+
+def check_checkpoint_fits_data(path: str, module: SeamGatedLightningModule, data_name: str) -> None:
+    """Fail in one sentence when the checkpoint at `path` was trained on data of other sizes or task."""
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    for key in DATA_HPARAMS:
+        if key in saved and plain(saved[key]) != plain(module.hparams[key]):
+            raise ConfigError(f"ckpt_path={path} was trained on data with {key}={saved[key]} but data={data_name} gives "
+                              f"{key}={module.hparams[key]}; resume it with the data it was trained on.")
+
+
 def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
+def json_safe_metrics(metrics: dict[str, float]) -> tuple[dict[str, float | None], dict[str, str]]:
+    """JSON has no NaN or inf: such a metric is stored as null in `metrics` and named, with its value
+    as a string ("nan", "inf", "-inf"), in the second dict (metrics.json's `non_finite_metrics`)."""
+    non_finite = {name: str(value) for name, value in metrics.items() if not math.isfinite(value)}
+    return {name: None if name in non_finite else value for name, value in metrics.items()}, non_finite
+
+
+def training_health(trainer: pl.Trainer) -> dict[str, Any]:
+    """What went wrong in training, for metrics.json: why training stopped early (`stopped_early`, one
+    sentence per callback that stopped it) and what the guards did (`health`, by callback class)."""
+    stopped = [callback.stopping_reason_message for callback in trainer.callbacks
+               if isinstance(callback, EarlyStopping) and callback.stopping_reason_message]
+    health = {type(callback).__name__: callback.health_record() for callback in trainer.callbacks
+              if hasattr(callback, "health_record")}
+    stopped += [record["stop_reason"] for record in health.values() if record.get("stop_reason")]
+    return {"stopped_early": stopped, "health": health}
+
+
+def check_numbers_are_finite(cfg: DictConfig) -> None:
+    """Fail in one sentence on a NaN or infinite number anywhere in the run's config (hydra/ aside)."""
+    def visit(node: Any, name: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            visit(value, f"{name}.{key}" if isinstance(key, str) else f"{name}[{key}]")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(f"{name.lstrip('.')}={node} is not a finite number; set a finite value.")
+
+    visit(OmegaConf.to_container(config_without_hydra(cfg), resolve=True), "")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the configured model; write metrics.json into the run dir and return its content."""
+    check_numbers_are_finite(cfg)
     if cfg.print_config:
         print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
     ckpt_path = resolve_ckpt_path(cfg)
@@ -220,12 +272,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # The forward only (nn.Module.compile is skipped by dynamo here): parameter names, and so
         # checkpoints, stay those of the plain model.
         module.model.forward = torch.compile(module.model.forward)
+    if ckpt_path is not None:
+        data_name = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+        check_checkpoint_fits_data(ckpt_path, module, data_name or type(datamodule).__name__)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
     if not loggers:
         # LearningRateMonitor only writes to loggers and refuses to start without one (logger=none).
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    # Without a checkpoint callback (callbacks=none) Lightning would add its own, writing into the
+    # logger's dir; checkpointing is off then (the guard's emergency checkpoint still lands in checkpoints/).
+    checkpointing = {} if any(isinstance(callback, ModelCheckpoint) for callback in callbacks) else {
+        "enable_checkpointing": False}
+    trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False, **checkpointing)
     try:
         tuned = tune(trainer, module, datamodule, OmegaConf.to_container(cfg.get("tuner") or {}, resolve=True),
                      Path(cfg.paths.output_dir), resuming=ckpt_path is not None)
@@ -236,6 +295,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     metrics: dict[str, float] = {}
+    health: dict[str, Any] = {"stopped_early": [], "health": {}}
     evaluated_ckpt = ckpt_path
     if cfg.train and module.num_parameters == 0:
         log.info(f"model={cfg.model.name} has nothing to train (a fixed reference); it is only evaluated.")
@@ -243,6 +303,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(run_metrics(trainer))
     elif cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # Taken now: evaluating a checkpoint below restores the callbacks' state as it was saved there.
+        health = training_health(trainer)
         # Report val and test metrics of the same weights: the best checkpoint where one exists.
         evaluated_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         if evaluated_ckpt:
@@ -256,9 +318,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=datamodule, ckpt_path=evaluated_ckpt or None, weights_only=True, verbose=False)
         metrics.update(run_metrics(trainer))
 
+    metrics, non_finite = json_safe_metrics(metrics)
     record = {
         "model": cfg.model.name,
         "metrics": metrics,
+        "non_finite_metrics": non_finite,
         "optimized_metric": cfg.optimized_metric,
         "num_parameters": module.num_parameters,
         "wall_time_s": time.perf_counter() - started,
@@ -266,6 +330,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "precision": str(trainer.precision),
         "evaluated_checkpoint": evaluated_ckpt or None,
         "tuned": tuned,
+        **health,
     }
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
@@ -376,6 +441,10 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(f"Invalid config: {error}")  # stops the whole sweep, not only this job
     started = time.perf_counter()
     try:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            finished = claim_sweep_job(cfg)
+            if finished is not None:
+                return optimized_value(finished, cfg.optimized_metric)
         record = train(cfg)
     except Exception as error:
         # Recorded in single runs too, so that list_runs can tell a failed run from an interrupted one;
@@ -389,11 +458,51 @@ def main(cfg: DictConfig) -> float | None:
             raise
         log.exception(f"job {HydraConfig.get().job.num} failed")
         return float("nan")
-    value = record["metrics"].get(cfg.optimized_metric)
+    return optimized_value(record, cfg.optimized_metric)
+
+
+SWEEP_JOB_FILE = "sweep_job.json"  # the overrides a sweep job dir belongs to
+
+
+def claim_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """Let a re-run of the same multirun command (same hydra.sweep.dir) continue where it stopped.
+
+    A job dir holding a metrics.json of these overrides is complete: its record is returned and
+    nothing is retrained. A job dir that was started but not finished resumes from its last.ckpt
+    (ckpt_path=auto). A job dir started by other overrides fails in one sentence instead of being
+    overwritten.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    overrides = list(HydraConfig.get().overrides.task)
+    claim = output_dir / SWEEP_JOB_FILE
+    if claim.is_file():
+        claimed = json.loads(claim.read_text())["overrides"]
+        if claimed != overrides:
+            raise ConfigError(f"sweep job dir {output_dir} belongs to the overrides {' '.join(claimed)}, not "
+                              f"{' '.join(overrides)}; continue a sweep with its own command or pass a new hydra.sweep.dir.")
+        metrics = output_dir / "metrics.json"
+        if metrics.is_file():
+            log.info(f"job {HydraConfig.get().job.num} is complete ({metrics}); its metrics are reused, not retrained.")
+            return json.loads(metrics.read_text())
+        if cfg.ckpt_path is None:
+            with open_dict(cfg):
+                cfg.ckpt_path = "auto"
+    else:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        claim.write_text(json.dumps({"overrides": overrides}, indent=2))
+    (output_dir / JOB_ERROR_FILE).unlink(missing_ok=True)  # a failure of an earlier attempt is history now
+    return None
+
+
+def optimized_value(record: dict[str, Any], metric: str) -> float | None:
+    """The value a sweeper gets for `metric`: a non-finite one becomes the worst value in the metric's
+    direction (+inf when minimised, -inf when maximised), so a diverged job is never the best trial."""
+    if metric in record["non_finite_metrics"]:
+        return float("-inf") if metric_direction(metric) == "maximize" else float("inf")
+    value = record["metrics"].get(metric)
     if value is None:
-        log.warning(f"optimized_metric={cfg.optimized_metric} was not logged; logged: {sorted(record['metrics'])}.")
-        return None
-    return value if math.isfinite(value) else float("inf")
+        log.warning(f"optimized_metric={metric} was not logged; logged: {sorted(record['metrics'])}.")
+    return value
 
 
 def check_group_choices(argv: list[str]) -> None:

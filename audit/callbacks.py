@@ -8,6 +8,7 @@ NonFiniteGuard is one of the default callbacks (configs/callbacks/nonfinite_guar
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -156,56 +157,91 @@ def scale_learning_rates(optimizer: torch.optim.Optimizer, schedulers: list, fac
 
 
 class NonFiniteGuard(pl.Callback):
-    """Skips every optimizer step whose training loss is NaN or infinite, and stops a run that keeps failing.
+    """Skips every optimizer step whose training loss is NaN, infinite or a sudden spike, and stops a
+    run that keeps failing.
 
-    A bad step's gradients are dropped before the optimizer sees them (torch optimizers leave a
-    parameter without a gradient untouched, so weights and optimizer state stay as they were), and
-    every learning rate is multiplied by `lr_factor`. After `patience` bad steps in a row the
-    guard saves an emergency checkpoint of the last finite weights and stops training with one
-    sentence saying what happened. Under DDP a step is bad when it is bad on any rank, so all
-    ranks skip together. With `detect_anomaly` on, the backward pass of a NaN loss raises first.
+    A step is bad when its loss is non-finite, or (with `spike_factor` set) larger than
+    `spike_factor` times the median of the last `spike_window` good losses, once `spike_window // 2`
+    of them are known. A bad step's gradients are dropped before the optimizer sees them (torch
+    optimizers leave a parameter without a gradient untouched, so weights and optimizer state stay
+    as they were), and every learning rate is multiplied by `lr_factor`: a single bad batch costs one
+    step and the run recovers. After `patience` bad steps in a row the guard saves an emergency
+    checkpoint of the last good weights and stops training with one sentence saying what happened.
+    Under DDP a step is bad when it is bad on any rank, so all ranks skip together. With
+    `detect_anomaly` on, the backward pass of a NaN loss raises first. `health_record()` is what
+    train_hydra.py writes into metrics.json.
 
     Args:
         lr_factor: factor in (0, 1] applied to the learning rates after each bad step.
         patience: consecutive bad steps that stop training.
         dirpath: directory of the emergency checkpoint (default: <default_root_dir>/checkpoints).
+        spike_factor: a loss above this multiple (> 1) of the recent median is a spike; None: no spike check.
+        spike_window: good losses the median is taken over (>= 2).
     """
 
-    def __init__(self, lr_factor: float = 0.5, patience: int = 3, dirpath: str | Path | None = None) -> None:
+    def __init__(self, lr_factor: float = 0.5, patience: int = 3, dirpath: str | Path | None = None,
+                 spike_factor: float | None = 20.0, spike_window: int = 50) -> None:
         if not 0.0 < lr_factor <= 1.0:
             raise ValueError(f"lr_factor={lr_factor} must lie in (0, 1].")
         if patience < 1:
             raise ValueError(f"patience={patience} must be >= 1.")
+        if spike_factor is not None and not spike_factor > 1.0:
+            raise ValueError(f"spike_factor={spike_factor} must be > 1 (or null to switch spike detection off).")
+        if spike_window < 2:
+            raise ValueError(f"spike_window={spike_window} must be >= 2.")
         self.lr_factor = lr_factor
         self.patience = patience
         self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.spike_factor = spike_factor
+        self.spike_window = spike_window
+        self.recent_losses: list[float] = []
         self.consecutive_bad_steps = 0
-        self.skipped_steps = 0
+        self.bad_steps: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
-        self._loss_finite = True
+        self.emergency_checkpoint: str | None = None
+        self._step_loss = 0.0
         self._stop_requested = False
+
+    @property
+    def skipped_steps(self) -> int:
+        return len(self.bad_steps)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = _default_dir(trainer, "checkpoints")
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        # Accumulated micro-batches: one bad loss spoils the whole optimizer step.
-        self._loss_finite = self._loss_finite and bool(torch.isfinite(loss).all())
+        # Accumulated micro-batches add up to the step's loss; one bad micro-batch spoils the step.
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._step_loss += float(loss.detach().float().sum()) / (scaler.get_scale() if scaler is not None else 1.0)
+
+    def _spike_threshold(self) -> float | None:
+        if self.spike_factor is None or len(self.recent_losses) < max(2, self.spike_window // 2):
+            return None
+        return self.spike_factor * float(torch.tensor(self.recent_losses).median())
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        bad = trainer.strategy.reduce_boolean_decision(not self._loss_finite, all=False)
-        self._loss_finite = True
-        if not bad:
+        loss, self._step_loss = self._step_loss, 0.0
+        threshold = self._spike_threshold()
+        kind = "non_finite" if not math.isfinite(loss) else "spike" if threshold is not None and loss > threshold else None
+        if not trainer.strategy.reduce_boolean_decision(kind is not None, all=False):
             self.consecutive_bad_steps = 0
+            self.recent_losses = [*self.recent_losses, loss][-self.spike_window:]
             return
         optimizer.zero_grad(set_to_none=True)
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs
                       if config.scheduler.optimizer is optimizer]
         scale_learning_rates(optimizer, schedulers, self.lr_factor)
         self.consecutive_bad_steps += 1
-        self.skipped_steps += 1
+        self.bad_steps.append({"step": trainer.global_step, "kind": kind or "other_rank", "loss": str(loss),
+                               "spike_threshold": threshold,
+                               "learning_rate_after": float(optimizer.param_groups[0]["lr"])})
+        if self.consecutive_bad_steps < self.patience and trainer.is_global_zero:
+            log.warning(f"NonFiniteGuard skipped step {trainer.global_step}: the training loss {loss:.4g} was "
+                        + ("non-finite" if kind == "non_finite" else f"above {threshold:.4g} (x{self.spike_factor:g} "
+                           f"the median of the last {len(self.recent_losses)} losses)")
+                        + f"; learning rates cut x{self.lr_factor:g}.")
         self._stop_requested = self.consecutive_bad_steps >= self.patience
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -216,13 +252,30 @@ class NonFiniteGuard(pl.Callback):
         self._stop_requested = False
         path = self.dirpath / f"emergency_step_{trainer.global_step:06d}.ckpt"
         trainer.save_checkpoint(path)
+        self.emergency_checkpoint = str(path)
         learning_rate = trainer.optimizers[0].param_groups[0]["lr"]
+        kinds = " or ".join(sorted({step["kind"].replace("_", "-") for step in self.bad_steps[-self.patience:]}))
         self.stop_reason = (
-            f"NonFiniteGuard stopped training at step {trainer.global_step}: the training loss was non-finite for "
+            f"NonFiniteGuard stopped training at step {trainer.global_step}: the training loss was {kinds} for "
             f"{self.consecutive_bad_steps} consecutive steps, each skipped and followed by a learning-rate cut "
-            f"x{self.lr_factor:g} (now {float(learning_rate):.3g}); the last finite weights are in {path}."
+            f"x{self.lr_factor:g} (now {float(learning_rate):.3g}); the last good weights are in {path}."
         )
         self.consecutive_bad_steps = 0
         trainer.should_stop = True
         if trainer.is_global_zero:
             log.error(self.stop_reason)
+
+    def health_record(self) -> dict[str, Any]:
+        """What the guard did in this run: every skipped step, and why and where it stopped training."""
+        return {"skipped_steps": self.bad_steps, "stop_reason": self.stop_reason,
+                "emergency_checkpoint": self.emergency_checkpoint}
+
+    def state_dict(self) -> dict[str, Any]:
+        # The loss history decides the next spike, so a resumed run judges its steps as an unbroken one would.
+        return {"recent_losses": self.recent_losses, "bad_steps": self.bad_steps,
+                "consecutive_bad_steps": self.consecutive_bad_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.recent_losses = list(state_dict["recent_losses"])
+        self.bad_steps = list(state_dict["bad_steps"])
+        self.consecutive_bad_steps = state_dict["consecutive_bad_steps"]

@@ -786,7 +786,13 @@ def batch_to_device(batch: Any, device: torch.device) -> Any:
 
 
 def prediction_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """MSE of the model's prediction of `batch["y"]`: all steps, or the last one when y has no time axis."""
+    """The training loss: the task objective's (MSE, cross-entropy, ...) for a SeamGatedLightningModule,
+    else the MSE of a bare model's prediction of `batch["y"]` (all steps, or the last one when y has no
+    time axis)."""
+    objective = getattr(model, "objective", None)
+    if objective is not None:
+        progress = model.training_progress()  # NaN outside a fit with a step limit: no scheduled sampling then
+        return objective.training_loss(model.scored_prediction, batch, progress if math.isfinite(progress) else 0.0)[0]
     prediction = model(batch["x"]).float()
     if prediction.dim() == batch["y"].dim() + 1:
         prediction = prediction[:, -1]  # target_mode "last": only the step after the window is scored

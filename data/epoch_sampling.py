@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class EpochSeededSampler(Sampler[int]):
-    """A random permutation of range(len(data)) drawn from seed + epoch."""
+    """A random permutation of range(len(data)) drawn from the pair (seed, epoch).
+
+    The pair is hashed by numpy's SeedSequence rather than added: with `seed + epoch`, seed 42 at
+    epoch 1 would shuffle exactly like seed 43 at epoch 0, and runs of neighbouring seeds would
+    not be independent.
+    """
 
     def __init__(self, data: Sized, seed: int) -> None:
         self.size = len(data)
@@ -28,8 +34,13 @@ class EpochSeededSampler(Sampler[int]):
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return iter(torch.randperm(self.size, generator=epoch_generator(self.seed, self.epoch)).tolist())
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A torch Generator whose state depends on (seed, epoch) jointly: no two pairs share a stream."""
+    (state,) = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state))
 
 
 def split_loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int) -> DataLoader:

@@ -32,11 +32,8 @@ class RegressionMetrics(nn.Module):
             self.mse_stable.update(prediction[~transition], target[~transition])
 
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
-        """Metrics over all processes; one whose targets were all masked out (0/0) is left out.
-
-        compute() synchronises across DDP ranks first, so every rank leaves out the same ones.
-        """
-        values = finite_values_and_reset(self)
+        """Metrics over all processes; one whose targets were all masked out is left out."""
+        values = values_and_reset(self)
         if "mse" in values:
             values["loss"] = values["mse"]  # the regression loss is the MSE over all targets
         return values
@@ -49,7 +46,7 @@ class ClassificationMetrics(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.cross_entropy = torchmetrics.MeanMetric()
+        self.cross_entropy = mean_metric()
         self.accuracy = torchmetrics.classification.MulticlassAccuracy(
             num_classes, average="micro", ignore_index=IGNORE_INDEX
         )
@@ -67,7 +64,7 @@ class ClassificationMetrics(nn.Module):
         self.characters.update(characters.reshape(-1)[scored].sum() if characters is not None else 0)
 
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
-        values = finite_values_and_reset(self)
+        values = values_and_reset(self)
         nats, characters = values.pop("nats"), values.pop("characters")
         if characters > 0:
             values["bits_per_character"] = nats / (math.log(2) * characters)
@@ -77,11 +74,36 @@ class ClassificationMetrics(nn.Module):
         return values
 
 
-def finite_values_and_reset(metrics: nn.Module) -> dict[str, torch.Tensor]:
-    values = {name: metric.compute() for name, metric in metrics.named_children()}
-    for metric in metrics.children():
+def values_and_reset(metrics: nn.Module) -> dict[str, torch.Tensor]:
+    """Every metric's value over all processes, NaN and inf included, then reset.
+
+    A diverged model's NaN must reach the loggers, so that EarlyStopping(check_finite) fires and
+    metrics.json records it. A metric that averaged nothing (every target masked out, e.g. a split
+    without transition steps) has no value and is left out; its count is summed over DDP ranks
+    first, so every rank leaves out the same ones.
+    """
+    values = {}
+    for name, metric in metrics.named_children():
+        with metric.sync_context():
+            averaged_something = bool(denominator(metric) > 0)
+        if averaged_something:
+            values[name] = metric.compute()
         metric.reset()
-    return {name: value for name, value in values.items() if torch.isfinite(value)}
+    return values
+
+
+def denominator(metric: torchmetrics.Metric) -> torch.Tensor:
+    """How many values `metric` averages (its accumulated count)."""
+    if isinstance(metric, torchmetrics.MeanSquaredError):
+        return metric.total
+    if isinstance(metric, torchmetrics.MeanMetric):
+        return metric.weight
+    return (metric.tp + metric.fn).sum()  # a micro-averaged accuracy: every scored target is a tp or an fn
+
+
+def mean_metric() -> torchmetrics.MeanMetric:
+    """A running mean that keeps NaN and inf (torchmetrics' default drops them with a warning)."""
+    return torchmetrics.MeanMetric(nan_strategy="disable")
 
 
 class Seq2SeqMetrics(nn.Module):
@@ -90,9 +112,9 @@ class Seq2SeqMetrics(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cross_entropy = torchmetrics.MeanMetric()
-        self.exact_match = torchmetrics.MeanMetric()
-        self.digit_accuracy = torchmetrics.MeanMetric()
+        self.cross_entropy = mean_metric()
+        self.exact_match = mean_metric()
+        self.digit_accuracy = mean_metric()
 
     def update(self, logits: torch.Tensor, decoded: torch.Tensor, target: torch.Tensor) -> None:
         """logits (B, T, V) under teacher forcing, decoded (B, T) greedy tokens, target (B, T)."""
@@ -103,7 +125,7 @@ class Seq2SeqMetrics(nn.Module):
         self.exact_match.update((correct | ~scored).all(dim=1).float())
 
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
-        values = finite_values_and_reset(self)
+        values = values_and_reset(self)
         if "cross_entropy" in values:
             values["loss"] = values["cross_entropy"]
         return values

@@ -29,6 +29,10 @@ class SweepSummaryCallback(Callback):
     failed job), so jobs that ran in other processes (joblib, SLURM) are summarised too.
     """
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Before the sweeper starts: a study stored in the sweep dir (Optuna's sqlite) needs the dir.
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         job_dirs = sorted((path.parent.parent for path in sweep_dir.glob("*/.hydra/overrides.yaml")), key=job_order)

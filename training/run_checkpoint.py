@@ -1,0 +1,49 @@
+"""RunCheckpoint: Lightning's ModelCheckpoint, keeping the best checkpoint when a run resumes into a
+new checkpoint dir (configs/callbacks/model_checkpoint.yaml)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that keeps the best score when a run resumes into another checkpoint dir.
+
+    Lightning's ModelCheckpoint forgets the best score when the checkpoint it resumes from was
+    written to another dirpath, so "best" would become the best of the resumed part only. This one
+    copies the best checkpoint(s) of the old dir into the new one (atomically; the old files are
+    only read) and carries their scores, so later improvements replace the copies, never the
+    originals. A best checkpoint that no longer exists is dropped with a warning.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir = state_dict.get("dirpath", self.dirpath)
+        if old_dir == self.dirpath or self.dirpath is None:
+            super().load_state_dict(state_dict)
+            return
+        carried: dict[str, Any] = {}
+        for old_path, score in (state_dict.get("best_k_models") or {}).items():
+            if not Path(old_path).is_file():
+                warnings.warn(f"the best checkpoint {old_path} of the resumed run is gone; its score is not carried.")
+                continue
+            new_path = Path(self.dirpath) / Path(old_path).name
+            new_path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = new_path.with_name(f".{new_path.name}.{os.getpid()}.tmp")
+            shutil.copyfile(old_path, temporary)
+            os.replace(temporary, new_path)
+            carried[str(new_path)] = score
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath, "best_k_models": carried,
+                                 "last_model_path": "", **self._best_of(carried)})
+
+    def _best_of(self, models: dict[str, Any]) -> dict[str, Any]:
+        if not models:
+            return {"best_model_path": "", "best_model_score": None, "kth_best_model_path": "", "kth_value": self.kth_value}
+        ordered = sorted(models, key=lambda path: float(models[path]), reverse=self.mode == "max")
+        return {"best_model_path": ordered[0], "best_model_score": models[ordered[0]],
+                "kth_best_model_path": ordered[-1], "kth_value": models[ordered[-1]]}
