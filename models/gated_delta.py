@@ -12,6 +12,8 @@ bias and bias-free odd maps keep model(-x) = -model(x) exact. Equations: shared/
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -52,11 +54,12 @@ class GatedDeltaUnit(nn.Module):
         delta_rank: number k of low-rank bilinear pairs (L_k, R_k); 2k bilinear invariants.
         temperature: sharpness of the seam gate.
         seam: False fixes s_t = 0, so the odd decay (1 - beta_t) stays in (0, 1) (the ablation).
+        seam_gate_init: the seam gate's value at initialisation (its bias; its weights start near 0).
         use_parallel_scan: the scan op (True) or the float64 sequential reference loop (False).
     """
 
     def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float,
-                 seam: bool = True, use_parallel_scan: bool = True) -> None:
+                 seam: bool = True, seam_gate_init: float = 0.05, use_parallel_scan: bool = True) -> None:
         super().__init__()
         self.temperature = temperature
         self.seam = seam
@@ -73,12 +76,12 @@ class GatedDeltaUnit(nn.Module):
         with torch.no_grad():
             nn.init.normal_(self.bilinear_left.weight, std=stream_dim**-0.5)
             nn.init.normal_(self.bilinear_right.weight, std=stream_dim**-0.5)
-            # Seam gate nearly closed (s ~ 0.05) and a slow update (beta ~ 0.27) at the start, so
-            # the state carries memory from the first step instead of being flipped or erased.
+            # A slow update (beta ~ 0.27) at the start, so the state carries memory from the first
+            # step; the seam gate starts at seam_gate_init whatever the input (see Z2GatedDeltaRNN).
             seam_rows = self.num_seam_scores
             if seam:
                 self.from_invariants.weight[0].normal_(0.0, 0.005)
-                self.from_invariants.bias[0] = -3.0 * temperature
+                self.from_invariants.bias[0] = math.log(seam_gate_init / (1.0 - seam_gate_init)) * temperature
             self.from_invariants.bias[seam_rows : seam_rows + stream_dim + even_dim] = -1.0
 
     def invariants(self, u: torch.Tensor) -> torch.Tensor:
@@ -132,10 +135,11 @@ class GatedDeltaBlock(nn.Module):
     """
 
     def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float, seam: bool,
-                 use_parallel_scan: bool) -> None:
+                 seam_gate_init: float, use_parallel_scan: bool) -> None:
         super().__init__()
         self.norm = nn.RMSNorm(stream_dim)
-        self.unit = GatedDeltaUnit(stream_dim, even_dim, delta_rank, temperature, seam, use_parallel_scan)
+        self.unit = GatedDeltaUnit(stream_dim, even_dim, delta_rank, temperature, seam, seam_gate_init,
+                                   use_parallel_scan)
         self.even_modulation = nn.Linear(even_dim, stream_dim)
         self.out = (LowRankLinear(stream_dim, stream_dim, delta_rank) if delta_rank < stream_dim
                     else nn.Linear(stream_dim, stream_dim, bias=False))
@@ -164,6 +168,11 @@ class Z2GatedDeltaRNN(nn.Module):
         seam: True (the model) lets the seam gate flip the odd state, a_t = (1 - beta_t)(1 - 2 s_t)
             in (-1, 1); False fixes s_t = 0, a_t = 1 - beta_t in (0, 1) (the ablation that cannot
             solve parity).
+        seam_gate_init: the seam gate s at initialisation, in (0, 1); unused without the seam.
+            0.05 (default) starts with the chart almost never flipped, so the odd state keeps
+            memory from the first step. 0.5 starts with a_t = 0, where keeping more memory pulls
+            s toward 0 and toward 1 equally, so only what the flip is for decides which inputs
+            flip it: on parity it makes the seam learnable for more seeds (docs/models.md).
         use_parallel_scan: False runs the sequential reference loop (for checks and timing).
         num_layers: number of residual blocks.
         temperature: sharpness of the seam gate.
@@ -183,6 +192,7 @@ class Z2GatedDeltaRNN(nn.Module):
         num_layers: int = 1,
         temperature: float = 0.05,
         seam: bool = True,
+        seam_gate_init: float = 0.05,
     ) -> None:
         super().__init__()
         for name, value in (("output_dim", output_dim), ("delta_rank", delta_rank), ("num_layers", num_layers)):
@@ -190,10 +200,13 @@ class Z2GatedDeltaRNN(nn.Module):
                 raise ValueError(f"{name}={value} must be >= 1.")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0.")
+        if not 0.0 < seam_gate_init < 1.0:
+            raise ValueError(f"seam_gate_init={seam_gate_init} must lie strictly between 0 and 1 (it is a sigmoid's value).")
         even_dim, odd_dim = split_hidden_dim(hidden_dim, "z2_delta")
         self.embed = input_layer(input_dim, vocab_size, odd_dim)
         self.blocks = nn.ModuleList(
-            GatedDeltaBlock(odd_dim, even_dim, delta_rank, temperature, seam, use_parallel_scan) for _ in range(num_layers)
+            GatedDeltaBlock(odd_dim, even_dim, delta_rank, temperature, seam, seam_gate_init, use_parallel_scan)
+            for _ in range(num_layers)
         )
         self.readout = nn.Linear(odd_dim, output_dim, bias=False)
 

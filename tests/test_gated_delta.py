@@ -68,6 +68,7 @@ def test_open_seam_gate_flips_the_odd_state_by_the_delta_rule():
     ({"hidden_dim": 5}, "hidden_dim=5 is not allowed"),
     ({"delta_rank": 0}, "delta_rank=0 must be >= 1"),
     ({"temperature": -1.0}, "temperature=-1.0 must be > 0"),
+    ({"seam_gate_init": 1.0}, "seam_gate_init=1.0 must lie strictly between 0 and 1"),
 ])
 def test_z2_delta_rejects_impossible_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
