@@ -54,7 +54,7 @@ class GatedDeltaUnit(nn.Module):
         delta_rank: number k of low-rank bilinear pairs (L_k, R_k); 2k bilinear invariants.
         temperature: sharpness of the seam gate.
         seam: False fixes s_t = 0, so the odd decay (1 - beta_t) stays in (0, 1) (the ablation).
-        seam_gate_init: the seam gate's value at initialisation (its bias; its weights start near 0).
+        seam_gate_init: the seam gate's value at initialisation (its bias; its weights start at 0, so it starts the same for every input).
         use_parallel_scan: the scan op (True) or the float64 sequential reference loop (False).
     """
 
@@ -80,7 +80,7 @@ class GatedDeltaUnit(nn.Module):
             # step; the seam gate starts at seam_gate_init whatever the input (see Z2GatedDeltaRNN).
             seam_rows = self.num_seam_scores
             if seam:
-                self.from_invariants.weight[0].normal_(0.0, 0.005)
+                self.from_invariants.weight[0].zero_()
                 self.from_invariants.bias[0] = math.log(seam_gate_init / (1.0 - seam_gate_init)) * temperature
             self.from_invariants.bias[seam_rows : seam_rows + stream_dim + even_dim] = -1.0
 

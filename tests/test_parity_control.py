@@ -15,7 +15,9 @@ TRAIN_LENGTH = 16
 def trained_on_parity(seam: bool, steps: int, seed: int = 0) -> torch.nn.Module:
     """A small z2_delta trained with AdamW on random 16-bit sequences (per-step parity targets)."""
     torch.manual_seed(seed)
-    model = build_model("z2_delta", vocab_size=2, output_dim=2, hidden_dim=16, delta_rank=4, seam=seam)
+    # The settings of experiment=parity_control (configs/experiment/parity_control.yaml).
+    model = build_model("z2_delta", vocab_size=2, output_dim=2, hidden_dim=16, delta_rank=4, seam=seam,
+                        seam_gate_init=0.5, temperature=1.0)
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
