@@ -91,14 +91,14 @@ def test_without_the_seam_the_decay_stays_between_0_and_1():
         state = (1 - beta[:, t]) * state + beta[:, t] * unit.odd_input(u[:, t])
         expected.append(state)
     torch.testing.assert_close(h_odd, torch.stack(expected, dim=1), rtol=1e-4, atol=1e-6)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(with_seam) - count(model) == unit.from_invariants.in_features + 1
+    with_seam_count, count = (sum(p.numel() for p in m.parameters()) for m in (with_seam, model))
+    assert with_seam_count - count == unit.from_invariants.in_features + 1
 
 
 def test_seam_switch_is_a_config_key(make_config):
-    from train_hydra import build_module
-
     from hydra.utils import instantiate
+
+    from train_hydra import build_module
 
     for overrides, seam in ((["model=z2_delta"], True), (["model=z2_delta", "model.seam=false"], False)):
         cfg = make_config([*overrides, "data.generator.T=300"])
