@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow test-all clean
+.PHONY: install train test test-slow test-all lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

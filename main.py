@@ -109,7 +109,7 @@ def test_target_errors(module: SeamGatedLightningModule, datamodule) -> tuple[np
     module.eval()
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            errors.append((module.scored_prediction(batch) - batch["y"]).pow(2).mean(-1).reshape(-1))
+            errors.append((module.scored_prediction(batch["x"]) - batch["y"]).pow(2).mean(-1).reshape(-1))
             flags.append(batch["transition"].reshape(-1))
     return torch.cat(errors).numpy(), torch.cat(flags).numpy()
 

@@ -31,10 +31,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 
+from data.text import TOKENIZER_FILE
 from lightning_module import SeamGatedLightningModule
-from models import check_task, get_model_class
-from models.registry import INPUT_KINDS
-from visualization.sweep_summary import JOB_ERROR_FILE
+from models import OptionError, check_task, get_model_class
+from models.contract import INPUT_KINDS
+from training.run_files import JOB_ERROR_FILE
+from training.tuning import tune
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 log = logging.getLogger(__name__)
@@ -59,6 +61,11 @@ def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
         cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def config_without_hydra(cfg: DictConfig) -> DictConfig:
+    """`cfg` less its `hydra` node: the run's own settings, as loggers and saved configs record them."""
+    return OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
 
 
 def instantiate_from(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -90,12 +97,13 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
                    input_kind=INPUT_KINDS[next(iter(input_size))])
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    if getattr(get_model_class(model_type), "needs_reference_process", False):
+    contract = get_model_class(model_type)
+    if contract.needs_reference_process:
         if not hasattr(datamodule, "reference_process"):
             raise ConfigError(f"model={model_type} needs data whose generating process is known (antipodal); "
                               f"data={data_name} has none.")
         model_kwargs["process"] = datamodule.reference_process()
-    if getattr(get_model_class(model_type), "reads_prompt_separator", False):
+    if contract.reads_prompt_separator:
         if "separator_token" in model_kwargs:
             raise ConfigError("model.separator_token is taken from the data (the token that ends each prompt); "
                               "remove it from the model config.")
@@ -113,13 +121,13 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
         )
         # A model with a fixed number of positions fails here, not at the first long test batch.
         longest_input = getattr(datamodule, "max_sequence_length", None)
-        if longest_input is not None and hasattr(module.model, "check_input_length"):
+        if longest_input is not None:
             module.model.check_input_length(longest_input)
         return module
     except ValueError as error:
-        # Messages start with the argument they reject; name it by its place in the config.
-        argument = str(error).split("=")[0]
-        group = "optim" if argument in cfg.optim else "objective" if argument in cfg.objective else "model"
+        # Name the rejected option by its place in the config; an error without a key is the model's.
+        key = error.key if isinstance(error, OptionError) else None
+        group = "optim" if key in cfg.optim else "objective" if key in cfg.objective else "model"
         raise ConfigError(f"{group}.{error}") from error
 
 
@@ -182,6 +190,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_from(cfg, "data")
+    if hasattr(datamodule, "save_tokenizer"):  # text data: sampling and load_run read it back
+        datamodule.save_tokenizer(Path(cfg.paths.output_dir))
     module = build_module(cfg, datamodule)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
@@ -189,9 +199,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # LearningRateMonitor only writes to loggers and refuses to start without one (logger=none).
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
-    run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    try:
+        tuned = tune(trainer, module, datamodule, OmegaConf.to_container(cfg.get("tuner") or {}, resolve=True),
+                     Path(cfg.paths.output_dir), resuming=ckpt_path is not None)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(run_config, resolve=True))
+        logger.log_hyperparams(OmegaConf.to_container(config_without_hydra(cfg), resolve=True))
 
     started = time.perf_counter()
     metrics: dict[str, float] = {}
@@ -220,6 +234,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),
         "evaluated_checkpoint": evaluated_ckpt or None,
+        "tuned": tuned,
     }
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
@@ -265,6 +280,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Train
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint {checkpoint} does not exist; pass an existing .ckpt file.")
     check_checkpoint_fits(checkpoint, cfg.model)
+    if "tokenizer_file" in cfg.data and (run_dir / TOKENIZER_FILE).is_file():
+        cfg.data.tokenizer_file = str(run_dir / TOKENIZER_FILE)  # the tokens the model was trained on
     datamodule = instantiate_from(cfg, "data")
     datamodule.setup("validate")
     module = SeamGatedLightningModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
@@ -280,6 +297,13 @@ def metric_direction(metric_name: str) -> str:
 OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)
 
 
+def record_failure(output_dir: Path, error: Exception, wall_time_s: float) -> None:
+    """Leave the error in the run dir (JOB_ERROR_FILE), where the sweep summary and list_runs read it."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    failure = {"error": f"{type(error).__name__}: {error}", "wall_time_s": wall_time_s}
+    (output_dir / JOB_ERROR_FILE).write_text(json.dumps(failure, indent=2))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train and return the optimized metric, so that every Hydra sweeper works unchanged.
@@ -291,13 +315,16 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
     except Exception as error:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        # Recorded in single runs too, so that list_runs can tell a failed run from an interrupted one;
+        # but bad input aimed at an earlier run's dir (a resume) leaves that run as it was.
+        output_dir, multirun = Path(cfg.paths.output_dir), HydraConfig.get().mode == RunMode.MULTIRUN
+        if multirun or not isinstance(error, ConfigError) or not (output_dir / "checkpoints").exists():
+            record_failure(output_dir, error, time.perf_counter() - started)
+        if not multirun:
             if isinstance(error, ConfigError):
                 sys.exit(f"Invalid config: {error}")
             raise
         log.exception(f"job {HydraConfig.get().job.num} failed")
-        failure = {"error": f"{type(error).__name__}: {error}", "wall_time_s": time.perf_counter() - started}
-        (Path(cfg.paths.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(failure, indent=2))
         return float("nan")
     value = record["metrics"].get(cfg.optimized_metric)
     if value is None:

@@ -33,6 +33,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
+from models.recurrent import GATES, RecurrentCell  # noqa: E402
+from training.checkpoint_io import atomic_write_text  # noqa: E402
+
 VANISHING_GRAD_NORM = 1e-6
 EXPLODING_GRAD_NORM = 10.0
 # Beyond these pre-activations the derivative is below 7% of its peak (sigmoid'(4) = 0.018 of 0.25,
@@ -335,60 +338,33 @@ def fused_rnn_gate_preactivations(
     """Gate pre-activations of a fused nn.LSTM / nn.GRU / nn.RNN(tanh) on `x`, and its output.
 
     The fused kernels never call torch.sigmoid/tanh where a function mode could see them, so each
-    layer and direction is re-run step by step from the module's own weights. Returns
-    [(gate label, "sigmoid" | "tanh", pre-activations)] and the last layer's output, which equals
-    the fused module's output (a check that the re-run is the same computation).
+    layer and direction is re-run step by step through the models' own cell (models/recurrent.py)
+    with the module's weights. Returns [(gate label, "sigmoid" | "tanh", pre-activations)] and the
+    last layer's output, which equals the fused module's output (a check that the re-run is the
+    same computation).
     """
     if not rnn.batch_first:
         x = x.transpose(0, 1)
-    batch, steps, _ = x.shape
-    hidden, directions = rnn.hidden_size, 2 if rnn.bidirectional else 1
+    family = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn"}[rnn.mode]
+    cell = RecurrentCell(family, rnn.hidden_size, use_layer_norm=False)
+    directions = 2 if rnn.bidirectional else 1
     h0, c0 = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
-    gate_names = {
-        "LSTM": [("input gate", "sigmoid"), ("forget gate", "sigmoid"), ("cell candidate", "tanh"),
-                 ("output gate", "sigmoid")],
-        "GRU": [("reset gate", "sigmoid"), ("update gate", "sigmoid"), ("candidate", "tanh")],
-        "RNN_TANH": [("state", "tanh")],
-    }[rnn.mode]
     found: list[tuple[str, str, torch.Tensor]] = []
     layer_input = x
     for layer in range(rnn.num_layers):
         outputs = []
         for direction in range(directions):
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            w_ih, w_hh = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "weight_hh" + suffix)
-            b_ih = getattr(rnn, "bias_ih" + suffix) if rnn.bias else 0.0
-            b_hh = getattr(rnn, "bias_hh" + suffix) if rnn.bias else 0.0
+            weights = tuple(getattr(rnn, kind + suffix) if rnn.bias or kind.startswith("weight") else 0.0
+                            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
             index = layer * directions + direction
-            h = h0[index] if h0 is not None else x.new_zeros(batch, hidden)
-            c = c0[index] if c0 is not None else x.new_zeros(batch, hidden)
+            initial = (h0[index] if h0 is not None else None, c0[index] if c0 is not None else None)
+            steps: list[tuple[torch.Tensor, ...]] = []
             sequence = layer_input.flip(1) if direction else layer_input
-            input_part = sequence @ w_ih.T + b_ih
-            pre = [[] for _ in gate_names]
-            states = []
-            for t in range(steps):
-                hidden_part = h @ w_hh.T + b_hh
-                if rnn.mode == "LSTM":
-                    gates = (input_part[:, t] + hidden_part).chunk(4, dim=-1)
-                    i, f, g, o = gates
-                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                    h = torch.sigmoid(o) * torch.tanh(c)
-                elif rnn.mode == "GRU":
-                    r_in, z_in, n_in = input_part[:, t].chunk(3, dim=-1)
-                    r_h, z_h, n_h = hidden_part.chunk(3, dim=-1)
-                    r, z = torch.sigmoid(r_in + r_h), torch.sigmoid(z_in + z_h)
-                    gates = (r_in + r_h, z_in + z_h, n_in + r * n_h)
-                    h = (1 - z) * torch.tanh(gates[2]) + z * h
-                else:
-                    gates = (input_part[:, t] + hidden_part,)
-                    h = torch.tanh(gates[0])
-                for store, value in zip(pre, gates):
-                    store.append(value)
-                states.append(h)
+            output = cell(sequence, weights, initial, on_gates=steps.append)
             direction_label = " reverse" if direction else ""
-            for (gate, function), values in zip(gate_names, pre):
+            for (gate, function), values in zip(GATES[family], zip(*steps)):
                 found.append((f"layer {layer}{direction_label} {gate}", function, torch.stack(values, dim=1)))
-            output = torch.stack(states, dim=1)
             outputs.append(output.flip(1) if direction else output)
         layer_input = torch.cat(outputs, dim=-1)
     return found, layer_input if rnn.batch_first else layer_input.transpose(0, 1)
@@ -874,10 +850,7 @@ def write_report(reports: list[tuple[str, AuditReport]], directory: Path) -> Non
         "txt": "\n\n".join(f"=== Audit at {label} ===\n{report}" for label, report in reports) + "\n",
     }
     for suffix, text in content.items():
-        # Write-then-rename: a reader (or a crash) never sees half a report.
-        partial = directory / f"report.{suffix}.partial"
-        partial.write_text(text)
-        partial.replace(directory / f"report.{suffix}")
+        atomic_write_text(directory / f"report.{suffix}", text)
 
 
 def main(argv: list[str] | None = None) -> AuditReport:
@@ -886,8 +859,9 @@ def main(argv: list[str] | None = None) -> AuditReport:
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from lightning_module import resolve_accelerator
-    from train_hydra import ConfigError, build_module, check_group_choices, compose_config, instantiate_from
+    from train_hydra import (ConfigError, build_module, check_group_choices, compose_config, config_without_hydra,
+                             instantiate_from)
+    from training.trainer import resolve_accelerator
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -915,7 +889,7 @@ def main(argv: list[str] | None = None) -> AuditReport:
     print(f"Auditing model={cfg.model.name} on {type(datamodule).__name__} ({device})\n")
     report = run_full_audit(module, datamodule.train_dataloader(), device, n_batches=args.n_batches)
     write_report([("initialisation (untrained model)", report)], output)
-    OmegaConf.save(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), output / "config.yaml")
+    OmegaConf.save(config_without_hydra(cfg), output / "config.yaml")
     print(f"\nReport written to {output}/report.json and {output}/report.txt")
     return report
 

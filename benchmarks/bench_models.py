@@ -27,7 +27,6 @@ from torch import nn  # noqa: E402
 
 from benchmarks.timing import median_train_step_seconds  # noqa: E402
 from models import build_model, get_model_class, list_models  # noqa: E402
-from models.registry import supported_inputs  # noqa: E402
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
 
@@ -64,8 +63,8 @@ def width_options(name: str, steps: int) -> dict[str, int]:
 def step_time_table(lengths: list[int], repeats: int, device: torch.device) -> dict[tuple[str, int], float]:
     candidates = {"torch.nn.LSTM(4, 64)": lambda steps: RawLSTM()}
     # Registered models that read vectors and are trained (the hamilton_imm reference has no train step).
-    for name in (m for m in list_models() if "vectors" in supported_inputs(get_model_class(m))
-                 and not getattr(get_model_class(m), "needs_reference_process", False)):
+    for name in (m for m in list_models() if "vectors" in get_model_class(m).supported_inputs
+                 and not get_model_class(m).needs_reference_process):
         candidates[name] = lambda steps, name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM,
                                                                 **width_options(name, steps))
     results = {}

@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from scipy.stats import ortho_group
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from data.sampling import checked_split, split_loader
+from data.datamodule import SplitDataModule, checked_split
 
 TARGET_MODES = ("last", "next_step")
 SPLITS = ("train", "val", "test")
@@ -142,10 +141,10 @@ class AntipodalWindows(Dataset):
         }
 
 
-class AntipodalDataModule(pl.LightningDataModule):
+class AntipodalDataModule(SplitDataModule):
     """Seeded antipodal regime-switching data, split chronologically into train/val/test.
 
-    Declares the task contract of shared/DESIGN.md: `task`, `input_dim`, `output_dim` and
+    Declares the task contract of docs/model_contract.md: `task`, `input_dim`, `output_dim` and
     `target_mode`; batches are dicts with `x`, `y`, `regime` and `transition`.
     """
 
@@ -179,6 +178,7 @@ class AntipodalDataModule(pl.LightningDataModule):
         self.target_mode = target_mode
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.seed = process.seed  # one seed draws the data and the training order
         self.input_dim = self.output_dim = process.obs_dim
         self.save_hyperparameters({"generator": asdict(process), "history_length": history_length,
                                    "target_mode": target_mode, "split": list(split), "batch_size": batch_size})
@@ -198,15 +198,3 @@ class AntipodalDataModule(pl.LightningDataModule):
         self.setup()
         return {"A": self.sequence.A.tolist(), "C": self.sequence.C.tolist(), "p_switch": self.process.p_switch,
                 "sigma_epsilon": self.process.sigma_epsilon, "sigma_eta": self.process.sigma_eta}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.datasets[split], self.batch_size, self.process.seed, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

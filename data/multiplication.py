@@ -19,12 +19,10 @@ generalisation), the test pairs as test/*.
 from __future__ import annotations
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from data.sampling import checked_split, split_loader
-from lightning_module import IGNORE_INDEX
+from data.datamodule import IGNORE_INDEX, SplitDataModule, checked_split
 
 MAX_OPERAND_DIGITS = 18  # operands are drawn as int64, which holds every 18-digit number
 SPLITS = ("train", "val", "test")
@@ -119,7 +117,7 @@ class MultiplicationProblems(Dataset):
         return {"x": self.x[index], "y": self.y[index], "longer": self.longer[index], "operands": self.operands[index]}
 
 
-class MultiplicationDataModule(pl.LightningDataModule):
+class MultiplicationDataModule(SplitDataModule):
     """Seeded a x b problems with min_digits..max_digits digits per operand, as reversed-digit
     token sequences (see the module docstring for the layout and how trainer.test uses the
     longer-operand set).
@@ -206,12 +204,3 @@ class MultiplicationDataModule(pl.LightningDataModule):
         test, longer = self.pairs["test"], self.pairs["longer"]
         self.datasets["test"] = MultiplicationProblems(test + longer, [False] * len(test) + [True] * len(longer),
                                                        self.tokenizer)
-
-    def train_dataloader(self) -> DataLoader:
-        return split_loader(self.datasets["train"], self.batch_size, self.seed, True, self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return split_loader(self.datasets["val"], self.batch_size, self.seed, False, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return split_loader(self.datasets["test"], self.batch_size, self.seed, False, self.num_workers)

@@ -11,11 +11,10 @@ Everything is generated in memory from `seed`; nothing is downloaded.
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from data.sampling import checked_split, split_loader
+from data.datamodule import SplitDataModule, checked_split
 
 SPLITS = ("train", "val", "test")
 
@@ -39,7 +38,7 @@ class ParitySequences(Dataset):
         return {"x": self.bits[index], "y": self.parity[index]}
 
 
-class ParityDataModule(pl.LightningDataModule):
+class ParityDataModule(SplitDataModule):
     """Running parity of random bits: train on `train_length`, validate and test on longer sequences.
 
     Args:
@@ -92,15 +91,3 @@ class ParityDataModule(pl.LightningDataModule):
         self.save_hyperparameters({**{f"{name}_length": length for name, length in lengths.items()},
                                    "num_sequences": num_sequences, "split": list(split),
                                    "batch_size": batch_size, "seed": seed})
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.datasets[split], self.batch_size, self.seed, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -1,9 +1,12 @@
-"""Character-level language modelling (`data=text`): a text file, or a generated corpus when no
-file is given (nothing is downloaded at run time).
+"""Language modelling (`data=text`) on characters, words or BPE tokens (`data.tokenizer`): a text
+file, or a generated corpus when no file is given (nothing is downloaded at run time).
 
-The vocabulary is every character of the text. The character stream is split chronologically
-into train/val/test segments; each sample is a window of `sequence_length` ids and, as targets,
-the same window shifted by one character, so the model predicts the next character at every step.
+The text is split chronologically into train/val/test segments of characters; each segment is
+tokenized on its own (word and BPE vocabularies are learnt from the train segment only, see
+data/tokenization.py). Each sample is a window of `sequence_length` tokens and, as targets, the same
+window shifted by one token, so the model predicts the next token at every step. Each sample also
+carries how many characters each target token covers, from which the objective logs bits per
+character.
 """
 
 from __future__ import annotations
@@ -11,32 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from data.antipodal import split_bounds
-from data.sampling import checked_split, split_loader
+from data.datamodule import SplitDataModule, checked_split
+from data.tokenization import Vocabulary, load_tokenizer, train_tokenizer
 
-
-class CharVocabulary:
-    """A bijection between the characters of a text and the ids 0 .. size-1 (sorted by code point)."""
-
-    def __init__(self, characters: str) -> None:
-        self.characters = "".join(sorted(set(characters)))
-        self.index = {character: i for i, character in enumerate(self.characters)}
-
-    def __len__(self) -> int:
-        return len(self.characters)
-
-    def encode(self, text: str) -> torch.Tensor:
-        unknown = sorted(set(text) - set(self.index))
-        if unknown:
-            raise ValueError(f"characters {''.join(unknown)!r} are not in the vocabulary of {len(self)} characters.")
-        return torch.tensor([self.index[character] for character in text], dtype=torch.long)
-
-    def decode(self, ids: torch.Tensor | list[int]) -> str:
-        return "".join(self.characters[int(i)] for i in ids)
+TOKENIZER_FILE = "tokenizer.json"  # where a run dir keeps its tokenizer (written by train_hydra.train)
 
 
 SUBJECTS = ("the cat", "a dog", "the old sailor", "my sister", "the baker", "a small bird", "the king",
@@ -90,12 +75,15 @@ def read_text_file(path: str | Path) -> str:
     return text
 
 
-class NextCharacterWindows(Dataset):
+class NextTokenWindows(Dataset):
     """Windows of one segment [start, stop) of the id stream, `stride` apart: x = ids[s : s+L],
-    y = ids[s+1 : s+L+1]; targets stay inside the segment."""
+    y = ids[s+1 : s+L+1] and `characters`, the characters each target token covers; targets stay
+    inside the segment."""
 
-    def __init__(self, ids: torch.Tensor, start: int, stop: int, sequence_length: int, stride: int) -> None:
+    def __init__(self, ids: torch.Tensor, character_counts: torch.Tensor, start: int, stop: int,
+                 sequence_length: int, stride: int) -> None:
         self.ids = ids
+        self.character_counts = character_counts
         self.sequence_length = sequence_length
         self.starts = range(start, stop - sequence_length, stride)
 
@@ -105,16 +93,21 @@ class NextCharacterWindows(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         start = self.starts[index]
         window = self.ids[start : start + self.sequence_length + 1]
-        return {"x": window[:-1], "y": window[1:]}
+        characters = self.character_counts[start + 1 : start + self.sequence_length + 1]
+        return {"x": window[:-1], "y": window[1:], "characters": characters}
 
 
-class TextDataModule(pl.LightningDataModule):
-    """Next-character prediction over a text file or a generated corpus.
+class TextDataModule(SplitDataModule):
+    """Next-token prediction over a text file or a generated corpus.
 
     Args:
         path: a UTF-8 text file; null generates `corpus_characters` characters of structured text.
-        sequence_length: characters per sample.
-        stride: characters between the starts of consecutive samples (null: sequence_length).
+        tokenizer: `char`, `word` or `bpe` (see data/tokenization.py).
+        vocab_size: bpe: the vocabulary to learn (null: 512); word: keep the most frequent words
+            (null: every train word); char: must be null.
+        tokenizer_file: a saved tokenizer.json to use instead of building one (how a run is reloaded).
+        sequence_length: tokens per sample.
+        stride: tokens between the starts of consecutive samples (null: sequence_length).
         split: chronological train/val/test fractions of the character stream.
         corpus_characters, seed: size and seed of the generated corpus (and of shuffling).
     """
@@ -125,6 +118,9 @@ class TextDataModule(pl.LightningDataModule):
     def __init__(
         self,
         path: str | None = None,
+        tokenizer: str = "char",
+        vocab_size: int | None = None,
+        tokenizer_file: str | None = None,
         sequence_length: int = 100,
         stride: int | None = None,
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -141,36 +137,44 @@ class TextDataModule(pl.LightningDataModule):
                 raise ValueError(f"{name}={value} must be a positive integer.")
         split = checked_split(split, batch_size, num_workers)
         self.text = read_text_file(path) if path is not None else generate_corpus(corpus_characters, seed)
-        self.bounds = split_bounds(len(self.text), split)
+        character_bounds = split_bounds(len(self.text), split)
+        segments = {name: self.text[start:stop] for name, (start, stop) in character_bounds.items()}
+        self.vocabulary: Vocabulary = (
+            load_tokenizer(tokenizer_file) if tokenizer_file is not None
+            else train_tokenizer(tokenizer, segments["train"], self.text, vocab_size)
+        )
+        if self.vocabulary.kind != tokenizer:
+            raise ValueError(f"tokenizer_file={tokenizer_file} holds a {self.vocabulary.kind} tokenizer but "
+                             f"tokenizer={tokenizer}; set tokenizer={self.vocabulary.kind}.")
+        self.vocab_size = self.output_dim = len(self.vocabulary)
+        # Each segment is tokenized on its own, so no token spans a split boundary.
+        encoded = {name: self.vocabulary.encode_with_character_counts(text) for name, text in segments.items()}
+        self.ids = torch.cat([ids for ids, _ in encoded.values()])
+        self.character_counts = torch.cat([counts for _, counts in encoded.values()])
+        self.bounds, start = {}, 0
+        for name, (ids, _) in encoded.items():
+            self.bounds[name] = (start, start + len(ids))
+            start += len(ids)
         shortest = min(stop - start for start, stop in self.bounds.values())
         if sequence_length + 1 > shortest:
             source = f"path={path}" if path is not None else f"corpus_characters={corpus_characters}"
             raise ValueError(
                 f"sequence_length={sequence_length} is too long for {source}: a sample needs {sequence_length + 1} "
-                f"characters but the shortest split has {shortest} (use more text or a shorter sequence_length)."
+                f"{tokenizer} tokens but the shortest split has {shortest} (use more text or a shorter sequence_length)."
             )
-        self.vocabulary = CharVocabulary(self.text)
-        self.vocab_size = self.output_dim = len(self.vocabulary)
-        self.ids = self.vocabulary.encode(self.text)
         self.sequence_length = sequence_length
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
         self.datasets = {
-            name: NextCharacterWindows(self.ids, start, stop, sequence_length, stride)
+            name: NextTokenWindows(self.ids, self.character_counts, start, stop, sequence_length, stride)
             for name, (start, stop) in self.bounds.items()
         }
-        self.save_hyperparameters({"path": path, "sequence_length": sequence_length, "stride": stride,
+        self.save_hyperparameters({"path": path, "tokenizer": tokenizer,
+                                   "sequence_length": sequence_length, "stride": stride,
                                    "split": list(split), "batch_size": batch_size, "seed": seed})
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.datasets[split], self.batch_size, self.seed, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def save_tokenizer(self, run_dir: Path) -> None:
+        """Write the tokenizer into the run dir, where sampling and reloading read it."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.vocabulary.save(run_dir / TOKENIZER_FILE)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.contract import SequenceModel
 from models.registry import register_model
 
 MAX_NORM_GROUPS = 32
@@ -157,7 +158,7 @@ class ConvGRUCell(nn.Module):
 
 
 @register_model("convgru")
-class ConvGRUModel(nn.Module):
+class ConvGRUModel(SequenceModel):
     """A ConvGRU stack with a head that predicts, at every step, the next field or a vector.
 
     The head follows the DataModule's `output_dim`: when it equals C * H * W (data.target=field) a

@@ -7,7 +7,7 @@ loop. Per block, with u the (odd) block input and e_t its invariant features:
     even: h_even,t = (1 - beta_t) h_even,{t-1} + beta_t tanh(Q e_t + c)
 s_t is the seam gate (a chart flip folded into the decay, so a_t may be negative) and beta_t the
 update gate. Blocks stack as pre-norm residual blocks on an odd residual stream; RMSNorm without
-bias and bias-free odd maps keep model(-x) = -model(x) exact. Equations: shared/DESIGN.md.
+bias and bias-free odd maps keep model(-x) = -model(x) exact. Equations: docs/models.md.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from models.contract import SequenceModel
 from models.inputs import input_layer
 from models.parity import parity_energy, split_hidden_dim
 from models.registry import register_model
@@ -150,7 +151,7 @@ class GatedDeltaBlock(nn.Module):
 
 
 @register_model("z2_delta")
-class Z2GatedDeltaRNN(nn.Module):
+class Z2GatedDeltaRNN(SequenceModel):
     """Stacked Z2 gated-delta blocks with an odd readout, predicting x_{t+1} at every step.
 
     The readout reads the residual stream without a final norm, so predictions keep the scale of

@@ -13,14 +13,13 @@ With p_switch = 0 only the + mode carries weight and the filter is exactly a Kal
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 import torch
-from torch import nn
 
+from models.contract import SequenceModel
 from models.registry import register_model
 
 MODES = (1.0, -1.0)
@@ -126,7 +125,7 @@ def stationary_covariance(A: np.ndarray, sigma_epsilon: float) -> np.ndarray:
 
 
 @register_model("hamilton_imm")
-class HamiltonIMMReference(nn.Module):
+class HamiltonIMMReference(SequenceModel):
     """The filter as a registry model: not trained, evaluated on the same windows as every model.
 
     It knows the true process (A, C, noise levels, p_switch), and each window starts from the

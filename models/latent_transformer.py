@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from models.contract import SequenceModel
 from models.inputs import input_layer
 from models.registry import register_model
 
@@ -71,7 +72,7 @@ class TransformerBlock(nn.Module):
 
 
 @register_model("transformer")
-class SimpleTransformer(nn.Module):
+class SimpleTransformer(SequenceModel):
     """A causal pre-LN transformer with learnable positions and a readout at every position.
 
     Reads vectors (a bias-free linear projection) or token ids (an embedding); returns (B, T,
@@ -140,11 +141,6 @@ class SimpleTransformer(nn.Module):
                 nn.init.zeros_(module.bias)
         for vectors in self._parameters.values():  # the model's own tables: positions, latent tokens
             nn.init.normal_(vectors, 0.0, INIT_STD)
-
-    @property
-    def extra_length(self) -> int:
-        """Positions the model adds to every input (latent tokens); 0 here."""
-        return 0
 
     def check_input_length(self, length: int) -> None:
         """Fail in one sentence when inputs of `length` steps need more positions than the model has."""

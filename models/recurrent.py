@@ -14,9 +14,12 @@ With LayerNorm the input and recurrent projections are normalised separately, be
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from models.contract import SequenceModel
 from models.inputs import check_input_sizes
 from models.registry import register_model
 
@@ -33,38 +36,68 @@ class RecurrentCell(nn.Module):
         self.recurrent_norm = nn.LayerNorm(gates) if use_layer_norm else nn.Identity()
         self.cell_norm = nn.LayerNorm(hidden_dim) if use_layer_norm and family == "lstm" else nn.Identity()
 
-    def forward(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """x: (B, T, input) -> hidden states (B, T, hidden), running forward in time."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        weights: tuple[torch.Tensor | float, ...],
+        initial: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        on_gates: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, input) -> hidden states (B, T, hidden), running forward in time.
+
+        `initial` holds the starting h (and c for the LSTM), zeros where None. `on_gates`, when
+        given, receives every step's gate pre-activations in GATES[family] order (the audit reads
+        them there, so the equations exist once).
+        """
         weight_ih, weight_hh, bias_ih, bias_hh = weights
         # All input projections at once: the per-step loop only multiplies by the recurrent weights.
         projected_inputs = self.input_norm(x @ weight_ih.T) + bias_ih
         batch, hidden = x.shape[0], weight_hh.shape[1]
-        h = x.new_zeros(batch, hidden)
-        c = x.new_zeros(batch, hidden)
+        h = initial[0] if initial[0] is not None else x.new_zeros(batch, hidden)
+        c = initial[1] if initial[1] is not None else x.new_zeros(batch, hidden)
         outputs = []
         for projected in projected_inputs.unbind(1):
             recurrent = self.recurrent_norm(h @ weight_hh.T) + bias_hh
+            gates = self.gate_preactivations(projected, recurrent)
+            if on_gates is not None:
+                on_gates(gates)
             if self.family == "lstm":
-                i, f, g, o = (projected + recurrent).chunk(4, dim=-1)
+                i, f, g, o = gates
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(self.cell_norm(c))
             elif self.family == "gru":
-                input_r, input_z, input_n = projected.chunk(3, dim=-1)
-                recurrent_r, recurrent_z, recurrent_n = recurrent.chunk(3, dim=-1)
-                r = torch.sigmoid(input_r + recurrent_r)
-                z = torch.sigmoid(input_z + recurrent_z)
-                h = (1 - z) * torch.tanh(input_n + r * recurrent_n) + z * h
+                _, z, n = gates
+                z = torch.sigmoid(z)
+                h = (1 - z) * torch.tanh(n) + z * h
             else:
-                h = torch.tanh(projected + recurrent)
+                h = torch.tanh(gates[0])
             outputs.append(h)
         return torch.stack(outputs, dim=1)
 
+    def gate_preactivations(self, projected: torch.Tensor, recurrent: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step's gate pre-activations, in GATES[family] order, from the input and recurrent parts."""
+        if self.family == "lstm":
+            return tuple((projected + recurrent).chunk(4, dim=-1))
+        if self.family == "gru":
+            input_r, input_z, input_n = projected.chunk(3, dim=-1)
+            recurrent_r, recurrent_z, recurrent_n = recurrent.chunk(3, dim=-1)
+            reset = input_r + recurrent_r
+            return reset, input_z + recurrent_z, input_n + torch.sigmoid(reset) * recurrent_n
+        return (projected + recurrent,)
 
-GATES_PER_FAMILY = {"lstm": 4, "gru": 3, "rnn": 1}
+
+# Each family's gates in torch's order, with the nonlinearity applied to each pre-activation.
+GATES = {
+    "lstm": (("input gate", "sigmoid"), ("forget gate", "sigmoid"), ("cell candidate", "tanh"),
+             ("output gate", "sigmoid")),
+    "gru": (("reset gate", "sigmoid"), ("update gate", "sigmoid"), ("candidate", "tanh")),
+    "rnn": (("state", "tanh"),),
+}
+GATES_PER_FAMILY = {family: len(gates) for family, gates in GATES.items()}
 TORCH_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
-class RecurrentModel(nn.Module):
+class RecurrentModel(SequenceModel):
     """A multi-layer (optionally bidirectional) LSTM/GRU/RNN with an embedding for token inputs and
     a linear readout at every step.
 

@@ -7,34 +7,31 @@ place that explains a bad name, a bad argument or a model/data pair that does no
 from __future__ import annotations
 
 import inspect
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-from torch import nn
+from models.contract import INPUT_KINDS, TASKS, SequenceModel
 
-TASKS = ("regression", "classification", "seq2seq")
-# What a DataModule feeds a model, named by the size attribute it declares: vectors (input_dim),
-# token ids (vocab_size) or 2-D fields (input_shape, (C, H, W)).
-INPUT_KINDS = {"input_dim": "vectors", "vocab_size": "tokens", "input_shape": "fields"}
+__all__ = ["INPUT_KINDS", "TASKS", "build_model", "check_task", "get_model_class", "list_models", "register_model"]
 
-_REGISTRY: dict[str, type[nn.Module]] = {}
-ModelClass = TypeVar("ModelClass", bound=type[nn.Module])
+_REGISTRY: dict[str, type[SequenceModel]] = {}
+ModelClass = TypeVar("ModelClass", bound=type[SequenceModel])
 
 
 def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
     """Class decorator that makes a model buildable as `build_model(name, ...)`.
 
-    A registered class declares `supported_tasks`, a tuple drawn from TASKS, and may declare
-    `supported_inputs`, drawn from INPUT_KINDS' values (default: vectors only).
+    The class subclasses models.contract.SequenceModel and declares at least `supported_tasks`
+    (docs/model_contract.md).
     """
 
     def decorator(cls: ModelClass) -> ModelClass:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered by {_REGISTRY[name].__name__}.")
-        unknown = set(getattr(cls, "supported_tasks", ())) - set(TASKS)
-        if not getattr(cls, "supported_tasks", ()) or unknown:
-            raise ValueError(f"{cls.__name__}.supported_tasks must be a non-empty subset of {TASKS}.")
-        if set(supported_inputs(cls)) - set(INPUT_KINDS.values()):
-            raise ValueError(f"{cls.__name__}.supported_inputs must be a subset of {tuple(INPUT_KINDS.values())}.")
+        if not (isinstance(cls, type) and issubclass(cls, SequenceModel)):
+            raise ValueError(f"{getattr(cls, '__name__', cls)} must subclass models.contract.SequenceModel to be "
+                             f"registered as {name!r} (see docs/model_contract.md).")
+        cls.check_contract()
         _REGISTRY[name] = cls
         return cls
 
@@ -46,32 +43,28 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model_class(name: str) -> type[nn.Module]:
+def get_model_class(name: str) -> type[SequenceModel]:
     """The class registered under `name`; an unknown name fails with the list of known ones."""
     if name not in _REGISTRY:
         raise ValueError(f"model {name!r} is not registered; choose one of: {', '.join(list_models())}.")
     return _REGISTRY[name]
 
 
-def supported_inputs(cls: type[nn.Module]) -> tuple[str, ...]:
-    return getattr(cls, "supported_inputs", ("vectors",))
-
-
 def check_task(name: str, task: str, data_name: str = "the data", input_kind: str = "vectors") -> None:
     """Fail before training when model `name` cannot learn `task` from `input_kind` inputs,
     naming what would work."""
     cls = get_model_class(name)
-    fits = [m for m in list_models() if task in _REGISTRY[m].supported_tasks and input_kind in supported_inputs(_REGISTRY[m])]
+    fits = [m for m in list_models() if task in _REGISTRY[m].supported_tasks and input_kind in _REGISTRY[m].supported_inputs]
     if task not in cls.supported_tasks:
         problem = f"the {task!r} task of {data_name} (it supports {', '.join(cls.supported_tasks)})"
-    elif input_kind not in supported_inputs(cls):
-        problem = f"the {input_kind} that {data_name} yields (it reads {', '.join(supported_inputs(cls))})"
+    elif input_kind not in cls.supported_inputs:
+        problem = f"the {input_kind} that {data_name} yields (it reads {', '.join(cls.supported_inputs)})"
     else:
         return
     raise ValueError(f"model {name!r} does not fit {problem}; models that fit: {', '.join(fits) or 'none'}.")
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
+def build_model(name: str, **kwargs) -> SequenceModel:
     """Build the model registered under `name` with constructor arguments `kwargs`.
 
     Unknown arguments fail with one sentence listing the arguments the model takes.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.contract import SequenceModel
 from models.parity import K_STAR, parity_energy, split_hidden_dim
 from models.registry import register_model
 
@@ -31,7 +32,7 @@ FIXED_GATE_MIN_MEMORY = 0.1  # smallest |1 - 2g| a fixed gate may leave the odd 
 
 
 @register_model("z2_seam")
-class Z2SeamRNN(nn.Module):
+class Z2SeamRNN(SequenceModel):
     """Seam-gated Z2-equivariant RNN that predicts x_{t+1} at every step.
 
     Args:

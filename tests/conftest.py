@@ -11,14 +11,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from train_hydra import compose_config, train  # noqa: E402
+from train_hydra import compose_config, config_without_hydra, train  # noqa: E402
 
 
 def train_like_the_cli(overrides: list[str], output_dir: Path) -> dict:
     """Train as `python train_hydra.py <overrides>` would, .hydra/config.yaml included, into output_dir."""
     cfg = compose_config(overrides, output_dir)
     (output_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), output_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(config_without_hydra(cfg), output_dir / ".hydra" / "config.yaml")
     return train(cfg)
 
 

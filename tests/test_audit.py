@@ -26,7 +26,8 @@ from audit.performance_audit import (
     main as audit_main,
     run_full_audit,
 )
-from lightning_module import SeamGatedLightningModule, warmup_cosine
+from lightning_module import SeamGatedLightningModule
+from training.schedules import warmup_cosine
 from models import build_model
 from train_hydra import train
 
@@ -120,6 +121,20 @@ def test_fused_recurrent_layers_are_rerun_exactly_to_expose_their_gates(kind):
     torch.testing.assert_close(output, rnn(x)[0], rtol=1e-5, atol=1e-6)
     assert len(gates) == 2 * 2 * (4 if kind is nn.LSTM else 3)
     assert all(values.shape == (4, 7, 5) for _, _, values in gates)
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_the_fused_rerun_through_the_model_cell_starts_from_the_given_state(kind):
+    torch.manual_seed(1)
+    rnn = kind(3, 5, num_layers=2, bias=False)  # sequence-first, no biases
+    x, h0 = torch.randn(6, 2, 3), torch.randn(2, 2, 5)
+    hx = (h0, torch.randn(2, 2, 5)) if kind is nn.LSTM else h0
+    gates, output = fused_rnn_gate_preactivations(rnn, x, hx)
+    torch.testing.assert_close(output, rnn(x, hx)[0], rtol=1e-5, atol=1e-6)
+    assert [label for label, _, _ in gates][:2] == (
+        ["layer 0 input gate", "layer 0 forget gate"] if kind is nn.LSTM
+        else ["layer 0 reset gate", "layer 0 update gate"] if kind is nn.GRU
+        else ["layer 0 state", "layer 1 state"])
 
 
 def test_initialization_auditor_sees_the_gates_of_the_fused_lstm_baseline():

@@ -259,7 +259,7 @@ def test_a_short_run_lowers_the_val_loss_well_below_the_untrained_model_and_pred
     datamodule.setup("validate")
     with torch.no_grad():
         batches = list(datamodule.val_dataloader())
-        squared_error = sum(nn.functional.mse_loss(untrained.scored_prediction(batch), batch["y"], reduction="sum")
+        squared_error = sum(nn.functional.mse_loss(untrained.scored_prediction(batch["x"]), batch["y"], reduction="sum")
                             for batch in batches)
     untrained_loss = squared_error.item() / sum(batch["y"].numel() for batch in batches)
 

@@ -14,7 +14,9 @@ import torch
 
 from conftest import train_like_the_cli
 from data.multiplication import MultiplicationDataModule, MultiplicationTokenizer, sample_operand_pairs
-from lightning_module import IGNORE_INDEX, SeamGatedLightningModule, greedy_decode
+from data.datamodule import IGNORE_INDEX
+from lightning_module import SeamGatedLightningModule
+from training.decoding import greedy_decode
 from train_hydra import ConfigError, instantiate_from, train
 from visualization import compare_transformers
 
@@ -156,7 +158,7 @@ def test_a_tiny_model_learns_one_digit_multiplication(make_config, model, one_th
     datamodule.setup()
     right, total = 0, 0
     for batch in datamodule.train_dataloader():
-        module.objective.update("val", module, batch)
+        module.objective.update("val", module.scored_prediction, batch)
         decoded = greedy_decode(module.model, batch["x"], batch["y"])
         for answer, (a, b) in zip(decoded, batch["operands"].tolist()):
             number = TOKENIZER.decode_number(answer[answer != IGNORE_INDEX])

@@ -17,7 +17,7 @@ import torch
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import lightning_module
+import training.checkpoint_io
 from lightning_module import SeamGatedLightningModule
 from train_hydra import ConfigError, build_module, compose_config, train
 
@@ -90,7 +90,7 @@ def test_ckpt_path_auto_starts_fresh_when_the_run_dir_has_no_checkpoint(tmp_path
 
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
-    io = lightning_module.AtomicCheckpointIO()
+    io = training.checkpoint_io.AtomicCheckpointIO()
     target = tmp_path / "last.ckpt"
     io.save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, target)
     before = target.read_bytes()
@@ -99,7 +99,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_file_whole(tmp_path
         file.write(b"partial bytes of a checkpoint")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(lightning_module.torch, "save", save_half_then_fail)
+    monkeypatch.setattr(training.checkpoint_io.torch, "save", save_half_then_fail)
     with pytest.raises(OSError):
         io.save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, target)
     assert target.read_bytes() == before

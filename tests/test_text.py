@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from data.text import CharVocabulary, TextDataModule, generate_corpus
+from data.text import TextDataModule, generate_corpus
+from data.tokenization import CharVocabulary
 from lightning_module import SeamGatedLightningModule
-from models.sampling import main as sample_main
-from models.sampling import sample_tokens
+from visualization.sample_text import main as sample_main
+from models.generation import sample_tokens
 from train_hydra import ConfigError, compose_config, train
 
 from conftest import train_like_the_cli
@@ -58,7 +59,7 @@ def test_targets_are_the_next_characters_and_no_window_leaves_its_split():
     (None, r"^data\.path=\S+ does not exist or is not a file; give a UTF-8 text file, or null"),
     (b"", r"^data\.path=\S+ is empty; give a UTF-8 text file"),
     (b"caf\xe9 latin-1 text " * 50, r"^data\.path=\S+ is not UTF-8 text \(byte 0xe9 at offset 3\)"),
-    (b"too short", r"^data\.sequence_length=100 is too long for path=\S+: a sample needs 101 characters"),
+    (b"too short", r"^data\.sequence_length=100 is too long for path=\S+: a sample needs 101 char tokens"),
 ])
 def test_a_bad_text_file_fails_in_one_sentence_naming_it(make_config, tmp_path, content, message):
     path = tmp_path / "corpus.txt"
@@ -77,8 +78,9 @@ def test_classification_loss_uses_label_smoothing_and_metrics_are_the_unsmoothed
     logits = module.model(batch["x"]).reshape(-1, 5)
     target = batch["y"].reshape(-1)
     expected = nn.functional.cross_entropy(logits, target, label_smoothing=0.2)
-    torch.testing.assert_close(module.objective.training_loss(module, batch), expected)
-    module.objective.update("val", module, batch)
+    loss, _ = module.objective.training_loss(module.scored_prediction, batch, progress=0.0)
+    torch.testing.assert_close(loss, expected)
+    module.objective.update("val", module.scored_prediction, batch)
     values = module.objective.compute_and_reset("val")
     true_cross_entropy = nn.functional.cross_entropy(logits, target)
     torch.testing.assert_close(values["loss"], true_cross_entropy)

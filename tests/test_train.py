@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_module import resolve_accelerator, resolve_precision, warmup_cosine
+from training.schedules import warmup_cosine
+from training.trainer import resolve_accelerator, resolve_precision
 from models import get_model_class, list_models
-from models.registry import supported_inputs
 from train_hydra import CONFIG_DIR, ConfigError, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def model_configs_reading(input_kind: str) -> list[str]:
     from train_hydra import compose_config
 
     names = {stem: compose_config([f"model={stem}"], tempfile.gettempdir()).model.name for stem in MODEL_CONFIGS}
-    return [stem for stem, name in names.items() if input_kind in supported_inputs(get_model_class(name))]
+    return [stem for stem, name in names.items() if input_kind in get_model_class(name).supported_inputs]
 
 
 def test_every_registered_model_has_a_config_and_every_config_a_registered_model(tmp_path):
@@ -167,7 +167,7 @@ def test_multirun_gives_one_job_dir_per_model(tmp_path):
 
 
 def test_regression_metrics_split_by_transition_and_leave_out_empty_groups():
-    from lightning_module import RegressionMetrics
+    from training.metrics import RegressionMetrics
 
     metrics = RegressionMetrics()
     prediction, target = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 0.0, 3.0, 0.0])

@@ -11,16 +11,11 @@ from torch import nn
 
 import models.latent_transformer as latent_transformer
 from data.multiplication import MultiplicationDataModule, MultiplicationTokenizer
-from lightning_module import (
-    IGNORE_INDEX,
-    ClassificationObjective,
-    RegressionObjective,
-    SeamGatedLightningModule,
-    Seq2SeqMetrics,
-    Seq2SeqObjective,
-    greedy_decode,
-    scheduled_sampling_rate,
-)
+from data.datamodule import IGNORE_INDEX
+from lightning_module import SeamGatedLightningModule
+from training.decoding import greedy_decode, mix_in_predictions, scheduled_sampling_rate
+from training.metrics import Seq2SeqMetrics
+from training.objectives import ClassificationObjective, RegressionObjective, Seq2SeqObjective
 from models import build_model
 from train_hydra import train
 
@@ -122,7 +117,7 @@ def test_latent_positions_carry_zero_loss():
         captured.append(output)
 
     module.model.blocks[-1].register_forward_hook(keep)
-    module.objective.training_loss(module, batch).backward()
+    module.objective.training_loss(module.scored_prediction, batch, progress=0.0)[0].backward()
     gradient = captured[0].grad.abs().sum(-1)  # (B, T + K)
     separator_at = (batch["x"] == SEPARATOR).int().argmax(1)
     for row, separator in enumerate(separator_at.tolist()):
@@ -255,17 +250,16 @@ def test_scheduled_sampling_replaces_only_answer_inputs_at_the_given_rate():
     datamodule = MultiplicationDataModule(min_digits=2, max_digits=3, num_pairs=2000, batch_size=512, seed=4)
     datamodule.setup()
     batch = next(iter(datamodule.train_dataloader()))
-    module = nn.Module()
-    module.model = NextIdModel()
+    model = NextIdModel()
     scored = batch["y"] != IGNORE_INDEX
     answer_inputs = torch.zeros_like(scored)
     answer_inputs[:, 1:] = scored[:, :-1] & scored[:, 1:]
     torch.manual_seed(0)
-    mixed = Seq2SeqObjective.mix_in_predictions(module, batch, 1.0)
+    mixed = mix_in_predictions(model, batch["x"], batch["y"], 1.0)
     assert torch.equal(mixed[~answer_inputs], batch["x"][~answer_inputs])  # prompts and padding stay
     predicted = (batch["x"] + 1) % VOCAB
     assert torch.equal(mixed[:, 1:][answer_inputs[:, 1:]], predicted[:, :-1][answer_inputs[:, 1:]])
-    half = Seq2SeqObjective.mix_in_predictions(module, batch, 0.3)
+    half = mix_in_predictions(model, batch["x"], batch["y"], 0.3)
     changed = (half != batch["x"])[answer_inputs].float().mean().item()
     # NextIdModel's guess differs from the true token unless the true digit is its predecessor + 1.
     assert 0.2 < changed < 0.33
@@ -289,10 +283,10 @@ def test_longer_operand_rows_are_reported_apart():
     datamodule = MultiplicationDataModule(min_digits=1, max_digits=1, num_pairs=100, num_longer=20, batch_size=64, seed=0)
     datamodule.setup()
     for batch in datamodule.test_dataloader():
-        objective.update("test", module, batch)
+        objective.update("test", module.scored_prediction, batch)
     values = objective.compute_and_reset("test")
     assert {"loss", "exact_match", "digit_accuracy", "loss_longer", "exact_match_longer", "digit_accuracy_longer"} <= set(values)
-    objective.update("val", module, next(iter(datamodule.val_dataloader())))
+    objective.update("val", module.scored_prediction, next(iter(datamodule.val_dataloader())))
     assert "loss" in (values := objective.compute_and_reset("val")) and "loss_longer" not in values
 
 

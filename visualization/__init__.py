@@ -6,6 +6,6 @@
     visualization.plot_runs      training curves and sweep comparisons from TensorBoard events
     visualization.sweep_summary  the summary table Hydra writes at the end of every sweep
 
-Nothing is imported here: train_hydra.py imports sweep_summary on every run, and should not pay
+Nothing is imported here: Hydra loads sweep_summary at the end of every sweep, and should not pay
 for matplotlib, seaborn and scipy when no figure is drawn.
 """

@@ -14,6 +14,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 
+from training.checkpoint_io import atomic_write
+
 from visualization.gate_heatmaps import collect_slice_diagnostics, draw_slice_figures, gate_transition_statistics
 
 
@@ -101,7 +103,4 @@ class GateHeatmapCallback(pl.Callback):
         self.drawings[tag] = drawing.pop("diagnostics")
         content = {**drawing, "diagnostics": self.drawings}
         path = self.dirpath / "diagnostics.pt"
-        # Write-then-rename: a crash mid-write never leaves a truncated file in place of the old one.
-        partial = path.with_suffix(".pt.partial")
-        torch.save(content, partial)
-        partial.replace(path)
+        atomic_write(path, lambda file: torch.save(content, file))

@@ -16,7 +16,8 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-JOB_ERROR_FILE = "job_error.json"  # what a failed sweep job leaves in its dir (written by train_hydra.main)
+from training.run_files import JOB_ERROR_FILE
+
 log = logging.getLogger(__name__)
 
 

@@ -41,16 +41,3 @@ def split_loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool, nu
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
-
-
-def checked_split(split: tuple[float, ...] | list[float], batch_size: int, num_workers: int) -> tuple[float, float, float]:
-    """The train/val/test fractions as floats, after checking them and the loader options every
-    DataModule shares; a bad value fails in one sentence naming it."""
-    split = tuple(float(fraction) for fraction in split)
-    if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1.0) > 1e-6:
-        raise ValueError(f"split={list(split)} must be three positive fractions (train, val, test) that sum to 1.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be a positive integer.")
-    if num_workers < 0:
-        raise ValueError(f"num_workers={num_workers} must be >= 0.")
-    return split

@@ -1,0 +1,13 @@
+"""The training layer: what SeamGatedLightningModule (lightning_module.py) is assembled from.
+
+    training.metrics        the per-stage metric collections of each task
+    training.objectives     the training loss and evaluation metrics of each task
+    training.decoding       greedy decoding and scheduled sampling (seq2seq)
+    training.schedules      the learning-rate schedules
+    training.trainer        create_trainer and its device and precision rules
+    training.checkpoint_io  atomic (write-then-rename) file writes and Lightning's CheckpointIO
+    training.run_files      names of the files a run leaves in its directory
+
+Layer rule (tests/test_import_layers.py): this package imports models/ and data/, never
+train_hydra.py or the scripts.
+"""

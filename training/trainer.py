@@ -1,0 +1,66 @@
+"""create_trainer: a Lightning Trainer with the project's device and precision rules applied and
+checkpoints written atomically."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins import CheckpointIO
+
+from training.checkpoint_io import AtomicCheckpointIO
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    """`auto` picks CUDA, then MPS, then CPU; anything else is passed to Lightning unchanged."""
+    if accelerator != "auto":
+        return accelerator
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_precision(precision: str | int, accelerator: str) -> str:
+    """`auto`: bf16-mixed on CUDA with bf16, 16-mixed on older CUDA, 32-true on MPS and CPU.
+
+    An explicit choice is kept; Lightning itself swaps 16-mixed for bf16-mixed on CPU with one
+    warning, since fp16 autocast is not supported there.
+    """
+    precision = str(precision)
+    if precision != "auto":
+        return precision
+    if accelerator in ("cuda", "gpu") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def create_trainer(
+    max_epochs: int = 20,
+    accelerator: str = "auto",
+    precision: str | int = "auto",
+    devices: int | str | list[int] = "auto",
+    strategy: str = "auto",
+    callbacks: list[pl.Callback] | None = None,
+    logger: Any = True,
+    **trainer_kwargs: Any,
+) -> pl.Trainer:
+    """A Lightning Trainer with the project's `auto` device and precision rules applied and
+    checkpoints written atomically."""
+    accelerator = resolve_accelerator(accelerator)
+    plugins = list(trainer_kwargs.pop("plugins", None) or [])
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        precision=resolve_precision(precision, accelerator),
+        devices=devices,
+        strategy=strategy,
+        callbacks=callbacks,
+        logger=logger,
+        plugins=plugins,
+        **trainer_kwargs,
+    )
