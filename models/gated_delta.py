@@ -12,6 +12,8 @@ bias and bias-free odd maps keep model(-x) = -model(x) exact. Equations: docs/mo
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -44,50 +46,75 @@ def flipped_decay(seam: torch.Tensor, beta_odd: torch.Tensor) -> torch.Tensor:
 class GatedDeltaUnit(nn.Module):
     """One gated-delta layer over a whole sequence: (B, T, d) odd input -> odd and even states.
 
+    The invariant features e_t of (u_t, u_{t-1}) are all O(1) for an RMS-normalised input (whose
+    squared norm is d): dots and squared norms are divided by d, and the bilinear terms
+    (L_k u_t)(R_k u_t) and (L_k u_t)(R_k u_{t-1}) use projections initialised with variance 1/d,
+    so each factor has unit variance. Without the scaling the features grow with d and, at
+    d = 32, most gates start saturated. The current-step terms (L_k u_t)(R_k u_t) are quadratic
+    forms of u_t: they see its direction, which the RMSNorm in front keeps (it removes only the
+    norm), so a gate can tell one token from another (what parity needs).
+
     Args:
         stream_dim: size d of the odd input (and of W u_t, the odd state).
         even_dim: size of the even state.
-        delta_rank: number of low-rank bilinear invariants u_t^T U_k V_k^T u_{t-1}.
+        delta_rank: number k of low-rank bilinear pairs (L_k, R_k); 2k bilinear invariants.
         temperature: sharpness of the seam gate.
+        seam: False fixes s_t = 0, so the odd decay (1 - beta_t) stays in (0, 1) (the ablation).
+        seam_gate_init: the seam gate's value at initialisation (its bias; its weights start at 0, so it starts the same for every input).
         use_parallel_scan: the scan op (True) or the float64 sequential reference loop (False).
     """
 
     def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float,
-                 use_parallel_scan: bool = True) -> None:
+                 seam: bool = True, seam_gate_init: float = 0.05, use_parallel_scan: bool = True) -> None:
         super().__init__()
         self.temperature = temperature
+        self.seam = seam
         self.use_parallel_scan = use_parallel_scan
         self.stream_dim, self.even_dim = stream_dim, even_dim
-        num_invariants = NUM_BASE_INVARIANTS + delta_rank
+        num_invariants = NUM_BASE_INVARIANTS + 2 * delta_rank
         self.bilinear_left = nn.Linear(stream_dim, delta_rank, bias=False)
         self.bilinear_right = nn.Linear(stream_dim, delta_rank, bias=False)
-        # Everything computed from the invariants comes out of one matmul, in this order:
-        # seam score (1), update gate (stream_dim + even_dim), even candidate (even_dim).
-        self.from_invariants = nn.Linear(num_invariants, 1 + stream_dim + 2 * even_dim)
+        # Everything computed from the invariants comes out of one matmul, in this order: seam
+        # score (1, only with the seam), update gate (stream_dim + even_dim), even candidate (even_dim).
+        self.num_seam_scores = 1 if seam else 0
+        self.from_invariants = nn.Linear(num_invariants, self.num_seam_scores + stream_dim + 2 * even_dim)
         self.odd_input = nn.Linear(stream_dim, stream_dim, bias=False)
         with torch.no_grad():
-            # Seam gate nearly closed (s ~ 0.05) and a slow update (beta ~ 0.27) at the start, so
-            # the state carries memory from the first step instead of being flipped or erased.
-            self.from_invariants.weight[0].normal_(0.0, 0.01)
-            self.from_invariants.bias[0] = -3.0 * temperature
-            self.from_invariants.bias[1 : 1 + stream_dim + even_dim] = -1.0
+            nn.init.normal_(self.bilinear_left.weight, std=stream_dim**-0.5)
+            nn.init.normal_(self.bilinear_right.weight, std=stream_dim**-0.5)
+            # A slow update (beta ~ 0.27) at the start, so the state carries memory from the first
+            # step; the seam gate starts at seam_gate_init whatever the input (see Z2GatedDeltaRNN).
+            seam_rows = self.num_seam_scores
+            if seam:
+                self.from_invariants.weight[0].zero_()
+                self.from_invariants.bias[0] = math.log(seam_gate_init / (1.0 - seam_gate_init)) * temperature
+            self.from_invariants.bias[seam_rows : seam_rows + stream_dim + even_dim] = -1.0
 
     def invariants(self, u: torch.Tensor) -> torch.Tensor:
-        """Features of (u_t, u_{t-1}) unchanged by u -> -u, (B, T, 3 + delta_rank); u_{-1} = 0."""
+        """Features of (u_t, u_{t-1}) unchanged by u -> -u, (B, T, 3 + 2 delta_rank); u_{-1} = 0."""
         def previous(values: torch.Tensor) -> torch.Tensor:  # shift one step later in time
             return nn.functional.pad(values[:, :-1], (0, 0, 1, 0) if values.dim() == 3 else (1, 0))
 
-        squared_norm = u.pow(2).sum(-1)
-        dot = nn.functional.pad((u[:, 1:] * u[:, :-1]).sum(-1), (1, 0))
-        bilinear = self.bilinear_left(u) * previous(self.bilinear_right(u))
+        width = self.stream_dim
+        squared_norm = u.pow(2).sum(-1) / width
+        dot = nn.functional.pad((u[:, 1:] * u[:, :-1]).sum(-1), (1, 0)) / width
+        left, right = self.bilinear_left(u), self.bilinear_right(u)
         base = torch.stack([dot, squared_norm, previous(squared_norm)], dim=-1)
-        return torch.cat([base, bilinear], dim=-1)
+        return torch.cat([base, left * right, left * previous(right)], dim=-1)
+
+    def gate_preactivations(self, features: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Inputs of the seam sigmoid (score / temperature, (B, T); None without the seam), of the
+        update sigmoid (B, T, stream + even) and of the candidate tanh (B, T, even)."""
+        score, update, candidate = self.from_invariants(features).split(
+            [self.num_seam_scores, self.stream_dim + self.even_dim, self.even_dim], dim=-1)
+        return (score.squeeze(-1) / self.temperature if self.seam else None), update, candidate
 
     def gates(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Seam gate s (B, T), update gate beta (B, T, stream + even) and even candidate (B, T, even)."""
-        score, update, candidate = self.from_invariants(features).split(
-            [1, self.stream_dim + self.even_dim, self.even_dim], dim=-1)
-        return torch.sigmoid(score.squeeze(-1) / self.temperature), torch.sigmoid(update), torch.tanh(candidate)
+        """Seam gate s (B, T; 0 without the seam), update gate beta (B, T, stream + even) and even
+        candidate (B, T, even)."""
+        score, update, candidate = self.gate_preactivations(features)
+        seam = torch.sigmoid(score) if score is not None else update.new_zeros(update.shape[:-1])
+        return seam, torch.sigmoid(update), torch.tanh(candidate)
 
     def scan(self, decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
         if self.use_parallel_scan:
@@ -118,11 +145,12 @@ class GatedDeltaBlock(nn.Module):
     layer-to-layer projection `out` has rank `delta_rank` when that is below the stream size.
     """
 
-    def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float,
-                 use_parallel_scan: bool) -> None:
+    def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float, seam: bool,
+                 seam_gate_init: float, use_parallel_scan: bool) -> None:
         super().__init__()
         self.norm = nn.RMSNorm(stream_dim)
-        self.unit = GatedDeltaUnit(stream_dim, even_dim, delta_rank, temperature, use_parallel_scan)
+        self.unit = GatedDeltaUnit(stream_dim, even_dim, delta_rank, temperature, seam, seam_gate_init,
+                                   use_parallel_scan)
         self.even_modulation = nn.Linear(even_dim, stream_dim)
         self.out = (LowRankLinear(stream_dim, stream_dim, delta_rank) if delta_rank < stream_dim
                     else nn.Linear(stream_dim, stream_dim, bias=False))
@@ -146,7 +174,16 @@ class Z2GatedDeltaRNN(SequenceModel):
             concerns the embeddings and has no meaning for the task).
         hidden_dim: state size per layer, split equally into even and odd channels; the odd half
             is also the width of the residual stream.
-        delta_rank: number of bilinear invariants and rank of the layer-to-layer projections.
+        delta_rank: number of bilinear pairs in the gate invariants and rank of the layer-to-layer
+            projections.
+        seam: True (the model) lets the seam gate flip the odd state, a_t = (1 - beta_t)(1 - 2 s_t)
+            in (-1, 1); False fixes s_t = 0, a_t = 1 - beta_t in (0, 1) (the ablation that cannot
+            solve parity).
+        seam_gate_init: the seam gate s at initialisation, in (0, 1); unused without the seam.
+            0.05 (default) starts with the chart almost never flipped, so the odd state keeps
+            memory from the first step. 0.5 starts with a_t = 0, where keeping more memory pulls
+            s toward 0 and toward 1 equally, so only what the flip is for decides which inputs
+            flip it: on parity it makes the seam learnable for more seeds (docs/models.md).
         use_parallel_scan: False runs the sequential reference loop (for checks and timing).
         num_layers: number of residual blocks.
         temperature: sharpness of the seam gate.
@@ -165,6 +202,8 @@ class Z2GatedDeltaRNN(SequenceModel):
         use_parallel_scan: bool = True,
         num_layers: int = 1,
         temperature: float = 0.05,
+        seam: bool = True,
+        seam_gate_init: float = 0.05,
     ) -> None:
         super().__init__()
         for name, value in (("output_dim", output_dim), ("delta_rank", delta_rank), ("num_layers", num_layers)):
@@ -172,10 +211,13 @@ class Z2GatedDeltaRNN(SequenceModel):
                 raise ValueError(f"{name}={value} must be >= 1.")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0.")
+        if not 0.0 < seam_gate_init < 1.0:
+            raise ValueError(f"seam_gate_init={seam_gate_init} must lie strictly between 0 and 1 (it is a sigmoid's value).")
         even_dim, odd_dim = split_hidden_dim(hidden_dim, "z2_delta")
         self.embed = input_layer(input_dim, vocab_size, odd_dim)
         self.blocks = nn.ModuleList(
-            GatedDeltaBlock(odd_dim, even_dim, delta_rank, temperature, use_parallel_scan) for _ in range(num_layers)
+            GatedDeltaBlock(odd_dim, even_dim, delta_rank, temperature, seam, seam_gate_init, use_parallel_scan)
+            for _ in range(num_layers)
         )
         self.readout = nn.Linear(odd_dim, output_dim, bias=False)
 

@@ -4,7 +4,16 @@ The hidden state splits into even and odd channels; the group element -1 acts as
 h_even -> h_even, h_odd -> -h_odd. Every map respects that action, so the model is exactly
 equivariant: model(-x) = -model(x), with gates and parity energy unchanged. A seam gate g_t flips
 the chart of the odd state, (1 - 2 g_t) h_odd, which is how the model can follow a regime switch
-in which the sign convention of the dynamics flips. Equations: docs/models.md.
+in which the sign convention of the dynamics flips. Per step (equations and reasons: docs/models.md):
+
+    e_t      = [x_t . y_t, ||x_t||^2, ||y_t||^2, alpha_minus(h_{t-1})]   (invariant features)
+    g_t      = gate(e_t, h_even,{t-1})                                    (see `gate` below)
+    h_odd,t  = tanh(W_oo (1 - 2 g_t) h_odd,{t-1} + U x_t)                 (no bias: odd)
+    h_even,t = tanh(W_ee h_even,{t-1} + Q e_t + b)
+    y_{t+1}  = V (h_odd,t * sigmoid(G h_even,t + c))                      (odd times invariant: odd)
+
+y_t is the model's own prediction of x_t. The readout lets the even state scale each odd channel,
+so the even half of the state reaches the output: every parameter counted in num_parameters is used.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from models.registry import register_model
 
 GATE_TYPES = ("kstar", "learned", "fixed", "none")
 NUM_INVARIANTS = 4  # x.y, ||x||^2, ||y||^2, alpha_minus
+DEFAULT_FIXED_GATE = 0.1  # 1 - 2g = 0.8: the odd state keeps a memory (g = 0.5 would erase it)
+FIXED_GATE_MIN_MEMORY = 0.1  # smallest |1 - 2g| a fixed gate may leave the odd recurrence
 
 
 @register_model("z2_seam")
@@ -29,9 +40,13 @@ class Z2SeamRNN(SequenceModel):
             must equal it.
         output_dim: size of the prediction (= input_dim).
         hidden_dim: total state size, split equally into even and odd channels.
-        gate: `kstar` (fires when parity energy crosses K_STAR), `learned` (a function of the
-            invariant features), `fixed` (0.5) or `none` (0: the plain equivariant RNN).
+        gate: `kstar` (fires when the parity energy of h_{t-1} crosses K_STAR), `learned`
+            (sigmoid((w . e_t + u . h_even,{t-1} + b) / temperature): the even state is invariant,
+            so reading it keeps the model equivariant and gives the gate a memory of the regime),
+            `fixed` (the constant `fixed_gate`) or `none` (0: the plain equivariant RNN).
         temperature: sharpness of the `kstar` and `learned` gates.
+        fixed_gate: the constant of the `fixed` gate, in [0, 1] with |1 - 2 fixed_gate| >= 0.1
+            (at 0.5 the odd recurrence is multiplied by 0 and the model has no memory); default 0.1.
     """
 
     supported_tasks = ("regression",)
@@ -43,12 +58,21 @@ class Z2SeamRNN(SequenceModel):
         hidden_dim: int = 64,
         gate: str = "learned",
         temperature: float = 0.05,
+        fixed_gate: float | None = None,
     ) -> None:
         super().__init__()
         if gate not in GATE_TYPES:
             raise ValueError(f"gate={gate!r} is not a gate type; choose one of: {', '.join(GATE_TYPES)}.")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0.")
+        if fixed_gate is not None and gate != "fixed":
+            raise ValueError(f"fixed_gate={fixed_gate} applies only to gate='fixed', not gate={gate!r}; remove it.")
+        fixed_gate = DEFAULT_FIXED_GATE if fixed_gate is None else float(fixed_gate)
+        if not 0.0 <= fixed_gate <= 1.0 or abs(1.0 - 2.0 * fixed_gate) < FIXED_GATE_MIN_MEMORY:
+            raise ValueError(
+                f"fixed_gate={fixed_gate} must lie in [0, 0.45] or [0.55, 1]: near 0.5 the factor 1 - 2 fixed_gate "
+                "multiplies the odd state by about 0 and the model keeps no memory."
+            )
         if input_dim < 1:
             raise ValueError(f"input_dim={input_dim} must be >= 1.")
         if output_dim != input_dim:
@@ -59,13 +83,15 @@ class Z2SeamRNN(SequenceModel):
         even_dim, odd_dim = split_hidden_dim(hidden_dim, "z2_seam")
         self.gate_type = gate
         self.temperature = temperature
+        self.fixed_gate = fixed_gate
         # Block-diagonal recurrence: odd <- odd and even <- even only, so parity is never mixed.
         self.odd_recurrent = nn.Linear(odd_dim, odd_dim, bias=False)
         self.odd_input = nn.Linear(input_dim, odd_dim, bias=False)
         self.even_recurrent = nn.Linear(even_dim, even_dim, bias=True)
         self.even_input = nn.Linear(NUM_INVARIANTS, even_dim, bias=False)
+        self.readout_modulation = nn.Linear(even_dim, odd_dim)  # G, c: invariant, so it may have a bias
         self.readout = nn.Linear(odd_dim, input_dim, bias=False)
-        self.gate_score = nn.Linear(NUM_INVARIANTS, 1) if gate == "learned" else None
+        self.gate_score = nn.Linear(NUM_INVARIANTS + even_dim, 1) if gate == "learned" else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -74,18 +100,24 @@ class Z2SeamRNN(SequenceModel):
         nn.init.zeros_(self.even_recurrent.bias)
         nn.init.xavier_uniform_(self.odd_input.weight)
         nn.init.xavier_uniform_(self.even_input.weight)
+        nn.init.xavier_uniform_(self.readout_modulation.weight)
+        nn.init.zeros_(self.readout_modulation.bias)
         nn.init.xavier_uniform_(self.readout.weight)
         if self.gate_score is not None:
             # Start nearly closed (g ~ 0.05): an open gate (0.5) would erase the odd state every step.
             nn.init.normal_(self.gate_score.weight, std=0.01)
             nn.init.constant_(self.gate_score.bias, -3.0 * self.temperature)
 
-    def _gate(self, invariants: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def _gate(self, invariants: torch.Tensor, alpha: torch.Tensor, h_even: torch.Tensor) -> torch.Tensor:
         if self.gate_type == "kstar":
             return torch.sigmoid((alpha - K_STAR) / self.temperature)
         if self.gate_type == "learned":
-            return torch.sigmoid(self.gate_score(invariants).squeeze(-1) / self.temperature)
-        return alpha.new_full(alpha.shape, 0.5 if self.gate_type == "fixed" else 0.0)
+            score = self.gate_score(torch.cat([invariants, h_even], dim=-1)).squeeze(-1)
+            return torch.sigmoid(score / self.temperature)
+        return alpha.new_full(alpha.shape, self.fixed_gate if self.gate_type == "fixed" else 0.0)
+
+    def _readout(self, h_even: torch.Tensor, h_odd: torch.Tensor) -> torch.Tensor:
+        return self.readout(h_odd * torch.sigmoid(self.readout_modulation(h_even)))
 
     def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
         """x: (B, T, input_dim) -> predictions of x_{t+1}, (B, T, input_dim).
@@ -97,7 +129,7 @@ class Z2SeamRNN(SequenceModel):
         h_odd = x.new_zeros(batch, self.odd_recurrent.in_features)
         h_even = x.new_zeros(batch, self.even_recurrent.in_features)
         odd_drive = self.odd_input(x)  # one matmul for all steps instead of T small ones
-        prediction = self.readout(h_odd)  # y_t: the model's own odd prediction of x_t
+        prediction = self._readout(h_even, h_odd)  # y_t: the model's own odd prediction of x_t
         predictions, gates, energies = [], [], []
         alpha = parity_energy(h_even, h_odd)
         for t in range(steps):
@@ -105,12 +137,12 @@ class Z2SeamRNN(SequenceModel):
             invariants = torch.stack(
                 [(x_t * prediction).sum(-1), x_t.pow(2).sum(-1), prediction.pow(2).sum(-1), alpha], dim=-1
             )
-            gate = self._gate(invariants, alpha)
+            gate = self._gate(invariants, alpha, h_even)
             flipped_odd = (1.0 - 2.0 * gate).unsqueeze(-1) * h_odd
             h_odd = torch.tanh(self.odd_recurrent(flipped_odd) + odd_drive[:, t])
             h_even = torch.tanh(self.even_recurrent(h_even) + self.even_input(invariants))
             alpha = parity_energy(h_even, h_odd)
-            prediction = self.readout(h_odd)
+            prediction = self._readout(h_even, h_odd)
             predictions.append(prediction)
             gates.append(gate)
             energies.append(alpha)
@@ -122,7 +154,9 @@ class Z2SeamRNN(SequenceModel):
 
 @register_model("z2_equiv")
 class Z2EquivariantRNN(Z2SeamRNN):
-    """The seam model with the gate removed (g = 0): the equivariant baseline without chart flips."""
+    """The seam model with the gate removed (g = 0): the equivariant baseline without chart flips.
+
+    Its even state still reaches the output through the readout modulation, as in z2_seam."""
 
     def __init__(self, input_dim: int, output_dim: int, hidden_dim: int = 64) -> None:
         super().__init__(input_dim, output_dim, hidden_dim=hidden_dim, gate="none")

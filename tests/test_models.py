@@ -51,10 +51,10 @@ def _randomise(model: torch.nn.Module) -> None:
             parameter.normal_(0.0, 0.7)
 
 
-@pytest.mark.parametrize("gate", GATES)
-def test_z2_seam_is_exactly_equivariant(gate):
+@pytest.mark.parametrize("gate, options", [(gate, {}) for gate in GATES] + [("fixed", {"fixed_gate": 0.8})])
+def test_z2_seam_is_exactly_equivariant(gate, options):
     torch.manual_seed(0)
-    model = build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=32, gate=gate, temperature=0.3)
+    model = build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=32, gate=gate, temperature=0.3, **options)
     _randomise(model)
     x = torch.randn(5, 40, 4, dtype=torch.float64)
     model = model.double()
@@ -73,7 +73,9 @@ def test_gate_values_follow_their_definitions():
     torch.manual_seed(1)
     x = torch.randn(2, 5, 4)
     fixed = build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=8, gate="fixed")
-    assert torch.all(fixed(x, return_diagnostics=True)[1]["gate"] == 0.5)
+    assert torch.all(fixed(x, return_diagnostics=True)[1]["gate"] == 0.1)
+    chosen = build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=8, gate="fixed", fixed_gate=0.9)
+    assert torch.all(chosen(x, return_diagnostics=True)[1]["gate"] == 0.9)
     equiv = build_model("z2_equiv", input_dim=4, output_dim=4, hidden_dim=8)
     assert torch.all(equiv(x, return_diagnostics=True)[1]["gate"] == 0.0)
     kstar = build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=8, gate="kstar", temperature=0.05)
@@ -81,6 +83,50 @@ def test_gate_values_follow_their_definitions():
     # The k* gate at step t reads the parity energy of the state after step t-1 (zero state at t=0).
     previous = torch.cat([torch.zeros(2, 1), diag["parity_energy"][:, :-1]], dim=1)
     torch.testing.assert_close(diag["gate"], torch.sigmoid((previous - K_STAR) / 0.05))
+
+
+def test_learned_gate_reads_the_even_state():
+    # The learned gate is sigmoid((w . e_t + u . h_even,{t-1} + b) / T): with w = 0 and b = 0 it is
+    # sigmoid(u . h_even,{t-1} / T), which this recomputes from a hand-written even recurrence.
+    torch.manual_seed(2)
+    model = build_model("z2_seam", input_dim=3, output_dim=3, hidden_dim=8, gate="learned", temperature=0.5).double()
+    with torch.no_grad():
+        model.gate_score.weight.zero_()
+        model.gate_score.weight[0, 4:] = torch.randn(4, dtype=torch.float64)
+        model.gate_score.bias.zero_()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    gate = model(x, return_diagnostics=True)[1]["gate"]
+    assert gate.std() > 1e-3  # h_even changes along the sequence and so does the gate
+    torch.testing.assert_close(gate[:, 0], torch.full((2,), 0.5, dtype=torch.float64))  # h_even,{-1} = 0
+    even_weights = model.gate_score.weight[0, 4:]
+    h_even = torch.zeros(2, 4, dtype=torch.float64)
+    h_odd = torch.zeros(2, 4, dtype=torch.float64)
+    for t in range(6):
+        torch.testing.assert_close(gate[:, t], torch.sigmoid(h_even @ even_weights / 0.5))
+        y = model._readout(h_even, h_odd)
+        e = torch.stack([(x[:, t] * y).sum(-1), x[:, t].pow(2).sum(-1), y.pow(2).sum(-1), parity_energy(h_even, h_odd)], -1)
+        h_odd = torch.tanh(model.odd_recurrent((1 - 2 * gate[:, t, None]) * h_odd) + model.odd_input(x[:, t]))
+        h_even = torch.tanh(model.even_recurrent(h_even) + model.even_input(e))
+
+
+@pytest.mark.parametrize("name, options", [("z2_seam", {"gate": gate}) for gate in GATES] + [("z2_equiv", {})])
+def test_every_parameter_of_the_seam_models_reaches_the_output(name, options):
+    # num_parameters counts the even half of the state: it must influence the prediction.
+    torch.manual_seed(3)
+    model = build_model(name, input_dim=4, output_dim=4, hidden_dim=8, **options)
+    model(torch.randn(3, 12, 4)).pow(2).sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert unused == []
+
+
+@pytest.mark.parametrize("fixed_gate", [0.0, 0.1, 0.9, 1.0])
+def test_fixed_gate_keeps_a_memory_of_earlier_inputs(fixed_gate):
+    # At g = 0.5 the odd state forgot everything but x_t; any allowed constant keeps earlier steps.
+    torch.manual_seed(4)
+    model = build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=16, gate="fixed", fixed_gate=fixed_gate)
+    x = torch.randn(2, 8, 4, requires_grad=True)
+    model(x)[:, -1].sum().backward()
+    assert x.grad[:, 0].abs().max() > 1e-4
 
 
 def test_parity_energy_definition():
@@ -96,6 +142,9 @@ def test_parity_energy_definition():
         ({"hidden_dim": 7}, "hidden_dim=7 is not allowed"),
         ({"temperature": 0.0}, "temperature=0.0 must be > 0"),
         ({"output_dim": 3}, "output_dim=3 must equal input_dim=4"),
+        ({"gate": "fixed", "fixed_gate": 0.5}, r"^fixed_gate=0.5 must lie in \[0, 0.45\] or \[0.55, 1\]"),
+        ({"gate": "fixed", "fixed_gate": 1.5}, r"^fixed_gate=1.5 must lie in"),
+        ({"gate": "learned", "fixed_gate": 0.2}, r"^fixed_gate=0.2 applies only to gate='fixed'"),
     ],
 )
 def test_z2_seam_rejects_impossible_hyperparameters(kwargs, message):
