@@ -90,15 +90,22 @@ class GatedDeltaUnit(nn.Module):
                 self.from_invariants.bias[0] = math.log(seam_gate_init / (1.0 - seam_gate_init)) * temperature
             self.from_invariants.bias[seam_rows : seam_rows + stream_dim + even_dim] = -1.0
 
-    def invariants(self, u: torch.Tensor) -> torch.Tensor:
-        """Features of (u_t, u_{t-1}) unchanged by u -> -u, (B, T, 3 + 2 delta_rank); u_{-1} = 0."""
+    def invariants(self, u: torch.Tensor, u_before: torch.Tensor | None = None) -> torch.Tensor:
+        """Features of (u_t, u_{t-1}) unchanged by u -> -u, (B, T, 3 + 2 delta_rank).
+
+        u_{-1} is `u_before` (B, d), the input of the step before the chunk (stateful training),
+        else 0."""
+        if u_before is not None:  # features of the chunk with its previous step in front, minus that step
+            return self.invariants(torch.cat([u_before.unsqueeze(1), u], dim=1))[:, 1:]
+
         def previous(values: torch.Tensor) -> torch.Tensor:  # shift one step later in time
             return nn.functional.pad(values[:, :-1], (0, 0, 1, 0) if values.dim() == 3 else (1, 0))
 
         width = self.stream_dim
         squared_norm = u.pow(2).sum(-1) / width
         dot = nn.functional.pad((u[:, 1:] * u[:, :-1]).sum(-1), (1, 0)) / width
-        left, right = self.bilinear_left(u), self.bilinear_right(u)
+        # One matmul for both bilinear projections (they read the same input).
+        left, right = nn.functional.linear(u, torch.cat([self.bilinear_left.weight, self.bilinear_right.weight])).chunk(2, -1)
         base = torch.stack([dot, squared_norm, previous(squared_norm)], dim=-1)
         return torch.cat([base, left * right, left * previous(right)], dim=-1)
 
@@ -116,10 +123,10 @@ class GatedDeltaUnit(nn.Module):
         seam = torch.sigmoid(score) if score is not None else update.new_zeros(update.shape[:-1])
         return seam, torch.sigmoid(update), torch.tanh(candidate)
 
-    def scan(self, decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+    def scan(self, decay: torch.Tensor, drive: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
         if self.use_parallel_scan:
-            return linear_scan(decay, drive)
-        return linear_scan_reference(decay, drive).to(drive.dtype)
+            return linear_scan(decay, drive, h0)
+        return linear_scan_reference(decay, drive, h0).to(drive.dtype)
 
     def odd_decays(self, u: torch.Tensor) -> torch.Tensor:
         """The decays a_t (B, T, stream_dim) of the odd recurrence h_odd,t = a_t h_odd,{t-1} + b_t that
@@ -127,15 +134,21 @@ class GatedDeltaUnit(nn.Module):
         seam, beta, _ = self.gates(self.invariants(u))
         return flipped_decay(seam, beta[..., : self.stream_dim])
 
-    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        seam, beta, even_candidate = self.gates(self.invariants(u))
+    def forward(self, u: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
+        """u: (B, T, d) -> (h_odd, h_even, diagnostics, final state).
+
+        `state` is (h_odd, h_even, u) at the step before the chunk (None: zeros); the final state
+        is the same triple at the chunk's last step, so chunks chained by it compute exactly what
+        one pass over their concatenation computes."""
+        h_odd0, h_even0, u_before = (None, None, None) if state is None else state
+        seam, beta, even_candidate = self.gates(self.invariants(u, u_before))
         beta_odd, beta_even = beta.split([self.stream_dim, self.even_dim], dim=-1)
         # Odd and even channels are scanned separately: concatenating them along the channel
         # axis (and splitting the gradient back) costs more on CPU than a second scan call.
-        h_odd = self.scan(flipped_decay(seam, beta_odd), beta_odd * self.odd_input(u))
-        h_even = self.scan(1.0 - beta_even, beta_even * even_candidate)
+        h_odd = self.scan(flipped_decay(seam, beta_odd), beta_odd * self.odd_input(u), h_odd0)
+        h_even = self.scan(1.0 - beta_even, beta_even * even_candidate, h_even0)
         diagnostics = {"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
-        return h_odd, h_even, diagnostics
+        return h_odd, h_even, diagnostics, (h_odd[:, -1], h_even[:, -1], u[:, -1])
 
 
 class GatedDeltaBlock(nn.Module):
@@ -155,9 +168,10 @@ class GatedDeltaBlock(nn.Module):
         self.out = (LowRankLinear(stream_dim, stream_dim, delta_rank) if delta_rank < stream_dim
                     else nn.Linear(stream_dim, stream_dim, bias=False))
 
-    def forward(self, stream: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        h_odd, h_even, diagnostics = self.unit(self.norm(stream))
-        return stream + self.out(h_odd * torch.sigmoid(self.even_modulation(h_even))), diagnostics
+    def forward(self, stream: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
+        """-> (new stream, diagnostics, final state of the unit)."""
+        h_odd, h_even, diagnostics, final_state = self.unit(self.norm(stream), state)
+        return stream + self.out(h_odd * torch.sigmoid(self.even_modulation(h_even))), diagnostics, final_state
 
 
 @register_model("z2_delta")
@@ -224,11 +238,23 @@ class Z2GatedDeltaRNN(SequenceModel):
     def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
         """x: (B, T, input_dim) or token ids (B, T) -> (B, T, output_dim); diagnostics are those of
         the first block."""
+        output, first_diagnostics, _ = self._run(x, None)
+        return (output, first_diagnostics) if return_diagnostics else output
+
+    def forward_with_state(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
+        """(outputs, final state) of one chunk started from `state` (None: zeros), for stateful training.
+
+        The state is a flat tuple, three tensors per block: its odd and even states and its
+        (normalised) input at the last step, which the next chunk's first invariants read as u_{t-1}."""
+        output, _, final_state = self._run(x, state)
+        return output, final_state
+
+    def _run(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
         stream = self.embed(x)
-        first_diagnostics = None
-        for block in self.blocks:
-            stream, diagnostics = block(stream)
+        first_diagnostics, final_state = None, []
+        for index, block in enumerate(self.blocks):
+            stream, diagnostics, block_state = block(stream, None if state is None else state[3 * index : 3 * index + 3])
+            final_state.extend(block_state)
             if first_diagnostics is None:
                 first_diagnostics = diagnostics
-        output = self.readout(stream)
-        return (output, first_diagnostics) if return_diagnostics else output
+        return self.readout(stream), first_diagnostics, tuple(final_state)

@@ -108,16 +108,32 @@ class Z2SeamRNN(SequenceModel):
             nn.init.normal_(self.gate_score.weight, std=0.01)
             nn.init.constant_(self.gate_score.bias, -3.0 * self.temperature)
 
-    def _gate(self, invariants: torch.Tensor, alpha: torch.Tensor, h_even: torch.Tensor) -> torch.Tensor:
-        if self.gate_type == "kstar":
-            return torch.sigmoid((alpha - K_STAR) / self.temperature)
-        if self.gate_type == "learned":
-            score = self.gate_score(torch.cat([invariants, h_even], dim=-1)).squeeze(-1)
-            return torch.sigmoid(score / self.temperature)
-        return alpha.new_full(alpha.shape, self.fixed_gate if self.gate_type == "fixed" else 0.0)
-
     def _readout(self, h_even: torch.Tensor, h_odd: torch.Tensor) -> torch.Tensor:
         return self.readout(h_odd * torch.sigmoid(self.readout_modulation(h_even)))
+
+    def _step_maps(self, x: torch.Tensor):
+        """The maps of the per-step loop, arranged so that each step issues few small ops.
+
+        The pre-activations that read (e_t, h_even,{t-1}) -- the learned gate's score (first column,
+        only for gate='learned') and the even update -- are one affine map of
+        [x.y, ||y||^2, alpha, h_even,{t-1}]; its ||x_t||^2 term and biases do not depend on the state,
+        so they are computed for all steps at once (`static`, (B, T, columns)), like the odd drive
+        U x_t. Only invariant inputs feed these columns and only odd ones the odd update, so the
+        stacking mixes no parity. Returns (state weight, static part, odd drive).
+        """
+        even_dim = self.even_recurrent.in_features
+        # Columns of the invariants in e_t = [x.y, ||x||^2, ||y||^2, alpha]: state-dependent ones and ||x||^2.
+        dynamic, x_norm = [0, 2, 3], 1
+        weights = [torch.cat([self.even_input.weight[:, dynamic], self.even_recurrent.weight], dim=1)]
+        x_weights, biases = [self.even_input.weight[:, x_norm]], [self.even_recurrent.bias]
+        if self.gate_type == "learned":
+            score = self.gate_score.weight / self.temperature  # (1, 4 + even): sigmoid(score / T)
+            weights.insert(0, torch.cat([score[:, dynamic], score[:, NUM_INVARIANTS:NUM_INVARIANTS + even_dim]], 1))
+            x_weights.insert(0, score[:, x_norm])
+            biases.insert(0, self.gate_score.bias / self.temperature)
+        state_weight = torch.cat(weights).t()  # (3 + even, columns)
+        static = x.pow(2).sum(-1, keepdim=True) * torch.cat(x_weights) + torch.cat(biases)
+        return state_weight, static, self.odd_input(x)
 
     def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
         """x: (B, T, input_dim) -> predictions of x_{t+1}, (B, T, input_dim).
@@ -125,31 +141,62 @@ class Z2SeamRNN(SequenceModel):
         With `return_diagnostics`, also {"gate": (B, T), "parity_energy": (B, T)}, the parity
         energy being that of the state after step t.
         """
+        output, diagnostics, _ = self._run(x, None, return_diagnostics)
+        return (output, diagnostics) if return_diagnostics else output
+
+    def forward_with_state(self, x: torch.Tensor, state=None):
+        """(predictions, final state (h_even, h_odd)) of one chunk started from `state` (None: zeros).
+
+        For stateful training on one long trajectory: the model's own prediction y_t and the parity
+        energy are functions of the state, so feeding the final state of a chunk to the next
+        continues the sequence exactly.
+        """
+        output, _, final_state = self._run(x, state, False)
+        return output, final_state
+
+    def _run(self, x: torch.Tensor, state, return_diagnostics: bool):
         batch, steps, _ = x.shape
-        h_odd = x.new_zeros(batch, self.odd_recurrent.in_features)
-        h_even = x.new_zeros(batch, self.even_recurrent.in_features)
-        odd_drive = self.odd_input(x)  # one matmul for all steps instead of T small ones
+        if state is None:
+            h_even = x.new_zeros(batch, self.even_recurrent.in_features)
+            h_odd = x.new_zeros(batch, self.odd_recurrent.in_features)
+        else:
+            h_even, h_odd = state
+        state_weight, static, odd_drive = self._step_maps(x)
+        odd_weight = self.odd_recurrent.weight.t()
+        learned = self.gate_type == "learned"
+        constant_gate = 0.0 if self.gate_type == "none" else self.fixed_gate
         prediction = self._readout(h_even, h_odd)  # y_t: the model's own odd prediction of x_t
-        predictions, gates, energies = [], [], []
         alpha = parity_energy(h_even, h_odd)
+        predictions, gates, energies = [], [], []
         for t in range(steps):
             x_t = x[:, t]
-            invariants = torch.stack(
-                [(x_t * prediction).sum(-1), x_t.pow(2).sum(-1), prediction.pow(2).sum(-1), alpha], dim=-1
-            )
-            gate = self._gate(invariants, alpha, h_even)
-            flipped_odd = (1.0 - 2.0 * gate).unsqueeze(-1) * h_odd
-            h_odd = torch.tanh(self.odd_recurrent(flipped_odd) + odd_drive[:, t])
-            h_even = torch.tanh(self.even_recurrent(h_even) + self.even_input(invariants))
+            features = torch.cat([(x_t * prediction).sum(-1, keepdim=True), prediction.pow(2).sum(-1, keepdim=True),
+                                  alpha.unsqueeze(-1), h_even], dim=-1)
+            preactivation = torch.addmm(static[:, t], features, state_weight)
+            even_preactivation, gate = preactivation, None
+            if learned:
+                gate, even_preactivation = torch.sigmoid(preactivation[:, 0]), preactivation[:, 1:]
+            elif self.gate_type == "kstar":
+                gate = torch.sigmoid((alpha - K_STAR) / self.temperature)
+            if gate is not None:
+                flipped_odd = (1.0 - 2.0 * gate).unsqueeze(-1) * h_odd
+            else:  # a constant gate: the flip is a number (1 for `none`)
+                flipped_odd = h_odd if constant_gate == 0.0 else (1.0 - 2.0 * constant_gate) * h_odd
+            h_odd = torch.tanh(torch.addmm(odd_drive[:, t], flipped_odd, odd_weight))
+            h_even = torch.tanh(even_preactivation)
             alpha = parity_energy(h_even, h_odd)
             prediction = self._readout(h_even, h_odd)
             predictions.append(prediction)
-            gates.append(gate)
-            energies.append(alpha)
+            if return_diagnostics:
+                gates.append(gate)
+                energies.append(alpha)
         output = torch.stack(predictions, dim=1)
-        if not return_diagnostics:
-            return output
-        return output, {"gate": torch.stack(gates, dim=1), "parity_energy": torch.stack(energies, dim=1)}
+        diagnostics = None
+        if return_diagnostics:
+            gate_values = (x.new_full((batch, steps), constant_gate) if self.gate_type in ("fixed", "none")
+                           else torch.stack(gates, dim=1))
+            diagnostics = {"gate": gate_values, "parity_energy": torch.stack(energies, dim=1)}
+        return output, diagnostics, (h_even, h_odd)
 
 
 @register_model("z2_equiv")

@@ -54,7 +54,7 @@ def test_open_seam_gate_flips_the_odd_state_by_the_delta_rule():
     with torch.no_grad():
         unit.from_invariants.bias[0] = 10.0
     u = torch.randn(2, 6, 4)
-    h_odd, _, diagnostics = unit(u)
+    h_odd, _, diagnostics, _ = unit(u)
     assert torch.all(diagnostics["gate"] > 1 - 1e-6)
     beta = unit.gates(unit.invariants(u))[1][..., :4]
     expected, state = [], torch.zeros(2, 4)
@@ -83,7 +83,7 @@ def test_without_the_seam_the_decay_stays_between_0_and_1():
     model = build_model("z2_delta", input_dim=2, output_dim=2, hidden_dim=8, delta_rank=2, seam=False)
     unit = model.blocks[0].unit
     u = torch.randn(2, 9, 4)
-    h_odd, _, diagnostics = unit(u)
+    h_odd, _, diagnostics, _ = unit(u)
     assert torch.all(diagnostics["gate"] == 0)
     beta = unit.gates(unit.invariants(u))[1][..., :4]
     expected, state = [], torch.zeros(2, 4)
