@@ -61,6 +61,15 @@ def width_options(name: str, steps: int) -> dict[str, int]:
     return {"d_model": HIDDEN_DIM, "max_length": steps + latent}
 
 
+COMPILED_DELTA = "z2_delta (compile=true)"
+
+
+def compiled_forward(model: nn.Module) -> nn.Module:
+    """The model with its forward compiled as train_hydra.py does for compile=true."""
+    model.forward = torch.compile(model.forward)
+    return model
+
+
 def step_time_table(lengths: list[int], repeats: int, device: torch.device,
                     only: list[str] | None = None) -> dict[tuple[str, int], float]:
     candidates = {"torch.nn.LSTM(4, 64)": lambda steps: RawLSTM()}
@@ -69,6 +78,10 @@ def step_time_table(lengths: list[int], repeats: int, device: torch.device,
                  and not get_model_class(m).needs_reference_process and (not only or m in only)):
         candidates[name] = lambda steps, name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM,
                                                                 **width_options(name, steps))
+    if "z2_delta" in candidates:
+        # compile=true of train_hydra.py: torch.compile of the model's forward (the scan breaks the
+        # graph; the gate and feature math around it is fused by inductor). The warm-up step compiles.
+        candidates[COMPILED_DELTA] = lambda steps: compiled_forward(candidates["z2_delta"](steps))
     results = {}
     for steps in lengths:
         for name, make in candidates.items():
@@ -97,6 +110,10 @@ def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) 
             speedup = results[(lstm, steps)] / results[("z2_delta", steps)]
             print(f"z2_delta vs {lstm} train step, T={steps}: {speedup:.2f}x faster (target >= {target:g}x) "
                   f"{verdict(speedup >= target)}")
+    if COMPILED_DELTA in names:
+        for steps in lengths:
+            gain = results[("z2_delta", steps)] / results[(COMPILED_DELTA, steps)]
+            print(f"{COMPILED_DELTA} vs eager z2_delta, T={steps}: {gain:.2f}x faster (print only)")
     if 1000 in lengths:
         slowdown = results[("z2_seam", 1000)] / results[(lstm, 1000)]
         print(f"z2_seam vs {lstm} train step, T=1000: {slowdown:.2f}x slower (target <= 3x) {verdict(slowdown <= 3)}")

@@ -39,8 +39,11 @@ class LowRankLinear(nn.Module):
 
 
 def flipped_decay(seam: torch.Tensor, beta_odd: torch.Tensor) -> torch.Tensor:
-    """Odd decay (1 - beta)(1 - 2 s): the delta rule's (1 - beta) with the chart flip folded in."""
-    return (1.0 - beta_odd) * (1.0 - 2.0 * seam).unsqueeze(-1)
+    """Odd decay (1 - beta)(1 - 2 s): the delta rule's (1 - beta) with the chart flip folded in.
+
+    Written as flip - flip * beta in one addcmul, so only one (B, T, d) tensor is written."""
+    flip = (1.0 - 2.0 * seam).unsqueeze(-1)
+    return torch.addcmul(flip, flip, beta_odd, value=-1.0)
 
 
 class GatedDeltaUnit(nn.Module):
@@ -134,12 +137,13 @@ class GatedDeltaUnit(nn.Module):
         seam, beta, _ = self.gates(self.invariants(u))
         return flipped_decay(seam, beta[..., : self.stream_dim])
 
-    def forward(self, u: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
-        """u: (B, T, d) -> (h_odd, h_even, diagnostics, final state).
+    def forward(self, u: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None, with_diagnostics: bool = True):
+        """u: (B, T, d) -> (h_odd, h_even, diagnostics (None unless `with_diagnostics`), final state).
 
         `state` is (h_odd, h_even, u) at the step before the chunk (None: zeros); the final state
         is the same triple at the chunk's last step, so chunks chained by it compute exactly what
-        one pass over their concatenation computes."""
+        one pass over their concatenation computes. The diagnostics cost two passes over the
+        states, so the model asks for them only when its caller does."""
         h_odd0, h_even0, u_before = (None, None, None) if state is None else state
         seam, beta, even_candidate = self.gates(self.invariants(u, u_before))
         beta_odd, beta_even = beta.split([self.stream_dim, self.even_dim], dim=-1)
@@ -147,7 +151,8 @@ class GatedDeltaUnit(nn.Module):
         # axis (and splitting the gradient back) costs more on CPU than a second scan call.
         h_odd = self.scan(flipped_decay(seam, beta_odd), beta_odd * self.odd_input(u), h_odd0)
         h_even = self.scan(1.0 - beta_even, beta_even * even_candidate, h_even0)
-        diagnostics = {"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
+        diagnostics = ({"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
+                       if with_diagnostics else None)
         return h_odd, h_even, diagnostics, (h_odd[:, -1], h_even[:, -1], u[:, -1])
 
 
@@ -168,9 +173,10 @@ class GatedDeltaBlock(nn.Module):
         self.out = (LowRankLinear(stream_dim, stream_dim, delta_rank) if delta_rank < stream_dim
                     else nn.Linear(stream_dim, stream_dim, bias=False))
 
-    def forward(self, stream: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
-        """-> (new stream, diagnostics, final state of the unit)."""
-        h_odd, h_even, diagnostics, final_state = self.unit(self.norm(stream), state)
+    def forward(self, stream: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None,
+                with_diagnostics: bool = True):
+        """-> (new stream, diagnostics of the unit, final state of the unit)."""
+        h_odd, h_even, diagnostics, final_state = self.unit(self.norm(stream), state, with_diagnostics)
         return stream + self.out(h_odd * torch.sigmoid(self.even_modulation(h_even))), diagnostics, final_state
 
 
@@ -238,7 +244,7 @@ class Z2GatedDeltaRNN(SequenceModel):
     def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
         """x: (B, T, input_dim) or token ids (B, T) -> (B, T, output_dim); diagnostics are those of
         the first block."""
-        output, first_diagnostics, _ = self._run(x, None)
+        output, first_diagnostics, _ = self._run(x, None, return_diagnostics)
         return (output, first_diagnostics) if return_diagnostics else output
 
     def forward_with_state(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
@@ -246,15 +252,15 @@ class Z2GatedDeltaRNN(SequenceModel):
 
         The state is a flat tuple, three tensors per block: its odd and even states and its
         (normalised) input at the last step, which the next chunk's first invariants read as u_{t-1}."""
-        output, _, final_state = self._run(x, state)
+        output, _, final_state = self._run(x, state, False)
         return output, final_state
 
-    def _run(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
+    def _run(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None, return_diagnostics: bool):
         stream = self.embed(x)
         first_diagnostics, final_state = None, []
         for index, block in enumerate(self.blocks):
-            stream, diagnostics, block_state = block(stream, None if state is None else state[3 * index : 3 * index + 3])
+            block_state = None if state is None else state[3 * index : 3 * index + 3]
+            stream, diagnostics, block_state = block(stream, block_state, return_diagnostics and index == 0)
             final_state.extend(block_state)
-            if first_diagnostics is None:
-                first_diagnostics = diagnostics
+            first_diagnostics = diagnostics if index == 0 else first_diagnostics
         return self.readout(stream), first_diagnostics, tuple(final_state)
