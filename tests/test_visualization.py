@@ -14,24 +14,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import train_like_the_cli
 from scipy import stats
 
+from analysis.statistics import gate_transition_statistics
 from data.antipodal import transition_mask
 from models import build_model
 from models.parity import K_STAR
 from train_hydra import compose_config, train
-
-from conftest import train_like_the_cli
 from visualization import plot_runs
-from visualization.gate_heatmaps import (
-    GateActivationHook,
-    collect_slice_diagnostics,
-    gate_transition_statistics,
-    main as gate_heatmaps_main,
-    plot_gate_heatmap,
-    plot_gate_statistics,
-    plot_parity_energy_trajectory,
-)
+from visualization.gate_heatmaps import main as gate_heatmaps_main
+from visualization.gate_hooks import GateActivationHook
+from visualization.gate_plots import plot_gate_heatmap, plot_gate_statistics, plot_parity_energy_trajectory
+from visualization.gate_slices import collect_slice_diagnostics
 
 ROOT = Path(__file__).resolve().parents[1]
 SWITCHES = [40, 100, 103, 170]

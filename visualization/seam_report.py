@@ -32,11 +32,7 @@ from analysis import hypotheses
 from analysis.statistics import block_bootstrap
 from data.antipodal import transition_mask
 from models.hamilton_imm import HamiltonIMMReference, hamilton_imm_filter
-from visualization.gate_heatmaps import (
-    SliceDiagnostics,
-    draw_slice_figures,
-    gate_series,
-)
+from visualization.gate_slices import SliceDiagnostics, draw_slice_figures, gate_series
 
 log = logging.getLogger(__name__)
 REFERENCE = "hamilton_imm"
