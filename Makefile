@@ -1,4 +1,6 @@
 # `make train` and `make test` set up .venv on first use, then run.
+# install also puts the checkout on the venv's path (an editable install, no dependencies pulled),
+# so the scripts under visualization/, audit/ and benchmarks/ find the packages from any directory.
 # TORCH selects the torch build; torch==2.13.0 is the CPU build on machines that ship it locally.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -10,10 +12,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -21,7 +21,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from train_hydra import compose_config, train
-from visualization.seam_report import REFERENCE, write_report
+from visualization.seam_report import write_report
+from visualization.seam_runs import REFERENCE
 
 ROOT = Path(__file__).resolve().parent
 GRID = OmegaConf.load(ROOT / "configs" / "experiment" / "seam_vs_baselines.yaml").hydra.sweeper.params

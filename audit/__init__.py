@@ -1,14 +1,11 @@
 """Training-health audits (gradients, initialisation, data loading, memory) and their callbacks."""
 
 from audit.callbacks import AuditCallback, NonFiniteGuard
-from audit.performance_audit import (
-    AuditReport,
-    DataLoaderAuditor,
-    GradientFlowAuditor,
-    InitializationAuditor,
-    MemoryProfiler,
-    run_full_audit,
-)
+from audit.dataloader import DataLoaderAuditor
+from audit.gradient_flow import GradientFlowAuditor
+from audit.initialization import InitializationAuditor
+from audit.memory import MemoryProfiler
+from audit.performance_audit import AuditReport, run_full_audit
 
 __all__ = [
     "AuditCallback",

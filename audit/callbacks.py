@@ -16,18 +16,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from audit.performance_audit import (
-    EXPLODING_GRAD_NORM,
-    VANISHING_GRAD_NORM,
-    AuditReport,
-    GradientFlowAuditor,
-    InitializationAuditor,
-    MemoryProfiler,
-    batch_to_device,
-    check_gradient_thresholds,
-    run_full_audit,
-    write_report,
-)
+from audit.gradient_flow import EXPLODING_GRAD_NORM, VANISHING_GRAD_NORM, GradientFlowAuditor, check_gradient_thresholds
+from audit.initialization import InitializationAuditor
+from audit.memory import MemoryProfiler
+from audit.performance_audit import AuditReport, batch_to_device, run_full_audit, write_report
 
 log = logging.getLogger(__name__)
 

@@ -16,18 +16,14 @@ from __future__ import annotations
 import argparse
 import inspect
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks.timing import median_train_step_seconds  # noqa: E402
-from models import build_model, get_model_class, list_models  # noqa: E402
+from benchmarks.timing import median_train_step_seconds
+from models import build_model, get_model_class, list_models
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
 

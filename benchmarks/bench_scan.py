@@ -28,15 +28,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks.timing import synchronize  # noqa: E402
-from models.scan import EagerScan, linear_scan, select_backend  # noqa: E402
+from benchmarks.timing import synchronize
+from models.scan import EagerScan, linear_scan, select_backend
 
 B, H, RNN_INPUT = 32, 64, 4
 OPS = ("linear_scan", "per-step loop", "nn.LSTM", "nn.GRU", "tensor copy")

@@ -21,20 +21,15 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import psutil
+import torch
+from torch import nn
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks.timing import median_train_step_seconds  # noqa: E402
-from data.text import TextDataModule  # noqa: E402
-from data.tokenization import TOKENIZERS  # noqa: E402
-from models import build_model  # noqa: E402
+from benchmarks.timing import median_train_step_seconds
+from data.text import TextDataModule
+from data.tokenization import TOKENIZERS
+from models import build_model
 
 SEQUENCE_LENGTH, EMBEDDING_DIM, HIDDEN_DIM, LAYERS = 25, 192, 384, 2
 BATCH_SIZES = [256, 512, 1024, 2048, 4096, 8192]

@@ -17,15 +17,10 @@ encoder's last width, as the model config's defaults pair them), standard agains
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from torch import nn
 
-from torch import nn  # noqa: E402
-
-from models import build_model  # noqa: E402
+from models import build_model
 
 GRID = 16
 

@@ -10,6 +10,7 @@ what differs from the defaults below (docs/model_contract.md explains each entry
     sees_future_steps        an output at t depends on inputs after t (refused for next-step) (False)
     extra_length             positions the model adds to every input (latent tokens)          (0)
     check_input_length(n)    fail in one sentence when inputs of n steps cannot be read   (no limit)
+    forward_with_state(x, s) optional: (outputs, final state) of a chunk, for data.stateful=true (absent)
 
 `forward(x, return_diagnostics=False)` returns the predictions, and with return_diagnostics=True
 also a dict of per-step (B, T) tensors the model can explain (`{}` when it has none).

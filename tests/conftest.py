@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omegaconf import OmegaConf  # noqa: E402
-
-from train_hydra import compose_config, config_without_hydra, train  # noqa: E402
+from train_hydra import compose_config, config_without_hydra, train
 
 
 def train_like_the_cli(overrides: list[str], output_dir: Path) -> dict:

@@ -17,19 +17,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from audit.callbacks import scale_learning_rates
-from audit.performance_audit import (
-    DataLoaderAuditor,
-    GradientFlowAuditor,
-    InitializationAuditor,
-    MemoryProfiler,
-    fused_rnn_gate_preactivations,
-    main as audit_main,
-    run_full_audit,
-)
+from audit.dataloader import DataLoaderAuditor
+from audit.gate_recorder import fused_rnn_gate_preactivations
+from audit.gradient_flow import GradientFlowAuditor
+from audit.initialization import InitializationAuditor
+from audit.memory import MemoryProfiler
+from audit.performance_audit import main as audit_main
+from audit.performance_audit import run_full_audit
 from lightning_module import SeamGatedLightningModule
-from training.schedules import warmup_cosine
 from models import build_model
 from train_hydra import train
+from training.schedules import warmup_cosine
 
 SMALL_DATA = ["data.generator.T=600", "data.batch_size=16"]
 

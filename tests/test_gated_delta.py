@@ -112,7 +112,7 @@ def test_no_gate_of_z2_delta_starts_saturated_on_antipodal_data(make_config, ove
     # (|z| > 4) and 79 % of the candidate tanh inputs (|z| > 2) were saturated at initialisation.
     from hydra.utils import instantiate
 
-    from audit.performance_audit import InitializationAuditor
+    from audit.initialization import InitializationAuditor
     from train_hydra import build_module
 
     cfg = make_config(["model=z2_delta", "data.generator.T=600", *overrides])

@@ -5,6 +5,7 @@ changing training, and the post-hoc scripts rebuild figures from a run dir."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,24 +15,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import train_like_the_cli
 from scipy import stats
 
+from analysis.statistics import gate_transition_statistics
 from data.antipodal import transition_mask
 from models import build_model
 from models.parity import K_STAR
 from train_hydra import compose_config, train
-
-from conftest import train_like_the_cli
 from visualization import plot_runs
-from visualization.gate_heatmaps import (
-    GateActivationHook,
-    collect_slice_diagnostics,
-    gate_transition_statistics,
-    main as gate_heatmaps_main,
-    plot_gate_heatmap,
-    plot_gate_statistics,
-    plot_parity_energy_trajectory,
-)
+from visualization.gate_heatmaps import main as gate_heatmaps_main
+from visualization.gate_hooks import GateActivationHook
+from visualization.gate_plots import plot_gate_heatmap, plot_gate_statistics, plot_parity_energy_trajectory
+from visualization.gate_slices import collect_slice_diagnostics
 
 ROOT = Path(__file__).resolve().parents[1]
 SWITCHES = [40, 100, 103, 170]
@@ -241,8 +237,11 @@ def test_posthoc_script_rebuilds_the_figures_of_a_run(heatmap_run, tmp_path):
 
 
 def test_posthoc_command_runs_as_documented(heatmap_run):
+    # `make install` puts the checkout on the venv's path (an editable install); PYTHONPATH stands in for it
+    # here, so the suite also runs in a venv that has only the requirements.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "visualization/gate_heatmaps.py", "--experiment", str(heatmap_run)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     written = [Path(line) for line in result.stdout.split()]
     assert {path.name for path in written} == {"gate_heatmap.png", "parity_energy.png", "gate_statistics.png"}

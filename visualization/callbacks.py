@@ -14,13 +14,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 
+from analysis.statistics import gate_transition_statistics
 from training.checkpoint_io import atomic_write
-from visualization.gate_heatmaps import (
-    collect_slice_diagnostics,
-    draw_slice_figures,
-    gate_series,
-    gate_transition_statistics,
-)
+from visualization.gate_slices import collect_slice_diagnostics, draw_slice_figures, gate_series
 from visualization.influence_maps import influence_maps, plot_influence_maps, sample_window
 
 

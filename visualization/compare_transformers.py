@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml
+from omegaconf import OmegaConf
 
-import yaml  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from lightning_module import create_trainer  # noqa: E402
-from train_hydra import ConfigError, TrainedRun, load_run, run_metrics  # noqa: E402
+from lightning_module import create_trainer
+from train_hydra import ConfigError, TrainedRun, load_run, run_metrics
 
 COLUMNS = {
     "parameters": "parameters",

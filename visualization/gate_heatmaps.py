@@ -1,4 +1,4 @@
-"""Figures of gate behaviour: heatmap over time, parity-energy trajectory, gate-vs-transition statistics.
+"""Rebuild a finished run's gate figures: heatmap, parity-energy trajectory, gate-vs-transition statistics.
 
     python visualization/gate_heatmaps.py --experiment logs/train/runs/<run>
     python visualization/gate_heatmaps.py --experiment <run> --checkpoint <run>/checkpoints/last.ckpt --length 300
@@ -6,482 +6,46 @@
 
 The command rebuilds every figure of a finished run from its checkpoint (by default the one its
 metrics.json evaluated, else last.ckpt) and its saved `.hydra/config.yaml`, into
-`<run>/figures/posthoc/` (or `--output`).
+`<run>/figures/posthoc/` (or `--output`), on the validation slice of visualization/gate_slices.py.
 
-All figures are drawn on a fixed, contiguous slice of the validation segment: for every step t of
-the slice the model reads the window x[t-H+1 .. t] (H = data.history_length, as in training) and
-the diagnostics of its last step are kept. That is the state from which the model makes its scored
-prediction of x_{t+1} in target mode `last`, and a full-context step in mode `next_step`, so both
-modes see exactly the context length they were trained on, and t runs over consecutive steps.
-Regime and transition flags are those of step t itself.
-
-Every plotting function returns a matplotlib Figure (built without pyplot, so no global state and no
-backend choice is imposed on the caller) and writes a PNG when given `save_path`.
+The pieces live apart: plotting in visualization/gate_plots.py, the diagnostics hook in
+visualization/gate_hooks.py, the slice in visualization/gate_slices.py, the statistics in
+analysis/statistics.py. Their public names are re-exported here, the import path the seed snippets
+use (`from visualization.gate_heatmaps import plot_gate_heatmap`).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from torch import nn  # noqa: E402
+from analysis.statistics import SIGNIFICANCE, GateTransitionStatistics, gate_transition_statistics
+from train_hydra import ConfigError, load_run, run_dir_of
+from visualization.gate_hooks import GateActivationHook
+from visualization.gate_plots import plot_gate_heatmap, plot_gate_statistics, plot_parity_energy_trajectory
+from visualization.gate_slices import SliceDiagnostics, collect_slice_diagnostics, draw_slice_figures, gate_series
 
-from analysis.statistics import (  # noqa: E402, F401  (re-exported: the names the README and seeds use)
-    SIGNIFICANCE,
-    GateTransitionStatistics,
-    gate_transition_statistics,
-)
-from models.parity import K_STAR  # noqa: E402
-
-DPI = 150
-REGIME_COLORS = {1: "#4C72B0", -1: "#DD8452"}  # seaborn's first two "deep" colours
-TRANSITION_COLOR = "0.55"
-SWITCH_STYLE = {"color": "black", "linestyle": "--", "linewidth": 0.8}
-GATE_CMAP = "viridis"
-
-ArrayLike = Any  # numpy arrays, torch tensors or sequences of numbers
-
-
-def _as_numpy(values: ArrayLike, name: str, dtype: Any = float) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().float().numpy() if dtype is float else values.detach().cpu().numpy()
-    array = np.asarray(values, dtype=dtype)
-    if array.size == 0:
-        raise ValueError(f"{name} is empty; pass at least one time step.")
-    return array
-
-
-def _series(values: ArrayLike, name: str, length: int | None = None, dtype: Any = float) -> np.ndarray:
-    """A 1-D per-step series, checked against the length of the series it is drawn with."""
-    array = _as_numpy(values, name, dtype)
-    if array.ndim != 1:
-        raise ValueError(f"{name} has shape {array.shape}; pass one value per time step (a 1-D series).")
-    if length is not None and len(array) != length:
-        raise ValueError(f"{name} has {len(array)} steps but the gate series has {length}; pass one value per step.")
-    return array
-
-
-def _time_window(length: int, first_step: int, time_range: tuple[int, int] | None) -> slice:
-    """Index slice of the steps first_step + i inside `time_range` = (start, stop), stop exclusive."""
-    if time_range is None:
-        return slice(0, length)
-    start, stop = (int(v) - first_step for v in time_range)
-    start, stop = max(start, 0), min(stop, length)
-    if start >= stop:
-        raise ValueError(f"time_range={tuple(time_range)} holds none of the steps "
-                         f"{first_step}..{first_step + length - 1}.")
-    return slice(start, stop)
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) index pairs of the runs of True in `mask`."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
-
-
-def _switch_indices(regime: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(regime[1:] != regime[:-1]) + 1
-
-
-def _mark_transitions(ax, steps: np.ndarray, transition: np.ndarray | None, regime: np.ndarray | None) -> None:
-    """Shade transition windows and draw a dashed line at every regime switch.
-
-    Step t covers [t - 0.5, t + 0.5). A switch at s (r_s != r_{s-1}) first changes x_{s+1}, so its
-    line sits at s + 0.5, where it first affects x: the observable window s+1 .. s+w starts there.
-    """
-    if transition is not None:
-        for start, stop in _runs(transition):
-            ax.axvspan(steps[start] - 0.5, steps[stop - 1] + 0.5, color=TRANSITION_COLOR, alpha=0.25, linewidth=0,
-                       gid="transition")
-    if regime is not None:
-        for index in _switch_indices(regime):
-            ax.axvline(steps[index] + 0.5, gid="switch", **SWITCH_STYLE)
-
-
-def _draw_regime(ax, steps: np.ndarray, regime: np.ndarray | None, transition: np.ndarray | None) -> None:
-    """The sign of the dynamics as coloured bands at +1 / -1 (where known), with transition windows and switches."""
-    _mark_transitions(ax, steps, transition, regime)
-    ax.set_ylim(-1.3, 1.3)
-    if regime is None:
-        ax.set_yticks([])
-        ax.set_ylabel("transitions")
-        return
-    # Drawn one step late, as the sign r_{t-1} of the dynamics that produced x_t: its colour changes
-    # where the switch lines are, at the first observation a switch changes.
-    for value, color in REGIME_COLORS.items():
-        for start, stop in _runs(regime == value):
-            ax.fill_between([steps[start] + 0.5, steps[stop - 1] + 1.5], 0, value, color=color, alpha=0.85, linewidth=0)
-    ax.set_yticks([-1, 1], ["-1", "+1"])
-    ax.set_ylabel("sign $r_{t-1}$\nproducing $x_t$")
-    ax.axhline(0, color="black", linewidth=0.5)
-
-
-def _legend_handles(regime: np.ndarray | None, transition: np.ndarray | None) -> list:
-    handles = []
-    if regime is not None:
-        handles += [Patch(color=REGIME_COLORS[1], label="regime +1"), Patch(color=REGIME_COLORS[-1], label="regime -1")]
-        handles.append(Line2D([], [], label="regime switch", **SWITCH_STYLE))
-    if transition is not None:
-        handles.append(Patch(color=TRANSITION_COLOR, alpha=0.25, label="transition window"))
-    return handles
-
-
-def _finish(fig: Figure, save_path: str | Path | None) -> Figure:
-    if save_path is not None:
-        save_path = Path(save_path)
-        save_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_path, dpi=DPI)
-    return fig
-
-
-def plot_gate_heatmap(
-    gate_activations: ArrayLike | Mapping[str, ArrayLike],
-    regime_sequence: ArrayLike | None = None,
-    transition_mask: ArrayLike | None = None,
-    time_range: tuple[int, int] | None = None,
-    save_path: str | Path | None = None,
-    first_step: int = 0,
-    title: str | None = None,
-) -> Figure:
-    """Gate values over time as a heatmap (one row per gate), above the regime with transitions marked.
-
-    Args:
-        gate_activations: one series (T,), rows (N, T), or {name: (T,)} for labelled rows
-            (e.g. the `gate` and `update_gate` diagnostics of a model).
-        regime_sequence: r_t in {+1, -1} per step; draws the regime panel and the switch lines.
-        transition_mask: True at transition steps; shaded in the regime panel (drawn for either).
-        time_range: (start, stop) steps to show, in the units of the x axis.
-        save_path: where to write the PNG.
-        first_step: time index of the first value (e.g. where the validation segment starts).
-        title: figure title.
-    """
-    if isinstance(gate_activations, Mapping):
-        labels = list(gate_activations)
-        rows = np.stack([_series(gate_activations[name], f"gate_activations[{name!r}]") for name in labels])
-    else:
-        rows = _as_numpy(gate_activations, "gate_activations")
-        if rows.ndim not in (1, 2):
-            raise ValueError(f"gate_activations has shape {rows.shape}; pass (T,), (N, T) or a dict of (T,) series.")
-        rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
-        labels = ["gate"] if len(rows) == 1 else [f"gate {i}" for i in range(len(rows))]
-    length = rows.shape[1]
-    regime = None if regime_sequence is None else _series(regime_sequence, "regime_sequence", length, int)
-    transition = None if transition_mask is None else _series(transition_mask, "transition_mask", length, bool)
-    window = _time_window(length, first_step, time_range)
-    steps = first_step + np.arange(length)[window]
-    rows = rows[:, window]
-    regime = None if regime is None else regime[window]
-    transition = None if transition is None else transition[window]
-
-    panels = 2 if regime is not None or transition is not None else 1
-    fig = Figure(figsize=(14, 1.6 + 0.55 * len(rows) + 1.3 * (panels - 1)), layout="constrained")
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False,
-                        gridspec_kw={"height_ratios": [max(1.5, 0.55 * len(rows) + 0.6)] + [1.1] * (panels - 1)})[:, 0]
-    heat = axes[0]
-    image = heat.imshow(rows, aspect="auto", cmap=GATE_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest",
-                        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(rows) - 0.5, -0.5))
-    # The colour scale is the gate's full range [0, 1]; the label gives each row's actual range.
-    heat.set_yticks(range(len(rows)),
-                    [f"{label}\n[{row.min():.3g}, {row.max():.3g}]" for label, row in zip(labels, rows)])
-    heat.set_ylabel("gate")
-    # Switch lines only: shading would change the colours that encode the gate value.
-    _mark_transitions(heat, steps, None, regime)
-    for line in heat.lines:
-        line.set_color("white")
-    fig.colorbar(image, ax=heat, label="gate value", pad=0.01, aspect=12)
-    if panels == 2:
-        _draw_regime(axes[1], steps, regime, transition)
-    handles = _legend_handles(regime, transition)
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    axes[-1].set_xlabel("time step t")
-    axes[-1].set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
-    heat.set_title(title or "Gate activations over time")
-    return _finish(fig, save_path)
-
-
-def plot_parity_energy_trajectory(
-    parity_energies: ArrayLike,
-    gate_activations: ArrayLike,
-    k_star: float = K_STAR,
-    regime_sequence: ArrayLike | None = None,
-    transition_mask: ArrayLike | None = None,
-    time_range: tuple[int, int] | None = None,
-    save_path: str | Path | None = None,
-    first_step: int = 0,
-    title: str | None = None,
-) -> Figure:
-    """Parity energy alpha_minus(h_t) with the k* line, the seam gate below it, and the regime at the bottom.
-
-    Transition windows are shaded and switches marked in every panel; a box states how often the
-    parity energy is above k*, in transition windows and outside them.
-    """
-    energy = _series(parity_energies, "parity_energies")
-    gate = _series(gate_activations, "gate_activations", len(energy))
-    regime = None if regime_sequence is None else _series(regime_sequence, "regime_sequence", len(energy), int)
-    transition = None if transition_mask is None else _series(transition_mask, "transition_mask", len(energy), bool)
-    window = _time_window(len(energy), first_step, time_range)
-    steps = first_step + np.arange(len(energy))[window]
-    energy, gate = energy[window], gate[window]
-    regime = None if regime is None else regime[window]
-    transition = None if transition is None else transition[window]
-
-    panels = 3 if regime is not None else 2
-    fig = Figure(figsize=(14, 2.6 * panels), layout="constrained")
-    axes = fig.subplots(panels, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1.6, 1.0][:panels]})
-    ax_energy, ax_gate = axes[0], axes[1]
-    ax_energy.plot(steps, energy, color="#55A868", linewidth=1.2, label=r"parity energy $\alpha_-(h_t)$")
-    k_star_label = f"k* = 1/(2 ln 2) = {k_star:.3f}" if math.isclose(k_star, K_STAR) else f"k* = {k_star:.3f}"
-    ax_energy.axhline(k_star, color="#C44E52", linestyle="-.", linewidth=1.4, label=k_star_label, gid="k_star")
-    ax_energy.set_ylim(-0.02, 1.02)
-    ax_energy.set_ylabel(r"parity energy $\alpha_-$")
-    above = energy > k_star
-    lines = [f"above k*: {above.mean():.1%} of steps"]
-    if transition is not None and transition.any() and (~transition).any():
-        lines.append(f"in transition windows: {above[transition].mean():.1%}, outside: {above[~transition].mean():.1%}")
-        lines.append(f"mean $\\alpha_-$: {energy[transition].mean():.3f} in transitions, "
-                     f"{energy[~transition].mean():.3f} outside")
-    ax_energy.text(0.005, 0.97, "\n".join(lines), transform=ax_energy.transAxes, va="top", fontsize=8,
-                   bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
-    ax_gate.plot(steps, gate, color="#8172B3", linewidth=1.2, label="seam gate $g_t$")
-    ax_gate.set_ylim(-0.02, 1.02)
-    ax_gate.set_ylabel("seam gate $g_t$")
-    for ax in (ax_energy, ax_gate):
-        _mark_transitions(ax, steps, transition, regime)
-    if regime is not None:
-        _draw_regime(axes[2], steps, regime, transition)
-    handles = ax_energy.get_legend_handles_labels()[0] + [ax_gate.lines[0]] + _legend_handles(regime, transition)
-    ax_energy.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    axes[-1].set_xlabel("time step t")
-    axes[-1].set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
-    ax_energy.set_title(title or "Parity energy and seam gate over time")
-    return _finish(fig, save_path)
-
-
-def plot_gate_statistics(
-    gate_activations: ArrayLike,
-    transition_mask: ArrayLike,
-    save_path: str | Path | None = None,
-    title: str | None = None,
-    alpha: float = SIGNIFICANCE,
-) -> Figure:
-    """Gate values at stable vs transition steps as violins and histograms, with the Welch t-test,
-    Cohen's d and AUROC of `gate_transition_statistics` printed on the figure."""
-    statistics = gate_transition_statistics(gate_activations, transition_mask, alpha)
-    gate = _series(gate_activations, "gate_activations")
-    transition = _series(transition_mask, "transition_mask", len(gate), bool)
-    groups = np.where(transition, "transition", "stable")
-    palette = {"stable": "#4C72B0", "transition": "#C44E52"}
-    order = ["stable", "transition"]
-
-    fig = Figure(figsize=(12, 6.2), layout="constrained")
-    grid = fig.add_gridspec(2, 2, width_ratios=[1, 1.4], height_ratios=[5, 1])
-    ax_violin, ax_hist = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
-    ax_text = fig.add_subplot(grid[1, :])
-    sns.violinplot(x=groups, y=gate, hue=groups, order=order, hue_order=order, palette=palette, cut=0,
-                   inner="quart", density_norm="width", legend=False, ax=ax_violin)
-    ax_violin.set_xticks([0, 1], [f"stable\n(n = {statistics.n_stable})",
-                                  f"transition\n(n = {statistics.n_transition})"])
-    ax_violin.set_xlabel("step kind")
-    ax_violin.set_ylabel("gate value")
-    ax_violin.set_title("Gate by step kind (lines: quartiles)")
-    span = float(gate.max() - gate.min())
-    bins = np.linspace(gate.min(), gate.max() + max(span, 1e-6) * 1e-3, 31)
-    sns.histplot(x=gate, hue=groups, hue_order=order, palette=palette, bins=bins, stat="density", common_norm=False,
-                 element="step", alpha=0.35, ax=ax_hist)
-    ax_hist.get_legend().set_title("step kind")
-    ax_hist.set_xlabel("gate value")
-    ax_hist.set_ylabel("density (each kind normalised)")
-    ax_hist.set_title("Gate distributions")
-    # A row of its own, so the layout engine keeps the statistics on the canvas.
-    ax_text.axis("off")
-    ax_text.text(0.5, 0.5, statistics.summary(), ha="center", va="center", fontsize=10, family="monospace",
-                 transform=ax_text.transAxes, bbox={"boxstyle": "round", "facecolor": "#F7F7F7", "edgecolor": "0.6"})
-    fig.suptitle(title or "Does the gate fire at regime transitions?")
-    return _finish(fig, save_path)
-
-
-class GateActivationHook:
-    """Collects the per-step diagnostics of every forward call of a model without changing its output.
-
-    While attached (`with GateActivationHook(model) as hook:`, or `attach()` ... `remove()`), each
-    call `model(x)` runs as `model(x, return_diagnostics=True)`; the diagnostics are stored
-    (detached, on CPU) and the caller still receives the predictions alone, so any loop, such as
-    `trainer.validate`, runs unchanged. Calls that ask for diagnostics themselves get them as usual.
-    Hook the network that the loop calls (`lightning_module.model`), not a wrapper around it.
-    Models without gates return {} and leave nothing to collect.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        if "return_diagnostics" not in inspect.signature(model.forward).parameters:
-            raise ValueError(f"model {type(model).__name__} has no return_diagnostics argument; GateActivationHook "
-                             "needs the model contract forward(x, return_diagnostics=False).")
-        self.model = model
-        self._stored: dict[str, list[torch.Tensor]] = {}
-        self._asked: list[bool] = []
-        self._handles: list[Any] = []
-
-    def attach(self) -> GateActivationHook:
-        if not self._handles:
-            self._handles = [self.model.register_forward_pre_hook(self._before, with_kwargs=True),
-                             self.model.register_forward_hook(self._after, with_kwargs=True)]
-        return self
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> GateActivationHook:
-        return self.attach()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.remove()
-
-    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        asked = bool(args[1]) if len(args) > 1 else bool(kwargs.get("return_diagnostics", False))
-        self._asked.append(asked)
-        return args[:1], {**kwargs, "return_diagnostics": True}
-
-    def _after(self, module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> Any:
-        predictions, diagnostics = output
-        for name, values in diagnostics.items():
-            self._stored.setdefault(name, []).append(values.detach().float().cpu())
-        return output if self._asked.pop() else predictions
-
-    def collected(self) -> dict[str, torch.Tensor]:
-        """Every diagnostic collected so far, calls concatenated along the batch axis: {name: (B_total, T)}."""
-        result = {}
-        for name, parts in self._stored.items():
-            if len({part.shape[1:] for part in parts}) > 1:
-                raise ValueError(f"diagnostic {name!r} was collected with different sequence lengths "
-                                 f"{sorted({tuple(part.shape[1:]) for part in parts})}; clear() between them.")
-            result[name] = torch.cat(parts)
-        return result
-
-    def clear(self) -> None:
-        self._stored = {}
-
-
-# --------------------------------------------------------------------------------------------
-# A run's validation slice: collected by the callback and by the post-hoc script alike
-
-
-@dataclass
-class SliceDiagnostics:
-    """Diagnostics of consecutive validation steps, one value per step t (see the module docstring)."""
-
-    steps: np.ndarray
-    regime: np.ndarray
-    transition: np.ndarray
-    diagnostics: dict[str, np.ndarray]
-    history_length: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Tensors and plain numbers only, so `torch.load(..., weights_only=True)` reads it back."""
-        return {"steps": torch.as_tensor(self.steps), "regime": torch.as_tensor(self.regime),
-                "transition": torch.as_tensor(self.transition), "history_length": self.history_length,
-                "k_star": K_STAR, "diagnostics": {k: torch.as_tensor(v) for k, v in self.diagnostics.items()}}
-
-
-def collect_slice_diagnostics(module: nn.Module, datamodule: Any, length: int = 500, offset: int = 0,
-                              split: str = "val", batch_size: int = 256) -> SliceDiagnostics:
-    """Run `module` on `length` consecutive steps of a split, from `offset` steps after its first full window.
-
-    Needs a set-up DataModule with a generated `sequence`, `bounds` and `history_length`
-    (data=antipodal). Runs in eval mode without gradients and restores the module's mode.
-    """
-    if length < 1 or offset < 0:
-        raise ValueError(f"length={length} must be >= 1 and offset={offset} >= 0.")
-    sequence, bounds = getattr(datamodule, "sequence", None), getattr(datamodule, "bounds", None)
-    if sequence is None or bounds is None or not hasattr(datamodule, "history_length"):
-        raise ValueError(f"datamodule {type(datamodule).__name__} exposes no generated sequence, bounds and "
-                         "history_length (set it up first; data=antipodal has them).")
-    if split not in bounds:
-        raise ValueError(f"split={split!r} is not one of {', '.join(bounds)}.")
-    history = datamodule.history_length
-    start, stop = bounds[split]
-    first = start + history - 1 + offset  # the first step whose window lies inside the split
-    last = min(first + length, stop)
-    if first >= last:
-        raise ValueError(f"offset={offset} leaves no steps in the {split} segment, which has "
-                         f"{stop - start - history + 1} steps with a full window.")
-    x = torch.as_tensor(sequence.x[first - history + 1 : last], dtype=torch.float32)
-    # (steps, history, *step): window t ends at step t; a step is a vector or a (C, H, W) field.
-    windows = x.unfold(0, history, 1).movedim(-1, 1)
-    device = next(module.parameters()).device
-    was_training = module.training
-    module.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
-    try:
-        with torch.no_grad():
-            for chunk in windows.split(batch_size):
-                _, diagnostics = module(chunk.to(device), return_diagnostics=True)
-                for name, values in diagnostics.items():
-                    parts.setdefault(name, []).append(values[:, -1].float().cpu())
-    finally:
-        module.train(was_training)
-    return SliceDiagnostics(
-        steps=np.arange(first, last),
-        regime=np.asarray(sequence.regime[first:last]),
-        transition=np.asarray(sequence.transition[first:last]),
-        diagnostics={name: torch.cat(values).numpy() for name, values in parts.items()},
-        history_length=history,
-    )
-
-
-NOT_GATES = ("parity_energy", "state")  # per-step diagnostics that are no gate (state is a vector per step)
-
-
-def gate_series(diagnostics: Mapping[str, Any]) -> dict[str, Any]:
-    """The diagnostics that are gates: one value in [0, 1] per step."""
-    return {name: values for name, values in diagnostics.items() if name not in NOT_GATES}
-
-
-def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: str) -> dict[str, Figure]:
-    """The heatmap, parity-energy and gate-statistics figures of a slice, saved as PNGs in `output_dir`.
-
-    A figure is left out when its inputs are missing: no gates (lstm, gru) gives none, no parity
-    energy no trajectory, and fewer than two transition or stable steps no statistics.
-    """
-    output_dir = Path(output_dir)
-    gates = gate_series(data.diagnostics)
-    steps = f"steps {data.steps[0]}-{data.steps[-1]}"  # of whichever split the slice was cut from
-    figures: dict[str, Figure] = {}
-    if gates:
-        figures["gate_heatmap"] = plot_gate_heatmap(
-            gates, data.regime, data.transition, save_path=output_dir / "gate_heatmap.png",
-            first_step=int(data.steps[0]), title=f"{title}: gate activations, {steps}")
-    if "gate" in gates and "parity_energy" in data.diagnostics:
-        figures["parity_energy"] = plot_parity_energy_trajectory(
-            data.diagnostics["parity_energy"], gates["gate"], regime_sequence=data.regime,
-            transition_mask=data.transition, save_path=output_dir / "parity_energy.png",
-            first_step=int(data.steps[0]), title=f"{title}: parity energy and seam gate, {steps}")
-    if "gate" in gates and min(data.transition.sum(), (~data.transition).sum()) >= 2:
-        figures["gate_statistics"] = plot_gate_statistics(
-            gates["gate"], data.transition, save_path=output_dir / "gate_statistics.png",
-            title=f"{title}: seam gate at transition vs stable steps, {steps}")
-    return figures
+__all__ = [
+    "SIGNIFICANCE",
+    "GateActivationHook",
+    "GateTransitionStatistics",
+    "SliceDiagnostics",
+    "collect_slice_diagnostics",
+    "draw_slice_figures",
+    "gate_series",
+    "gate_transition_statistics",
+    "main",
+    "plot_gate_heatmap",
+    "plot_gate_statistics",
+    "plot_parity_energy_trajectory",
+]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     """Rebuild a finished run's gate figures from its checkpoint and .hydra config; returns the PNG paths."""
-    from train_hydra import ConfigError, load_run, run_dir_of
-
     parser = argparse.ArgumentParser(description="Rebuild the gate figures of a finished run.")
     parser.add_argument("--experiment", type=Path, default=None,
                         help="run directory (holds .hydra/config.yaml; default: the one --checkpoint lies in)")

@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from matplotlib.figure import Figure

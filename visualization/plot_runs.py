@@ -17,21 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from visualization.sweep_summary import job_order  # noqa: E402
+from visualization.sweep_summary import job_order
 
 DPI = 150
 # (tag, panel title, log-scale y) of the curves drawn, in order; panels whose tag no run logged are left out.
