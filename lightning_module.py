@@ -103,7 +103,10 @@ class SeamGatedLightningModule(pl.LightningModule):
             raise OptionError("task", f"task={task!r} is not supported by SeamGatedLightningModule; "
                              f"supported: {', '.join(OBJECTIVES)}.")
         sizes = {"input_dim": input_dim, "vocab_size": vocab_size, "input_shape": input_shape}
-        given = {key: value for key, value in sizes.items() if value is not None} or {"input_dim": SEED_OBSERVATION_DIM}
+        given = {key: value for key, value in sizes.items() if value is not None}
+        if not given:
+            input_dim = SEED_OBSERVATION_DIM
+            given = {"input_dim": input_dim}
         if len(given) != 1:
             raise ValueError(f"exactly one of input_dim, vocab_size, input_shape must be given, got: {', '.join(given) or 'none'}.")
         check_task(model_type, task, input_kind=INPUT_KINDS[next(iter(given))])
