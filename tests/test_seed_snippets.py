@@ -71,7 +71,7 @@ def assert_png(path: Path) -> None:
 
 def test_every_snippet_file_has_a_test():
     tested = {name[len("test_snippet_"):][:2] for name in globals() if name.startswith("test_snippet_")}
-    numbers = {path.stem.split("_")[1] for path in SNIPPETS.glob("000_*.py")}
+    numbers = {path.name.split("_")[1] for path in SNIPPETS.glob("000_[0-9][0-9]_*")}
     assert numbers == tested == {f"{n:02d}" for n in range(1, 13)}
 
 
@@ -121,9 +121,9 @@ def test_use_amp_checks_the_trainer_precision(tmp_path, seed_context):
 
 
 def test_snippet_03_hydra_sketch_is_not_python_and_its_commands_compose(tmp_path):
-    source = (SNIPPETS / "000_03_hydra_usage.py").read_text()
+    source = (SNIPPETS / "000_03_hydra_usage.txt").read_text()
     with pytest.raises(SyntaxError):
-        compile(source, "000_03_hydra_usage.py", "exec")  # shell lines in a python block
+        compile(source, "000_03_hydra_usage.txt", "exec")  # shell lines in a python block
     commands = [line for line in source.splitlines() if line.startswith("python train_hydra.py")]
     assert len(commands) == 2
     for command in commands:

@@ -12,7 +12,6 @@ from pytorch_lightning.plugins import CheckpointIO
 from models.contract import OptionError
 from training.checkpoint_io import AtomicCheckpointIO
 
-
 GPU_ACCELERATORS = {"gpu": "a CUDA or Apple MPS GPU", "cuda": "a CUDA GPU", "mps": "an Apple MPS GPU"}
 
 
