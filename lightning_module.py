@@ -27,6 +27,18 @@ from training.trainer import create_trainer
 
 __all__ = ["SeamGatedLightningModule", "create_trainer"]
 
+SEED_OBSERVATION_DIM = 4  # data.generator.obs_dim of the antipodal data, the input the seed's snippets assume
+
+
+def next_observation_size(input_dim: int | None = None, vocab_size: int | None = None,
+                          input_shape: tuple[int, int, int] | list[int] | None = None) -> int:
+    """The output size of a model that predicts its next input: a vector, a token id or a field."""
+    if input_dim is not None:
+        return input_dim
+    if vocab_size is not None:
+        return vocab_size
+    return math.prod(input_shape)
+
 
 class SeamGatedLightningModule(pl.LightningModule):
     """Trains the model registered as `model_type` on the DataModule's task, with AdamW and the
@@ -54,6 +66,12 @@ class SeamGatedLightningModule(pl.LightningModule):
         stateful: truncated backprop through time on consecutive chunks (data.stateful): each
             training batch starts from the detached final state of the previous one, and the first
             batch of every epoch from zeros. Needs a model with `forward_with_state`.
+        use_amp: the seed's switch, as a check: True (False) makes fit refuse, in one sentence, a
+            trainer that does not (does) train in mixed precision; None leaves it to the trainer.
+            The precision itself is the trainer's: create_trainer(precision=...) or trainer.precision=...
+
+    With no input size, input_dim is the antipodal data's observation size (4); with no output_dim,
+    the model predicts its next input (observation, token or field): output_dim is the input's size.
     """
 
     def __init__(
@@ -62,7 +80,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         model_kwargs: dict[str, Any] | None = None,
         task: str = "regression",
         input_dim: int | None = None,
-        output_dim: int = 4,
+        output_dim: int | None = None,
         target_mode: str = "last",
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -78,6 +96,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         input_shape: tuple[int, int, int] | list[int] | None = None,
         objective_kwargs: dict[str, Any] | None = None,
         stateful: bool = False,
+        use_amp: bool | None = None,
     ) -> None:
         super().__init__()
         if task not in OBJECTIVES:
@@ -85,6 +104,9 @@ class SeamGatedLightningModule(pl.LightningModule):
                              f"supported: {', '.join(OBJECTIVES)}.")
         sizes = {"input_dim": input_dim, "vocab_size": vocab_size, "input_shape": input_shape}
         given = {key: value for key, value in sizes.items() if value is not None}
+        if not given:
+            input_dim = SEED_OBSERVATION_DIM
+            given = {"input_dim": input_dim}
         if len(given) != 1:
             raise ValueError(f"exactly one of input_dim, vocab_size, input_shape must be given, got: {', '.join(given) or 'none'}.")
         check_task(model_type, task, input_kind=INPUT_KINDS[next(iter(given))])
@@ -115,6 +137,8 @@ class SeamGatedLightningModule(pl.LightningModule):
             raise OptionError("plateau_patience", f"plateau_patience={plateau_patience} must be >= 0.")
         if not 0.0 <= min_lr < learning_rate:
             raise OptionError("min_lr", f"min_lr={min_lr} must lie in [0, learning_rate={learning_rate}).")
+        if output_dim is None:
+            output_dim = next_observation_size(**given)
         self.save_hyperparameters()
         self.model = build_model(model_type, output_dim=output_dim, **given, **(model_kwargs or {}))
         if target_mode == "next_step" and self.model.sees_future_steps:
@@ -159,6 +183,15 @@ class SeamGatedLightningModule(pl.LightningModule):
         small training step, so step scalars are only produced when they will be written.
         """
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+
+    def on_fit_start(self) -> None:
+        use_amp = self.hparams.get("use_amp")  # absent from checkpoints written before it existed
+        precision = str(self.trainer.precision)
+        if use_amp is not None and use_amp != ("mixed" in precision):
+            wanted = "a mixed precision such as '16-mixed' or 'bf16-mixed'" if use_amp else "'32-true'"
+            raise OptionError("use_amp", f"use_amp={use_amp} but the trainer runs at precision {precision!r}; pass "
+                              f"{wanted} to create_trainer(precision=...) (trainer.precision=... on the command line), "
+                              "or leave use_amp unset.")
 
     def on_train_start(self) -> None:
         # Read once: the trainer re-derives it from the loaders on every access.

@@ -96,11 +96,11 @@ class GradientFlowAuditor(Auditor):
         self.report: GradientFlowReport | None = None
 
     def check_gradient_flow(self, loss: torch.Tensor | None = None) -> GradientFlowReport:
-        """Backpropagate `loss` (from zeroed gradients) and audit the result; with no loss, audit the
-        gradients the parameters already hold (e.g. inside a training step, before the optimiser)."""
+        """Backpropagate `loss` into fresh gradients and audit them. With no loss, or a loss already
+        backpropagated (the seed's order: `loss.backward()`, then `check_gradient_flow(loss)`), audit
+        the gradients the parameters already hold (e.g. inside a training step, before the optimiser)."""
         if loss is not None:
-            self.model.zero_grad(set_to_none=True)
-            loss.backward()
+            self._backpropagate_unless_done(loss)
         norms: dict[str, float] = {}
         no_gradient = []
         for name, parameter in self.model.named_parameters():
@@ -122,4 +122,17 @@ class GradientFlowAuditor(Auditor):
             exploding_threshold=self.exploding_threshold,
         )
         return self.report
+
+    def _backpropagate_unless_done(self, loss: torch.Tensor) -> None:
+        """Replace every gradient by `loss`'s; a graph that backward already freed keeps the gradients
+        that backward left (torch.autograd.grad writes nothing before it succeeds)."""
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        try:
+            gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+        except RuntimeError as error:
+            if "second time" not in str(error) or all(p.grad is None for p in parameters):
+                raise
+            return
+        for parameter, gradient in zip(parameters, gradients):
+            parameter.grad = gradient
 

@@ -147,14 +147,18 @@ def run_full_audit(
 ) -> AuditReport:
     """Audit initialisation, gradient flow, data loading and memory of `model` on `dataloader`.
 
-    The model moves to `device`; `sample_batch` (default: the loader's first batch) feeds the
-    saturation check and forward+backward passes through `loss_fn`, whose gradients are audited
-    and then cleared. Their median time is the step the data loader verdict compares against.
+    The model moves to `device`; `sample_batch` (default: the loader's first batch; a pair (x, y) is
+    the batch {"x": x, "y": y}) feeds the saturation check and forward+backward passes through
+    `loss_fn`, whose gradients are audited and then cleared. Their median time is the step the data loader verdict compares against.
     """
     device = torch.device(device)
     model.to(device)
     if sample_batch is None:
         sample_batch = next(iter(dataloader))
+    if isinstance(sample_batch, (tuple, list)):  # the seed's sample_batch=(x, y)
+        if len(sample_batch) != 2:
+            raise ValueError(f"sample_batch has {len(sample_batch)} entries; pass (x, y), a dict with 'x' and 'y', or a tensor.")
+        sample_batch = {"x": sample_batch[0], "y": sample_batch[1]}
     sample_batch = batch_to_device(sample_batch, device)
 
     initialization = InitializationAuditor(model, sample_batch).check_initialization()

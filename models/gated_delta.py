@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.contract import SequenceModel
-from models.inputs import input_layer
+from models.inputs import check_input_sizes, input_layer
 from models.parity import parity_energy, split_hidden_dim
 from models.registry import register_model
 from models.scan import linear_scan, linear_scan_reference
@@ -188,7 +188,8 @@ class Z2GatedDeltaRNN(SequenceModel):
     the input (a regression target scales with x).
 
     Args:
-        output_dim: prediction size (the vocabulary size for language modelling).
+        output_dim: prediction size; default: the input size (input_dim, or vocab_size for token
+            ids), as a next-observation or next-token model predicts.
         input_dim: observation size; or
         vocab_size: number of token ids, embedded into the odd stream (x -> -x equivariance then
             concerns the embeddings and has no meaning for the task).
@@ -214,7 +215,7 @@ class Z2GatedDeltaRNN(SequenceModel):
 
     def __init__(
         self,
-        output_dim: int,
+        output_dim: int | None = None,
         input_dim: int | None = None,
         vocab_size: int | None = None,
         hidden_dim: int = 64,
@@ -226,6 +227,9 @@ class Z2GatedDeltaRNN(SequenceModel):
         seam_gate_init: float = 0.05,
     ) -> None:
         super().__init__()
+        check_input_sizes(input_dim, vocab_size)
+        if output_dim is None:
+            output_dim = input_dim if vocab_size is None else vocab_size
         for name, value in (("output_dim", output_dim), ("delta_rank", delta_rank), ("num_layers", num_layers)):
             if value < 1:
                 raise ValueError(f"{name}={value} must be >= 1.")

@@ -38,7 +38,7 @@ class Z2SeamRNN(SequenceModel):
     Args:
         input_dim: observation size; the readout predicts the next observation, so output_dim
             must equal it.
-        output_dim: size of the prediction (= input_dim).
+        output_dim: size of the prediction (= input_dim, its default).
         hidden_dim: total state size, split equally into even and odd channels.
         gate: `kstar` (fires when the parity energy of h_{t-1} crosses K_STAR), `learned`
             (sigmoid((w . e_t + u . h_even,{t-1} + b) / temperature): the even state is invariant,
@@ -54,7 +54,7 @@ class Z2SeamRNN(SequenceModel):
     def __init__(
         self,
         input_dim: int,
-        output_dim: int,
+        output_dim: int | None = None,
         hidden_dim: int = 64,
         gate: str = "learned",
         temperature: float = 0.05,
@@ -75,7 +75,7 @@ class Z2SeamRNN(SequenceModel):
             )
         if input_dim < 1:
             raise ValueError(f"input_dim={input_dim} must be >= 1.")
-        if output_dim != input_dim:
+        if output_dim is not None and output_dim != input_dim:
             raise ValueError(
                 f"output_dim={output_dim} must equal input_dim={input_dim}: the seam model's odd readout "
                 "predicts the next observation."
@@ -205,5 +205,5 @@ class Z2EquivariantRNN(Z2SeamRNN):
 
     Its even state still reaches the output through the readout modulation, as in z2_seam."""
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int = 64) -> None:
+    def __init__(self, input_dim: int, output_dim: int | None = None, hidden_dim: int = 64) -> None:
         super().__init__(input_dim, output_dim, hidden_dim=hidden_dim, gate="none")

@@ -39,7 +39,13 @@ class SliceDiagnostics:
         """Tensors and plain numbers only, so `torch.load(..., weights_only=True)` reads it back."""
         return {"steps": torch.as_tensor(self.steps), "regime": torch.as_tensor(self.regime),
                 "transition": torch.as_tensor(self.transition), "history_length": self.history_length,
-                "k_star": K_STAR, "diagnostics": {k: torch.as_tensor(v) for k, v in self.diagnostics.items()}}
+                "k_star": K_STAR, "diagnostics": {k: torch.as_tensor(v) for k, v in self.diagnostics.items()},
+                **self.seed_names()}
+
+    def seed_names(self) -> dict[str, torch.Tensor]:
+        """The regime and gate under the names the seed's "Visualize Results" snippet reads."""
+        gate = self.diagnostics.get("gate")
+        return {"regimes": torch.as_tensor(self.regime), **({} if gate is None else {"gate_activation": torch.as_tensor(gate)})}
 
 
 def collect_slice_diagnostics(module: nn.Module, datamodule: Any, length: int = 500, offset: int = 0,
