@@ -28,17 +28,22 @@ ROOT = Path(__file__).resolve().parent
 GRID = OmegaConf.load(ROOT / "configs" / "experiment" / "seam_vs_baselines.yaml").hydra.sweeper.params
 VARIANTS = [name.strip() for name in str(GRID.model).split(",")]
 SEEDS = [int(seed) for seed in str(GRID.seed).split(",")]
-# --quick: the README "Results" budget (<= ~15 min on a busy 2-core machine): the four main models,
-# 2 seeds, 3 epochs, T = 6000, at the paper's, the default and the high process noise.
+# --quick: the README "Results" budget (~20 min on a busy 2-core machine): the four main models,
+# 2 seeds, 3 epochs, T = 6000, at the default and the high process noise (the paper's 0.01 is
+# uninformative, docs/seam_experiment.md, and was dropped to fit the budget). A prediction at every
+# step of 50-step windows: with 10-step windows and p_switch 0.05 a window rarely holds a regime
+# change and the loss reads one target per window; z2_delta's gate H1 AUROC at sigma_epsilon 0.3
+# rose from 0.51 to 0.85 (seed 42, 3 epochs; 10 epochs gave 0.79, seam_gate_init 0.5 with
+# temperature 1 gave 0.66).
 QUICK_MODELS = ["lstm", "gru", "z2_seam", "z2_delta"]
-QUICK_OVERRIDES = ["data.generator.T=6000"]
-QUICK_SWEEP = "data.generator.sigma_epsilon=0.01,0.1,0.3"
+QUICK_OVERRIDES = ["data.generator.T=6000", "data.target_mode=next_step", "data.history_length=50"]
+QUICK_SWEEP = "data.generator.sigma_epsilon=0.1,0.3"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=None, help="max epochs per model (default: the experiment's)")
-    parser.add_argument("--quick", action="store_true", help="the README budget: 4 models, 2 seeds, 3 epochs, 3 SNRs")
+    parser.add_argument("--quick", action="store_true", help="the README budget: 4 models, 2 seeds, 3 epochs, 2 SNRs, next_step H = 50")
     parser.add_argument("--models", nargs="+", choices=VARIANTS, default=None, help="models to run")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the experiment's)")
     parser.add_argument("--output-dir", type=Path, default=None, help="default results/full or results/quick")
