@@ -259,8 +259,6 @@ def check_numbers_are_finite(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the configured model; write metrics.json into the run dir and return its content."""
     check_numbers_are_finite(cfg)
-    if cfg.print_config:
-        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
     ckpt_path = resolve_ckpt_path(cfg)
     set_matmul_precision(cfg.float32_matmul_precision)
     pl.seed_everything(cfg.seed, workers=True)
@@ -292,6 +290,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(str(error)) from error
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(config_without_hydra(cfg), resolve=True))
+    if cfg.print_config:  # only once every check has passed: bad input writes nothing into the run dir
+        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
 
     started = time.perf_counter()
     metrics: dict[str, float] = {}

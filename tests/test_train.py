@@ -55,7 +55,8 @@ def test_fast_dev_run_of_every_vector_model(make_config, model, target_mode):
 @pytest.mark.parametrize("target_mode", ["last", "next_step"])
 @pytest.mark.parametrize("model", model_configs_reading("fields"))
 def test_fast_dev_run_of_every_field_model(make_config, model, target_mode):
-    cfg = make_config([f"model={model}", f"data.target_mode={target_mode}", "debug=fdr", *SMALL_FIELD_DATA])
+    cfg = make_config([f"model={model}", f"data.target_mode={target_mode}", "debug=fdr", *SMALL_FIELD_DATA,
+                       "data.generator.p_switch=0.3"])
     record = train(cfg)
     for key in ("val/mse", "test/mse", "val/mse_transition", "val/mse_zero", "test/loss"):
         assert torch.isfinite(torch.tensor(record["metrics"][key])), key

@@ -50,7 +50,7 @@ class ClassificationMetrics(nn.Module):
         self.accuracy = torchmetrics.classification.MulticlassAccuracy(
             num_classes, average="micro", ignore_index=IGNORE_INDEX
         )
-        self.nats = torchmetrics.SumMetric()
+        self.nats = torchmetrics.SumMetric(nan_strategy="disable")
         self.characters = torchmetrics.SumMetric()
 
     def update(self, logits: torch.Tensor, target: torch.Tensor, characters: torch.Tensor | None = None) -> None:
@@ -98,6 +98,8 @@ def denominator(metric: torchmetrics.Metric) -> torch.Tensor:
         return metric.total
     if isinstance(metric, torchmetrics.MeanMetric):
         return metric.weight
+    if isinstance(metric, torchmetrics.SumMetric):
+        return torch.ones(())  # a sum of nothing is 0, a value like any other
     return (metric.tp + metric.fn).sum()  # a micro-averaged accuracy: every scored target is a tp or an fn
 
 

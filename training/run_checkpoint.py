@@ -20,11 +20,34 @@ class RunCheckpoint(ModelCheckpoint):
     copies the best checkpoint(s) of the old dir into the new one (atomically; the old files are
     only read) and carries their scores, so later improvements replace the copies, never the
     originals. A best checkpoint that no longer exists is dropped with a warning.
+
+    It also writes last.ckpt after every validation: Lightning 2.6 writes it only when a top-k
+    checkpoint was saved at the same step, so after an epoch without improvement a resume would
+    start from an older state than the run reached.
     """
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_unless_saved(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_unless_saved(trainer)
+
+    def _save_last_unless_saved(self, trainer: Any) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # Lightning restores callback states for validate/test too; only a resumed fit carries files.
+        self._fitting = stage == "fit"
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old_dir = state_dict.get("dirpath", self.dirpath)
-        if old_dir == self.dirpath or self.dirpath is None:
+        if old_dir == self.dirpath or self.dirpath is None or not getattr(self, "_fitting", True):
             super().load_state_dict(state_dict)
             return
         carried: dict[str, Any] = {}

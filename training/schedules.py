@@ -95,7 +95,8 @@ def stretch_remaining_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, 
             multiplier.stretches.append((resumed_at, scale))
             multiplier.length = total_steps
         return
-    if scheduler.total_steps == total_steps:
+    # Anything else (e.g. the LR finder's own schedule while tuner.lr_find runs) has no step budget.
+    if not isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) or scheduler.total_steps == total_steps:
         return
     old_last, new_last = scheduler.total_steps - 1, total_steps - 1
     last_phase = scheduler._schedule_phases[-1]

@@ -89,8 +89,8 @@ def run_row(run_dir: Path, root: Path) -> dict[str, Any]:
         try:
             checkpoint = torch.load(last, map_location="cpu", weights_only=True)
             row["step"] = int(checkpoint.get("global_step", 0))
-            for name, state in checkpoint.get("callbacks", {}).items():
-                if name.startswith("ModelCheckpoint") and state.get("monitor") == "val/loss":
+            for state in checkpoint.get("callbacks", {}).values():
+                if "best_model_score" in state and state.get("monitor") == "val/loss":  # Model/RunCheckpoint
                     score = state.get("best_model_score")
                     row["best_val_loss"] = float(score) if score is not None else None
         except Exception as error:  # noqa: BLE001 (a checkpoint being written, or damaged: the row says so)
