@@ -30,8 +30,11 @@ __all__ = ["SeamGatedLightningModule", "create_trainer"]
 SEED_OBSERVATION_DIM = 4  # data.generator.obs_dim of the antipodal data, the input the seed's snippets assume
 
 
-def next_observation_size(input_dim: int | None = None, vocab_size: int | None = None,
-                          input_shape: tuple[int, int, int] | list[int] | None = None) -> int:
+def next_observation_size(
+    input_dim: int | None = None,
+    vocab_size: int | None = None,
+    input_shape: tuple[int, int, int] | list[int] | None = None,
+) -> int:
     """The output size of a model that predicts its next input: a vector, a token id or a field."""
     if input_dim is not None:
         return input_dim
@@ -100,35 +103,49 @@ class SeamGatedLightningModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if task not in OBJECTIVES:
-            raise OptionError("task", f"task={task!r} is not supported by SeamGatedLightningModule; "
-                             f"supported: {', '.join(OBJECTIVES)}.")
+            raise OptionError(
+                "task",
+                f"task={task!r} is not supported by SeamGatedLightningModule; supported: {', '.join(OBJECTIVES)}.",
+            )
         sizes = {"input_dim": input_dim, "vocab_size": vocab_size, "input_shape": input_shape}
         given = {key: value for key, value in sizes.items() if value is not None}
         if not given:
             input_dim = SEED_OBSERVATION_DIM
             given = {"input_dim": input_dim}
         if len(given) != 1:
-            raise ValueError(f"exactly one of input_dim, vocab_size, input_shape must be given, got: {', '.join(given) or 'none'}.")
+            raise ValueError(
+                f"exactly one of input_dim, vocab_size, input_shape must be given, got: {', '.join(given) or 'none'}."
+            )
         check_task(model_type, task, input_kind=INPUT_KINDS[next(iter(given))])
         if target_mode not in ("last", "next_step"):
-            raise OptionError("target_mode", f"target_mode={target_mode!r} is not allowed; choose one of: last, next_step.")
+            raise OptionError(
+                "target_mode", f"target_mode={target_mode!r} is not allowed; choose one of: last, next_step."
+            )
         if task == "seq2seq" and target_mode != "next_step":
-            raise OptionError("target_mode", f"target_mode={target_mode!r} is not allowed for seq2seq data, whose targets are "
-                             "whole answers scored step by step; use next_step.")
+            raise OptionError(
+                "target_mode",
+                f"target_mode={target_mode!r} is not allowed for seq2seq data, whose targets are "
+                "whole answers scored step by step; use next_step.",
+            )
         if learning_rate <= 0:
             raise OptionError("learning_rate", f"learning_rate={learning_rate} must be > 0.")
         if weight_decay < 0:
             raise OptionError("weight_decay", f"weight_decay={weight_decay} must be >= 0.")
         if scheduler not in SCHEDULERS:
-            raise OptionError("scheduler", f"scheduler={scheduler!r} is not allowed; choose one of: {', '.join(SCHEDULERS)}.")
+            raise OptionError(
+                "scheduler", f"scheduler={scheduler!r} is not allowed; choose one of: {', '.join(SCHEDULERS)}."
+            )
         if not 0.0 <= warmup_fraction < 1.0:
             raise OptionError("warmup_fraction", f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
         betas = tuple(float(beta) for beta in betas)
         if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
             raise OptionError("betas", f"betas={list(betas)} must be two numbers in [0, 1).")
         if scheduler == "onecycle" and cycle_momentum and betas[0] != 0.9:
-            raise OptionError("betas", f"betas={list(betas)}: onecycle with cycle_momentum=true cycles beta1 between 0.95 and "
-                             "0.85 in place of betas[0]; set optim.cycle_momentum=false to keep it, or betas[0]=0.9.")
+            raise OptionError(
+                "betas",
+                f"betas={list(betas)}: onecycle with cycle_momentum=true cycles beta1 between 0.95 and "
+                "0.85 in place of betas[0]; set optim.cycle_momentum=false to keep it, or betas[0]=0.9.",
+            )
         if eps <= 0:
             raise OptionError("eps", f"eps={eps} must be > 0.")
         if not 0.0 < plateau_factor < 1.0:
@@ -143,12 +160,14 @@ class SeamGatedLightningModule(pl.LightningModule):
         self.model = build_model(model_type, output_dim=output_dim, **given, **(model_kwargs or {}))
         if target_mode == "next_step" and self.model.sees_future_steps:
             raise OptionError(
-                "bidirectional", "bidirectional=True lets each step's output see the steps it must predict, so it is refused for "
-                "next-step prediction; set model.bidirectional=false, or data.target_mode=last where the data has it."
+                "bidirectional",
+                "bidirectional=True lets each step's output see the steps it must predict, so it is refused for "
+                "next-step prediction; set model.bidirectional=false, or data.target_mode=last where the data has it.",
             )
         if stateful and not hasattr(self.model, "forward_with_state"):
-            raise ValueError(f"stateful=True needs a model that returns its final state; {model_type} has no "
-                             "forward_with_state.")
+            raise ValueError(
+                f"stateful=True needs a model that returns its final state; {model_type} has no forward_with_state."
+            )
         self.objective = OBJECTIVES[task](output_dim, **(objective_kwargs or {}))
         # The epoch's training loss, summed on the device: a metric object would check every step's
         # value for NaN on the host (a device sync per step) and upload the batch weight.
@@ -189,9 +208,12 @@ class SeamGatedLightningModule(pl.LightningModule):
         precision = str(self.trainer.precision)
         if use_amp is not None and use_amp != ("mixed" in precision):
             wanted = "a mixed precision such as '16-mixed' or 'bf16-mixed'" if use_amp else "'32-true'"
-            raise OptionError("use_amp", f"use_amp={use_amp} but the trainer runs at precision {precision!r}; pass "
-                              f"{wanted} to create_trainer(precision=...) (trainer.precision=... on the command line), "
-                              "or leave use_amp unset.")
+            raise OptionError(
+                "use_amp",
+                f"use_amp={use_amp} but the trainer runs at precision {precision!r}; pass "
+                f"{wanted} to create_trainer(precision=...) (trainer.precision=... on the command line), "
+                "or leave use_amp unset.",
+            )
 
     def on_train_start(self) -> None:
         # Read once: the trainer re-derives it from the loaders on every access.
@@ -257,9 +279,19 @@ class SeamGatedLightningModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay,
-                                      betas=hp.betas, eps=hp.eps)
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=hp.betas, eps=hp.eps
+        )
         total_steps = self.trainer.estimated_stepping_batches if hp.scheduler in STEP_SCHEDULERS else None
-        schedule = lr_scheduler_config(optimizer, hp.scheduler, hp.learning_rate, hp.warmup_fraction, total_steps,
-                                       hp.cycle_momentum, hp.plateau_factor, hp.plateau_patience, hp.min_lr)
+        schedule = lr_scheduler_config(
+            optimizer,
+            hp.scheduler,
+            hp.learning_rate,
+            hp.warmup_fraction,
+            total_steps,
+            hp.cycle_momentum,
+            hp.plateau_factor,
+            hp.plateau_patience,
+            hp.min_lr,
+        )
         return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}

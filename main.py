@@ -43,12 +43,15 @@ QUICK_SWEEP = "data.generator.sigma_epsilon=0.1,0.3"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=None, help="max epochs per model (default: the experiment's)")
-    parser.add_argument("--quick", action="store_true", help="the README budget: 4 models, 2 seeds, 3 epochs, 2 SNRs, next_step H = 50")
+    parser.add_argument(
+        "--quick", action="store_true", help="the README budget: 4 models, 2 seeds, 3 epochs, 2 SNRs, next_step H = 50"
+    )
     parser.add_argument("--models", nargs="+", choices=VARIANTS, default=None, help="models to run")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the experiment's)")
     parser.add_argument("--output-dir", type=Path, default=None, help="default results/full or results/quick")
-    parser.add_argument("--overrides", nargs="*", default=[],
-                        help="extra Hydra overrides for every job, e.g. data.history_length=25")
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], help="extra Hydra overrides for every job, e.g. data.history_length=25"
+    )
     parser.add_argument("--sweep", default=None, help="KEY=V1,V2,...: run the grid at every value (e.g. the SNR)")
     args = parser.parse_args(argv)
     experiment = OmegaConf.load(ROOT / "configs" / "experiment" / "seam_vs_baselines.yaml")
@@ -79,15 +82,23 @@ def sweep_points(sweep: str | None) -> list[list[str]]:
 
 def job_overrides(args: argparse.Namespace, model: str, seed: int, point: list[str]) -> list[str]:
     """What `train_hydra.py -m experiment=seam_vs_baselines` composes for the same job."""
-    return ["experiment=seam_vs_baselines", f"model={model}", f"seed={seed}", f"trainer.max_epochs={args.epochs}",
-            *args.overrides, *point]
+    return [
+        "experiment=seam_vs_baselines",
+        f"model={model}",
+        f"seed={seed}",
+        f"trainer.max_epochs={args.epochs}",
+        *args.overrides,
+        *point,
+    ]
 
 
 def run_job(overrides: list[str], run_dir: Path) -> None:
     """Train one job through train_hydra.train and save its config as Hydra does (.hydra/)."""
     cfg = compose_config(overrides, run_dir)
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(
+        OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), run_dir / ".hydra" / "config.yaml"
+    )
     OmegaConf.save({"hydra": cfg.hydra}, run_dir / ".hydra" / "hydra.yaml", resolve=False)
     OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
     train(cfg)

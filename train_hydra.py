@@ -100,26 +100,36 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> SeamGat
     data_name = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
     input_size = {key: getattr(datamodule, key) for key in INPUT_KINDS if getattr(datamodule, key, None) is not None}
     try:
-        check_task(model_type, datamodule.task, f"data={data_name or type(datamodule).__name__}",
-                   input_kind=INPUT_KINDS[next(iter(input_size))])
+        check_task(
+            model_type,
+            datamodule.task,
+            f"data={data_name or type(datamodule).__name__}",
+            input_kind=INPUT_KINDS[next(iter(input_size))],
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from error
     contract = get_model_class(model_type)
     if contract.needs_reference_process:
         if not hasattr(datamodule, "reference_process"):
-            raise ConfigError(f"model={model_type} needs data whose generating process is known (antipodal); "
-                              f"data={data_name} has none.")
+            raise ConfigError(
+                f"model={model_type} needs data whose generating process is known (antipodal); "
+                f"data={data_name} has none."
+            )
         model_kwargs["process"] = datamodule.reference_process()
     if contract.reads_prompt_separator:
         if "separator_token" in model_kwargs:
-            raise ConfigError("model.separator_token is taken from the data (the token that ends each prompt); "
-                              "remove it from the model config.")
+            raise ConfigError(
+                "model.separator_token is taken from the data (the token that ends each prompt); "
+                "remove it from the model config."
+            )
         model_kwargs["separator_token"] = getattr(datamodule, "separator_token", None)
     stateful = getattr(datamodule, "stateful", False)
     if stateful and not hasattr(get_model_class(model_type), "forward_with_state"):
         stateful_models = [name for name in list_models() if hasattr(get_model_class(name), "forward_with_state")]
-        raise ConfigError(f"data.stateful=true carries the model's state between batches, which model={model_type} "
-                          f"cannot do; use one of: {', '.join(stateful_models)}, or data.stateful=false.")
+        raise ConfigError(
+            f"data.stateful=true carries the model's state between batches, which model={model_type} "
+            f"cannot do; use one of: {', '.join(stateful_models)}, or data.stateful=false."
+        )
     try:
         module = SeamGatedLightningModule(
             model_type=model_type,
@@ -202,8 +212,9 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 def set_matmul_precision(precision: str) -> None:
     """torch.set_float32_matmul_precision, with a bad value named by its config key."""
     if precision not in MATMUL_PRECISIONS:
-        raise ConfigError(f"float32_matmul_precision={precision} is not allowed; choose one of: "
-                          f"{', '.join(MATMUL_PRECISIONS)}.")
+        raise ConfigError(
+            f"float32_matmul_precision={precision} is not allowed; choose one of: {', '.join(MATMUL_PRECISIONS)}."
+        )
     torch.set_float32_matmul_precision(precision)
 
 
@@ -212,14 +223,17 @@ DATA_HPARAMS = ("task", "input_dim", "vocab_size", "input_shape", "output_dim", 
 
 def check_checkpoint_fits_data(path: str, module: SeamGatedLightningModule, data_name: str) -> None:
     """Fail in one sentence when the checkpoint at `path` was trained on data of other sizes or task."""
+
     def plain(value: Any) -> Any:
         return list(value) if isinstance(value, (list, tuple)) else value
 
     saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
     for key in DATA_HPARAMS:
         if key in saved and plain(saved[key]) != plain(module.hparams[key]):
-            raise ConfigError(f"ckpt_path={path} was trained on data with {key}={saved[key]} but data={data_name} gives "
-                              f"{key}={module.hparams[key]}; resume it with the data it was trained on.")
+            raise ConfigError(
+                f"ckpt_path={path} was trained on data with {key}={saved[key]} but data={data_name} gives "
+                f"{key}={module.hparams[key]}; resume it with the data it was trained on."
+            )
 
 
 def run_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -236,16 +250,23 @@ def json_safe_metrics(metrics: dict[str, float]) -> tuple[dict[str, float | None
 def training_health(trainer: pl.Trainer) -> dict[str, Any]:
     """What went wrong in training, for metrics.json: why training stopped early (`stopped_early`, one
     sentence per callback that stopped it) and what the guards did (`health`, by callback class)."""
-    stopped = [callback.stopping_reason_message for callback in trainer.callbacks
-               if isinstance(callback, EarlyStopping) and callback.stopping_reason_message]
-    health = {type(callback).__name__: callback.health_record() for callback in trainer.callbacks
-              if hasattr(callback, "health_record")}
+    stopped = [
+        callback.stopping_reason_message
+        for callback in trainer.callbacks
+        if isinstance(callback, EarlyStopping) and callback.stopping_reason_message
+    ]
+    health = {
+        type(callback).__name__: callback.health_record()
+        for callback in trainer.callbacks
+        if hasattr(callback, "health_record")
+    }
     stopped += [record["stop_reason"] for record in health.values() if record.get("stop_reason")]
     return {"stopped_early": stopped, "health": health}
 
 
 def check_numbers_are_finite(cfg: DictConfig) -> None:
     """Fail in one sentence on a NaN or infinite number anywhere in the run's config (hydra/ aside)."""
+
     def visit(node: Any, name: str) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
@@ -280,12 +301,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     # Without a checkpoint callback (callbacks=none) Lightning would add its own, writing into the
     # logger's dir; checkpointing is off then (the guard's emergency checkpoint still lands in checkpoints/).
-    checkpointing = {} if any(isinstance(callback, ModelCheckpoint) for callback in callbacks) else {
-        "enable_checkpointing": False}
+    checkpointing = (
+        {} if any(isinstance(callback, ModelCheckpoint) for callback in callbacks) else {"enable_checkpointing": False}
+    )
     trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False, **checkpointing)
     try:
-        tuned = tune(trainer, module, datamodule, OmegaConf.to_container(cfg.get("tuner") or {}, resolve=True),
-                     Path(cfg.paths.output_dir), resuming=ckpt_path is not None)
+        tuned = tune(
+            trainer,
+            module,
+            datamodule,
+            OmegaConf.to_container(cfg.get("tuner") or {}, resolve=True),
+            Path(cfg.paths.output_dir),
+            resuming=ckpt_path is not None,
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from error
     for logger in trainer.loggers:
@@ -360,8 +388,10 @@ def evaluated_checkpoint(run_dir: Path) -> Path:
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         return last
-    raise ConfigError(f"run directory {run_dir} has no evaluated checkpoint in metrics.json and no "
-                      "checkpoints/last.ckpt; pass a finished run or a checkpoint.")
+    raise ConfigError(
+        f"run directory {run_dir} has no evaluated checkpoint in metrics.json and no "
+        "checkpoints/last.ckpt; pass a finished run or a checkpoint."
+    )
 
 
 def run_dir_of(checkpoint: str | Path) -> Path:
@@ -369,8 +399,10 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     for parent in Path(checkpoint).resolve().parents:
         if (parent / ".hydra" / "config.yaml").is_file():
             return parent
-    raise ConfigError(f"checkpoint {checkpoint} lies in no run directory (no parent holds .hydra/config.yaml); "
-                      "pass the run directory as well.")
+    raise ConfigError(
+        f"checkpoint {checkpoint} lies in no run directory (no parent holds .hydra/config.yaml); "
+        "pass the run directory as well."
+    )
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> TrainedRun:
@@ -379,7 +411,9 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Train
     run_dir = Path(run_dir)
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.is_file():
-        raise ConfigError(f"run directory {run_dir} has no .hydra/config.yaml; pass a directory made by train_hydra.py.")
+        raise ConfigError(
+            f"run directory {run_dir} has no .hydra/config.yaml; pass a directory made by train_hydra.py."
+        )
     cfg = OmegaConf.load(config_path)
     checkpoint = Path(checkpoint) if checkpoint is not None else evaluated_checkpoint(run_dir)
     if not checkpoint.is_file():
@@ -414,7 +448,7 @@ def job_dir_name(job_num: int, override_dirname: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname)
     if len(name) > JOB_DIR_NAME_LENGTH:
         digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
-        name = f"{name[:JOB_DIR_NAME_LENGTH - 9]}-{digest}"
+        name = f"{name[: JOB_DIR_NAME_LENGTH - 9]}-{digest}"
     return f"{job_num}_{name}" if name else str(job_num)
 
 
@@ -478,8 +512,10 @@ def claim_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
     if claim.is_file():
         claimed = json.loads(claim.read_text())["overrides"]
         if claimed != overrides:
-            raise ConfigError(f"sweep job dir {output_dir} belongs to the overrides {' '.join(claimed)}, not "
-                              f"{' '.join(overrides)}; continue a sweep with its own command or pass a new hydra.sweep.dir.")
+            raise ConfigError(
+                f"sweep job dir {output_dir} belongs to the overrides {' '.join(claimed)}, not "
+                f"{' '.join(overrides)}; continue a sweep with its own command or pass a new hydra.sweep.dir."
+            )
         metrics = output_dir / "metrics.json"
         if metrics.is_file():
             log.info(f"job {HydraConfig.get().job.num} is complete ({metrics}); its metrics are reused, not retrained.")
@@ -545,8 +581,11 @@ def name_jobs_by_what_they_sweep(argv: list[str]) -> list[str]:
         return argv
     if any(override.key_or_group == EXCLUDE_KEYS_OVERRIDE for override in overrides):
         return argv  # the user chose the excluded keys
-    shared = [override.key_or_group for override in overrides
-              if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")]
+    shared = [
+        override.key_or_group
+        for override in overrides
+        if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")
+    ]
     if not shared:
         return argv
     defaults = OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys

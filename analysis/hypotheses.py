@@ -38,8 +38,13 @@ def result_dict(result: BootstrapResult) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- H1
 
 
-def h1_regime_tracking(score: np.ndarray, negative: np.ndarray, filter_negative: np.ndarray | None = None,
-                       groups: np.ndarray | None = None, seed: int = 0) -> dict:
+def h1_regime_tracking(
+    score: np.ndarray,
+    negative: np.ndarray,
+    filter_negative: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict:
     """AUROC of a gate (or probe probability) against d_t = -1, and its correlation with the filter's posterior.
 
     The seam gate enters as (1 - 2 g), and (W, g) -> (-W, 1 - g) is the same model, so a gate may
@@ -48,11 +53,16 @@ def h1_regime_tracking(score: np.ndarray, negative: np.ndarray, filter_negative:
     """
     negative = np.asarray(negative, dtype=bool)
     area = block_bootstrap(lambda s, n: auroc(s, n), [score, negative], null=0.5, groups=groups, seed=seed)
-    out = {"auroc": result_dict(area), "tracking_auroc": max(area.estimate, 1 - area.estimate),
-           "polarity": "high at d=-1" if area.estimate >= 0.5 else "low at d=-1", "p_value": area.p_value}
+    out = {
+        "auroc": result_dict(area),
+        "tracking_auroc": max(area.estimate, 1 - area.estimate),
+        "polarity": "high at d=-1" if area.estimate >= 0.5 else "low at d=-1",
+        "p_value": area.p_value,
+    }
     if filter_negative is not None:
-        out["filter_correlation"] = result_dict(block_bootstrap(pearson, [score, filter_negative], groups=groups,
-                                                                seed=seed + 1))
+        out["filter_correlation"] = result_dict(
+            block_bootstrap(pearson, [score, filter_negative], groups=groups, seed=seed + 1)
+        )
         out["filter_auroc"] = auroc(filter_negative, negative)
     return out
 
@@ -124,9 +134,14 @@ def switch_events(score: np.ndarray, negative: np.ndarray, hysteresis: float, ma
     changes = np.flatnonzero(negative[1:] != negative[:-1]) + 1
     used, delays, detected = set(), [], []
     for change in changes:
-        hit = next((i for i, (t, to_negative) in enumerate(alarms)
-                    if change <= t < change + max_delay and to_negative == bool(negative[change]) and i not in used),
-                   None)
+        hit = next(
+            (
+                i
+                for i, (t, to_negative) in enumerate(alarms)
+                if change <= t < change + max_delay and to_negative == bool(negative[change]) and i not in used
+            ),
+            None,
+        )
         if hit is None:
             delays.append(max_delay)
             detected.append(False)
@@ -137,8 +152,9 @@ def switch_events(score: np.ndarray, negative: np.ndarray, hysteresis: float, ma
     return np.array(delays, dtype=float), np.array(detected, dtype=bool), len(alarms) - len(used)
 
 
-def h2_switch_detection(score: np.ndarray, negative: np.ndarray, groups: np.ndarray | None = None,
-                        max_delay: int = 10, seed: int = 0) -> dict:
+def h2_switch_detection(
+    score: np.ndarray, negative: np.ndarray, groups: np.ndarray | None = None, max_delay: int = 10, seed: int = 0
+) -> dict:
     """Detection curve (false alarms per 1000 steps vs expected delay) and the delay at the operating point.
 
     `score` must be high for d = -1 (flip a gate with H1 polarity 'low at d=-1' first). The operating
@@ -158,9 +174,14 @@ def h2_switch_detection(score: np.ndarray, negative: np.ndarray, groups: np.ndar
             false_alarms += fa
         delays, detected = np.concatenate(delays), np.concatenate(detected)
         events[float(h)] = (delays, detected, false_alarms)
-        curve.append(DetectionPoint(float(h), 1000.0 * false_alarms / len(score),
-                                    float(detected.mean()) if len(detected) else math.nan,
-                                    float(delays.mean()) if len(delays) else math.nan))
+        curve.append(
+            DetectionPoint(
+                float(h),
+                1000.0 * false_alarms / len(score),
+                float(detected.mean()) if len(detected) else math.nan,
+                float(delays.mean()) if len(delays) else math.nan,
+            )
+        )
     qualifying = [p for p in curve if p.false_alarms_per_1000 <= FALSE_ALARMS_PER_1000]
     point = qualifying[0] if qualifying else curve[-1]
     delays, detected, false_alarms = events[point.hysteresis]
@@ -168,31 +189,42 @@ def h2_switch_detection(score: np.ndarray, negative: np.ndarray, groups: np.ndar
         return {"curve": [asdict(p) for p in curve], "operating_point": asdict(point), "p_value": math.nan}
     alarm_rate = (false_alarms + detected.sum()) / len(score)
     chance = 1 - (1 - min(alarm_rate, 1.0)) ** max_delay
-    rate = block_bootstrap(np.mean, [detected.astype(float)], null=chance, alternative="greater", block_length=1,
-                           seed=seed)
+    rate = block_bootstrap(
+        np.mean, [detected.astype(float)], null=chance, alternative="greater", block_length=1, seed=seed
+    )
     delay = block_bootstrap(np.mean, [delays], block_length=1, seed=seed + 1)
-    return {"curve": [asdict(p) for p in curve], "operating_point": asdict(point), "chance_detection_rate": chance,
-            "detection_rate": result_dict(rate), "mean_delay": result_dict(delay), "p_value": rate.p_value}
+    return {
+        "curve": [asdict(p) for p in curve],
+        "operating_point": asdict(point),
+        "chance_detection_rate": chance,
+        "detection_rate": result_dict(rate),
+        "mean_delay": result_dict(delay),
+        "p_value": rate.p_value,
+    }
 
 
 # ------------------------------------------------------------------------------------------- H3, H4
 
 
-def h3_boundary_gain(gap: np.ndarray, transition: np.ndarray, groups: np.ndarray | None = None,
-                     seed: int = 0) -> dict:
+def h3_boundary_gain(gap: np.ndarray, transition: np.ndarray, groups: np.ndarray | None = None, seed: int = 0) -> dict:
     """mean(gap | transition) - mean(gap | stable), gap = model's squared error - filter's, per target.
 
     Below 0: the model loses less to the filter where switches happen than elsewhere (one-sided).
     """
-    result = block_bootstrap(mean_difference, [gap, np.asarray(transition, dtype=bool)], alternative="less",
-                             groups=groups, seed=seed)
-    return {"difference": result_dict(result), "p_value": result.p_value,
-            "gap_transition": float(np.mean(gap[transition])) if np.any(transition) else math.nan,
-            "gap_stable": float(np.mean(gap[~np.asarray(transition, dtype=bool)]))}
+    result = block_bootstrap(
+        mean_difference, [gap, np.asarray(transition, dtype=bool)], alternative="less", groups=groups, seed=seed
+    )
+    return {
+        "difference": result_dict(result),
+        "p_value": result.p_value,
+        "gap_transition": float(np.mean(gap[transition])) if np.any(transition) else math.nan,
+        "gap_stable": float(np.mean(gap[~np.asarray(transition, dtype=bool)])),
+    }
 
 
-def h4_parity_energy(energy: np.ndarray, negative: np.ndarray, transition: np.ndarray,
-                     groups: np.ndarray | None = None, seed: int = 0) -> dict:
+def h4_parity_energy(
+    energy: np.ndarray, negative: np.ndarray, transition: np.ndarray, groups: np.ndarray | None = None, seed: int = 0
+) -> dict:
     """Parity energy in each regime (d = +1, d = -1) and around switches (observable window vs stable).
 
     p_value (the one in the Holm family): two-sided test that the level around switches differs from
@@ -201,20 +233,30 @@ def h4_parity_energy(energy: np.ndarray, negative: np.ndarray, transition: np.nd
     negative, transition = np.asarray(negative, dtype=bool), np.asarray(transition, dtype=bool)
     regime = block_bootstrap(mean_difference, [energy, negative], groups=groups, seed=seed)
     switch = block_bootstrap(mean_difference, [energy, transition], groups=groups, seed=seed + 1)
-    return {"mean_positive": float(energy[~negative].mean()) if (~negative).any() else math.nan,
-            "mean_negative": float(energy[negative].mean()) if negative.any() else math.nan,
-            "mean_transition": float(energy[transition].mean()) if transition.any() else math.nan,
-            "mean_stable": float(energy[~transition].mean()) if (~transition).any() else math.nan,
-            "negative_minus_positive": result_dict(regime), "transition_minus_stable": result_dict(switch),
-            "p_value": switch.p_value}
+    return {
+        "mean_positive": float(energy[~negative].mean()) if (~negative).any() else math.nan,
+        "mean_negative": float(energy[negative].mean()) if negative.any() else math.nan,
+        "mean_transition": float(energy[transition].mean()) if transition.any() else math.nan,
+        "mean_stable": float(energy[~transition].mean()) if (~transition).any() else math.nan,
+        "negative_minus_positive": result_dict(regime),
+        "transition_minus_stable": result_dict(switch),
+        "p_value": switch.p_value,
+    }
 
 
 # ------------------------------------------------------------------------------------- P1-P3 (paper)
 
 
-def paper_predictions(energy: np.ndarray | None, gate: np.ndarray | None, symmetric: np.ndarray,
-                      gap: np.ndarray, target_symmetric: np.ndarray, groups: np.ndarray | None = None,
-                      target_groups: np.ndarray | None = None, seed: int = 0) -> dict:
+def paper_predictions(
+    energy: np.ndarray | None,
+    gate: np.ndarray | None,
+    symmetric: np.ndarray,
+    gap: np.ndarray,
+    target_symmetric: np.ndarray,
+    groups: np.ndarray | None = None,
+    target_groups: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict:
     """The seed paper's predictions, on its symmetric window s-w .. s+w-1, one-sided:
     P1 parity energy higher in the window; P2 gate higher in the window (AUROC > 0.5);
     P3 gain over the filter larger in the window (gap difference < 0)."""
@@ -224,19 +266,29 @@ def paper_predictions(energy: np.ndarray | None, gate: np.ndarray | None, symmet
         p1 = block_bootstrap(mean_difference, [energy, symmetric], alternative="greater", groups=groups, seed=seed)
         out["P1"] = {"difference": result_dict(p1), "p_value": p1.p_value}
     if gate is not None:
-        p2 = block_bootstrap(lambda g, m: auroc(g, m), [gate, symmetric], null=0.5, alternative="greater",
-                             groups=groups, seed=seed + 1)
+        p2 = block_bootstrap(
+            lambda g, m: auroc(g, m), [gate, symmetric], null=0.5, alternative="greater", groups=groups, seed=seed + 1
+        )
         out["P2"] = {"auroc": result_dict(p2), "p_value": p2.p_value}
-    p3 = block_bootstrap(mean_difference, [gap, np.asarray(target_symmetric, dtype=bool)], alternative="less",
-                         groups=target_groups, seed=seed + 2)
+    p3 = block_bootstrap(
+        mean_difference,
+        [gap, np.asarray(target_symmetric, dtype=bool)],
+        alternative="less",
+        groups=target_groups,
+        seed=seed + 2,
+    )
     out["P3"] = {"difference": result_dict(p3), "p_value": p3.p_value}
     return out
 
 
 def apply_holm(per_model: dict[str, dict[str, dict]]) -> None:
     """Holm over every (model, hypothesis) p-value in place: adds `p_holm` and `significant` (at 0.05)."""
-    keys = [(model, name) for model, tests in per_model.items() for name, test in tests.items()
-            if isinstance(test, dict) and "p_value" in test]
+    keys = [
+        (model, name)
+        for model, tests in per_model.items()
+        for name, test in tests.items()
+        if isinstance(test, dict) and "p_value" in test
+    ]
     adjusted = holm([per_model[m][n]["p_value"] for m, n in keys])
     for (model, name), p in zip(keys, adjusted):
         per_model[model][name]["p_holm"] = float(p)

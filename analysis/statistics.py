@@ -72,8 +72,9 @@ def circular_block_indices(n: int, block_length: int, rng: np.random.Generator, 
     return ((starts[:, :, None] + np.arange(block_length)) % n).reshape(resamples, -1)[:, :n]
 
 
-def grouped_block_indices(groups: np.ndarray, block_length: int, rng: np.random.Generator,
-                          resamples: int) -> np.ndarray:
+def grouped_block_indices(
+    groups: np.ndarray, block_length: int, rng: np.random.Generator, resamples: int
+) -> np.ndarray:
     """Circular block indices drawn within each group (trajectory) separately, concatenated."""
     parts = []
     for value in np.unique(groups):
@@ -107,10 +108,17 @@ class BootstrapResult:
         return f"{self.estimate:.{digits}g} [{self.ci_low:.{digits}g}, {self.ci_high:.{digits}g}]"
 
 
-def block_bootstrap(statistic: Callable[..., float], arrays: Sequence[np.ndarray], null: float = 0.0,
-                    alternative: str = "two-sided", block_length: int | None = None,
-                    groups: np.ndarray | None = None, resamples: int = RESAMPLES, confidence: float = 0.95,
-                    seed: int = 0) -> BootstrapResult:
+def block_bootstrap(
+    statistic: Callable[..., float],
+    arrays: Sequence[np.ndarray],
+    null: float = 0.0,
+    alternative: str = "two-sided",
+    block_length: int | None = None,
+    groups: np.ndarray | None = None,
+    resamples: int = RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> BootstrapResult:
     """Circular block bootstrap of `statistic(*arrays)`; all arrays share their first axis (time).
 
     block_length: None applies `choose_block_length` to the arrays; groups: one id per step
@@ -135,8 +143,9 @@ def block_bootstrap(statistic: Callable[..., float], arrays: Sequence[np.ndarray
         resampled = np.array([statistic(*[a[index] for a in arrays]) for index in indices], dtype=float)
     resampled = resampled[np.isfinite(resampled)]
     if not math.isfinite(estimate) or len(resampled) == 0:
-        return BootstrapResult(estimate, math.nan, math.nan, math.nan, null, alternative, block_length, resamples,
-                               confidence)
+        return BootstrapResult(
+            estimate, math.nan, math.nan, math.nan, null, alternative, block_length, resamples, confidence
+        )
     tail = (1 - confidence) / 2
     low, high = np.quantile(resampled, [tail, 1 - tail])
     spread = float(resampled.std(ddof=1)) if len(resampled) > 1 else 0.0
@@ -148,8 +157,9 @@ def block_bootstrap(statistic: Callable[..., float], arrays: Sequence[np.ndarray
         p_value = stats.norm.sf(z)
     else:
         p_value = stats.norm.cdf(z)
-    return BootstrapResult(estimate, float(low), float(high), float(p_value), null, alternative, block_length,
-                           resamples, confidence)
+    return BootstrapResult(
+        estimate, float(low), float(high), float(p_value), null, alternative, block_length, resamples, confidence
+    )
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -219,37 +229,50 @@ class GateTransitionStatistics:
 
     def summary(self) -> str:
         verdict = f"{'significant' if self.significant else 'not significant'} at alpha = {self.alpha:g}"
-        return (f"Welch t = {self.welch_t:.3g} (df {self.welch_df:.1f}), one-sided p = {self.welch_p:.3g}  "
-                f"[{verdict}; steps treated as independent]\n"
-                f"Cohen's d = {self.cohens_d:.3g}    AUROC = {self.auroc:.3f}\n"
-                f"mean gate: {self.mean_transition:.3f} at {self.n_transition} transition steps, "
-                f"{self.mean_stable:.3f} at {self.n_stable} stable steps")
+        return (
+            f"Welch t = {self.welch_t:.3g} (df {self.welch_df:.1f}), one-sided p = {self.welch_p:.3g}  "
+            f"[{verdict}; steps treated as independent]\n"
+            f"Cohen's d = {self.cohens_d:.3g}    AUROC = {self.auroc:.3f}\n"
+            f"mean gate: {self.mean_transition:.3f} at {self.n_transition} transition steps, "
+            f"{self.mean_stable:.3f} at {self.n_stable} stable steps"
+        )
 
 
-def gate_transition_statistics(gate_activations: Any, transition_mask: Any,
-                               alpha: float = SIGNIFICANCE) -> GateTransitionStatistics:
+def gate_transition_statistics(
+    gate_activations: Any, transition_mask: Any, alpha: float = SIGNIFICANCE
+) -> GateTransitionStatistics:
     """One-sided Welch t-test, Cohen's d and AUROC of the gate as a detector of transition steps."""
     gate = as_series(gate_activations, "gate_activations")
     transition = as_series(transition_mask, "transition_mask", len(gate), bool)
     inside, outside = gate[transition], gate[~transition]
     if len(inside) < 2 or len(outside) < 2:
-        raise ValueError(f"transition_mask marks {len(inside)} transition and {len(outside)} stable steps; "
-                         "the statistics need at least 2 of each.")
+        raise ValueError(
+            f"transition_mask marks {len(inside)} transition and {len(outside)} stable steps; "
+            "the statistics need at least 2 of each."
+        )
     # A constant gate (gate=fixed or none) has no variance: t, p and d are NaN or infinite, which
     # the summary reports as not significant; scipy's and numpy's warnings about it add nothing.
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         welch = stats.ttest_ind(inside, outside, equal_var=False, alternative="greater")
-        pooled = math.sqrt(((len(inside) - 1) * inside.var(ddof=1) + (len(outside) - 1) * outside.var(ddof=1))
-                           / (len(inside) + len(outside) - 2))
+        pooled = math.sqrt(
+            ((len(inside) - 1) * inside.var(ddof=1) + (len(outside) - 1) * outside.var(ddof=1))
+            / (len(inside) + len(outside) - 2)
+        )
         difference = inside.mean() - outside.mean()
         if pooled > 0:
             cohens_d = difference / pooled
         else:
             cohens_d = math.nan if difference == 0 else math.copysign(math.inf, difference)
     return GateTransitionStatistics(
-        n_transition=len(inside), n_stable=len(outside),
-        mean_transition=float(inside.mean()), mean_stable=float(outside.mean()),
-        welch_t=float(welch.statistic), welch_p=float(welch.pvalue), welch_df=float(welch.df),
-        cohens_d=float(cohens_d), auroc=auroc(gate, transition), alpha=alpha,
+        n_transition=len(inside),
+        n_stable=len(outside),
+        mean_transition=float(inside.mean()),
+        mean_stable=float(outside.mean()),
+        welch_t=float(welch.statistic),
+        welch_p=float(welch.pvalue),
+        welch_df=float(welch.df),
+        cohens_d=float(cohens_d),
+        auroc=auroc(gate, transition),
+        alpha=alpha,
     )

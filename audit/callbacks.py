@@ -86,9 +86,14 @@ class AuditCallback(pl.Callback):
         with _forked_rng(pl_module.device):
             self._sample_batch = batch_to_device(next(iter(loader)), pl_module.device)
             report = run_full_audit(
-                pl_module, loader, pl_module.device, sample_batch=self._sample_batch,
-                n_batches=self.n_dataloader_batches, vanishing_threshold=self.vanishing_threshold,
-                exploding_threshold=self.exploding_threshold, verbose=False,
+                pl_module,
+                loader,
+                pl_module.device,
+                sample_batch=self._sample_batch,
+                n_batches=self.n_dataloader_batches,
+                vanishing_threshold=self.vanishing_threshold,
+                exploding_threshold=self.exploding_threshold,
+                verbose=False,
             )
         self._record(trainer, "fit start", report)
         self._start_memory(pl_module.device, trainer.global_step)
@@ -99,8 +104,9 @@ class AuditCallback(pl.Callback):
         self._memory = MemoryProfiler(device, poll_interval_s=0.1)
         self._memory.start(f"training from step {step}")
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         step = trainer.global_step
         if step % self.every_n_steps or step == self._last_audited_step:
             return
@@ -171,8 +177,14 @@ class NonFiniteGuard(pl.Callback):
         spike_window: good losses the median is taken over (>= 2).
     """
 
-    def __init__(self, lr_factor: float = 0.5, patience: int = 3, dirpath: str | Path | None = None,
-                 spike_factor: float | None = 20.0, spike_window: int = 50) -> None:
+    def __init__(
+        self,
+        lr_factor: float = 0.5,
+        patience: int = 3,
+        dirpath: str | Path | None = None,
+        spike_factor: float | None = 20.0,
+        spike_window: int = 50,
+    ) -> None:
         if not 0.0 < lr_factor <= 1.0:
             raise ValueError(f"lr_factor={lr_factor} must lie in (0, 1].")
         if patience < 1:
@@ -212,32 +224,49 @@ class NonFiniteGuard(pl.Callback):
             return None
         return self.spike_factor * float(torch.tensor(self.recent_losses).median())
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         loss, self._step_loss = self._step_loss, 0.0
         threshold = self._spike_threshold()
-        kind = "non_finite" if not math.isfinite(loss) else "spike" if threshold is not None and loss > threshold else None
+        kind = (
+            "non_finite" if not math.isfinite(loss) else "spike" if threshold is not None and loss > threshold else None
+        )
         if not trainer.strategy.reduce_boolean_decision(kind is not None, all=False):
             self.consecutive_bad_steps = 0
-            self.recent_losses = [*self.recent_losses, loss][-self.spike_window:]
+            self.recent_losses = [*self.recent_losses, loss][-self.spike_window :]
             return
         optimizer.zero_grad(set_to_none=True)
-        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs
-                      if config.scheduler.optimizer is optimizer]
+        schedulers = [
+            config.scheduler for config in trainer.lr_scheduler_configs if config.scheduler.optimizer is optimizer
+        ]
         scale_learning_rates(optimizer, schedulers, self.lr_factor)
         self.consecutive_bad_steps += 1
-        self.bad_steps.append({"step": trainer.global_step, "kind": kind or "other_rank", "loss": str(loss),
-                               "spike_threshold": threshold,
-                               "learning_rate_after": float(optimizer.param_groups[0]["lr"])})
+        self.bad_steps.append(
+            {
+                "step": trainer.global_step,
+                "kind": kind or "other_rank",
+                "loss": str(loss),
+                "spike_threshold": threshold,
+                "learning_rate_after": float(optimizer.param_groups[0]["lr"]),
+            }
+        )
         if self.consecutive_bad_steps < self.patience and trainer.is_global_zero:
-            log.warning(f"NonFiniteGuard skipped step {trainer.global_step}: the training loss {loss:.4g} was "
-                        + ("non-finite" if kind == "non_finite" else f"above {threshold:.4g} (x{self.spike_factor:g} "
-                           f"the median of the last {len(self.recent_losses)} losses)")
-                        + f"; learning rates cut x{self.lr_factor:g}.")
+            log.warning(
+                f"NonFiniteGuard skipped step {trainer.global_step}: the training loss {loss:.4g} was "
+                + (
+                    "non-finite"
+                    if kind == "non_finite"
+                    else f"above {threshold:.4g} (x{self.spike_factor:g} "
+                    f"the median of the last {len(self.recent_losses)} losses)"
+                )
+                + f"; learning rates cut x{self.lr_factor:g}."
+            )
         self._stop_requested = self.consecutive_bad_steps >= self.patience
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Saved here, after the skipped step has finished, so the checkpoint's loop state is consistent.
         if not self._stop_requested:
             return
@@ -246,7 +275,7 @@ class NonFiniteGuard(pl.Callback):
         trainer.save_checkpoint(path)
         self.emergency_checkpoint = str(path)
         learning_rate = trainer.optimizers[0].param_groups[0]["lr"]
-        kinds = " or ".join(sorted({step["kind"].replace("_", "-") for step in self.bad_steps[-self.patience:]}))
+        kinds = " or ".join(sorted({step["kind"].replace("_", "-") for step in self.bad_steps[-self.patience :]}))
         self.stop_reason = (
             f"NonFiniteGuard stopped training at step {trainer.global_step}: the training loss was {kinds} for "
             f"{self.consecutive_bad_steps} consecutive steps, each skipped and followed by a learning-rate cut "
@@ -259,13 +288,19 @@ class NonFiniteGuard(pl.Callback):
 
     def health_record(self) -> dict[str, Any]:
         """What the guard did in this run: every skipped step, and why and where it stopped training."""
-        return {"skipped_steps": self.bad_steps, "stop_reason": self.stop_reason,
-                "emergency_checkpoint": self.emergency_checkpoint}
+        return {
+            "skipped_steps": self.bad_steps,
+            "stop_reason": self.stop_reason,
+            "emergency_checkpoint": self.emergency_checkpoint,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         # The loss history decides the next spike, so a resumed run judges its steps as an unbroken one would.
-        return {"recent_losses": self.recent_losses, "bad_steps": self.bad_steps,
-                "consecutive_bad_steps": self.consecutive_bad_steps}
+        return {
+            "recent_losses": self.recent_losses,
+            "bad_steps": self.bad_steps,
+            "consecutive_bad_steps": self.consecutive_bad_steps,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.recent_losses = list(state_dict["recent_losses"])

@@ -43,18 +43,24 @@ class DataLoaderReport:
             return []
         if self.num_workers == 0:
             return ["Data loading is a bottleneck: set data.num_workers > 0, or precompute the batches in memory."]
-        return ["Data loading is a bottleneck: raise data.num_workers, enable pin_memory on CUDA, or simplify the "
-                "dataset's __getitem__."]
+        return [
+            "Data loading is a bottleneck: raise data.num_workers, enable pin_memory on CUDA, or simplify the "
+            "dataset's __getitem__."
+        ]
 
     def __str__(self) -> str:
         step = f"; training step {self.step_time_ms:.2f} ms" if self.step_time_ms is not None else ""
-        cpu = (f"CPU {self.process_cpu_percent:.0f}% (this process), {self.system_cpu_percent:.0f}% (system)"
-               if self.process_cpu_percent is not None
-               else f"CPU not measured (benchmark under {MIN_CPU_INTERVAL_S:g} s)")
-        return (f"Data loader: {self.n_batches} batches, {self.num_workers} workers; "
-                f"first batch {self.first_batch_ms:.2f} ms, "
-                f"then mean {self.mean_ms:.3f} ms, p95 {self.p95_ms:.3f} ms, max {self.max_ms:.3f} ms{step}\n"
-                f"  {cpu}; RSS {self.rss_mb:.0f} MB\n  verdict: {self.verdict}")
+        cpu = (
+            f"CPU {self.process_cpu_percent:.0f}% (this process), {self.system_cpu_percent:.0f}% (system)"
+            if self.process_cpu_percent is not None
+            else f"CPU not measured (benchmark under {MIN_CPU_INTERVAL_S:g} s)"
+        )
+        return (
+            f"Data loader: {self.n_batches} batches, {self.num_workers} workers; "
+            f"first batch {self.first_batch_ms:.2f} ms, "
+            f"then mean {self.mean_ms:.3f} ms, p95 {self.p95_ms:.3f} ms, max {self.max_ms:.3f} ms{step}\n"
+            f"  {cpu}; RSS {self.rss_mb:.0f} MB\n  verdict: {self.verdict}"
+        )
 
 
 class DataLoaderAuditor(Auditor):
@@ -65,8 +71,9 @@ class DataLoaderAuditor(Auditor):
     def __init__(self) -> None:
         self.report: DataLoaderReport | None = None
 
-    def benchmark_dataloader(self, loader: Iterable, n_batches: int = 100,
-                             step_time_s: float | None = None) -> DataLoaderReport:
+    def benchmark_dataloader(
+        self, loader: Iterable, n_batches: int = 100, step_time_s: float | None = None
+    ) -> DataLoaderReport:
         """Time up to `n_batches` batches (fewer if the loader ends first).
 
         The first batch is reported apart, since it includes starting the workers. With

@@ -44,7 +44,6 @@ class GateSaturation:
     saturated_fraction: float
 
 
-
 class _SiteStatistics:
     """Running sums of one call site's pre-activations (so long sequences need no stored copies)."""
 
@@ -67,15 +66,17 @@ class _SiteStatistics:
     def summary(self, site: str) -> GateSaturation:
         mean = self.total / self.count
         variance = max(self.total_squares / self.count - mean**2, 0.0)
-        return GateSaturation(site, self.function, self.count, mean, math.sqrt(variance), self.max_abs,
-                              self.saturated / self.count)
+        return GateSaturation(
+            site, self.function, self.count, mean, math.sqrt(variance), self.max_abs, self.saturated / self.count
+        )
 
 
 def _caller_location() -> str:
     """`path:line` of the innermost frame outside torch and this file: the code that called the gate."""
     frame = sys._getframe(2)
-    while frame is not None and (frame.f_code.co_filename.startswith(TORCH_DIR)
-                                 or frame.f_code.co_filename == __file__):
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(TORCH_DIR) or frame.f_code.co_filename == __file__
+    ):
         frame = frame.f_back
     if frame is None:
         return "?"
@@ -108,8 +109,10 @@ def fused_rnn_gate_preactivations(
         outputs = []
         for direction in range(directions):
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            weights = tuple(getattr(rnn, kind + suffix) if rnn.bias or kind.startswith("weight") else 0.0
-                            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            weights = tuple(
+                getattr(rnn, kind + suffix) if rnn.bias or kind.startswith("weight") else 0.0
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
             index = layer * directions + direction
             initial = (h0[index] if h0 is not None else None, c0[index] if c0 is not None else None)
             steps: list[tuple[torch.Tensor, ...]] = []
@@ -173,8 +176,9 @@ class GateRecorder(TorchFunctionMode):
         def hook(module: nn.RNNBase, args: tuple, output: Any) -> None:
             x, hx = args[0], args[1] if len(args) > 1 else None
             if not isinstance(x, torch.Tensor) or getattr(module, "proj_size", 0) or module.mode == "RNN_RELU":
-                self.notes.append(f"{label}: this {type(module).__name__} configuration is not re-run; "
-                                  "its gates are not audited.")
+                self.notes.append(
+                    f"{label}: this {type(module).__name__} configuration is not re-run; its gates are not audited."
+                )
                 return
             self._paused = True
             try:
@@ -186,4 +190,3 @@ class GateRecorder(TorchFunctionMode):
                 self.record(f"{label} ({type(module).__name__} {gate})", function, values)
 
         return hook
-

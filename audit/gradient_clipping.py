@@ -76,8 +76,9 @@ class AdaptiveGradientClipping(pl.Callback):
     def __init__(self, percentile: float = 90.0, history: int = 100, min_history: int = 10) -> None:
         self.norms = GradientNormHistory(percentile, history, min_history)
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         norm, threshold = self.norms.clip(parameters)
         if threshold is not None and (trainer.global_step + 1) % trainer.log_every_n_steps == 0:

@@ -41,40 +41,55 @@ class GradientFlowReport:
     def recommendations(self) -> list[str]:
         advice = []
         if self.nonfinite:
-            advice.append(f"Non-finite gradients in {short_list(self.nonfinite)}: the loss or a layer overflows; "
-                          "lower optim.learning_rate or train in 32-true precision.")
+            advice.append(
+                f"Non-finite gradients in {short_list(self.nonfinite)}: the loss or a layer overflows; "
+                "lower optim.learning_rate or train in 32-true precision."
+            )
         if self.exploding:
             worst = max(self.exploding, key=lambda name: self.norms[name])
-            advice.append(f"{len(self.exploding)} parameter tensor(s) have gradient norm "
-                          f"> {self.exploding_threshold:g} "
-                          f"(worst: {worst} = {self.norms[worst]:.3g}): lower optim.learning_rate, keep "
-                          "trainer.gradient_clip_val set, or check the scale of the inputs.")
+            advice.append(
+                f"{len(self.exploding)} parameter tensor(s) have gradient norm "
+                f"> {self.exploding_threshold:g} "
+                f"(worst: {worst} = {self.norms[worst]:.3g}): lower optim.learning_rate, keep "
+                "trainer.gradient_clip_val set, or check the scale of the inputs."
+            )
         if self.vanishing:
-            advice.append(f"{len(self.vanishing)} parameter tensor(s) have gradient norm "
-                          f"< {self.vanishing_threshold:g} ({short_list(self.vanishing)}): they barely learn; "
-                          "look for saturated gates or dead units.")
+            advice.append(
+                f"{len(self.vanishing)} parameter tensor(s) have gradient norm "
+                f"< {self.vanishing_threshold:g} ({short_list(self.vanishing)}): they barely learn; "
+                "look for saturated gates or dead units."
+            )
         if self.no_gradient:
-            advice.append(f"{len(self.no_gradient)} parameter tensor(s) received no gradient "
-                          f"({short_list(self.no_gradient)}): they do not affect the loss.")
+            advice.append(
+                f"{len(self.no_gradient)} parameter tensor(s) received no gradient "
+                f"({short_list(self.no_gradient)}): they do not affect the loss."
+            )
         return advice
 
     def __str__(self) -> str:
         width = max((len(name) for name in self.norms), default=10)
-        lines = [f"Gradient flow: total norm {self.total_norm:.3g}; {len(self.vanishing)} vanishing "
-                 f"(< {self.vanishing_threshold:g}), {len(self.exploding)} exploding (> {self.exploding_threshold:g})"]
-        flags = {**{n: "VANISHING" for n in self.vanishing}, **{n: "EXPLODING" for n in self.exploding},
-                 **{n: "NON-FINITE" for n in self.nonfinite}}
-        lines += [f"  {name:<{width}}  {norm:10.3e}  {flags.get(name, '')}".rstrip()
-                  for name, norm in self.norms.items()]
+        lines = [
+            f"Gradient flow: total norm {self.total_norm:.3g}; {len(self.vanishing)} vanishing "
+            f"(< {self.vanishing_threshold:g}), {len(self.exploding)} exploding (> {self.exploding_threshold:g})"
+        ]
+        flags = {
+            **{n: "VANISHING" for n in self.vanishing},
+            **{n: "EXPLODING" for n in self.exploding},
+            **{n: "NON-FINITE" for n in self.nonfinite},
+        }
+        lines += [
+            f"  {name:<{width}}  {norm:10.3e}  {flags.get(name, '')}".rstrip() for name, norm in self.norms.items()
+        ]
         lines += [f"  {name:<{width}}  {'no grad':>10}" for name in self.no_gradient]
         return "\n".join(lines)
 
 
-
 def check_gradient_thresholds(vanishing_threshold: float, exploding_threshold: float) -> None:
     if not 0 <= vanishing_threshold < exploding_threshold:
-        raise ValueError(f"vanishing_threshold={vanishing_threshold} must be >= 0 and below "
-                         f"exploding_threshold={exploding_threshold}.")
+        raise ValueError(
+            f"vanishing_threshold={vanishing_threshold} must be >= 0 and below "
+            f"exploding_threshold={exploding_threshold}."
+        )
 
 
 class GradientFlowAuditor(Auditor):
@@ -87,8 +102,12 @@ class GradientFlowAuditor(Auditor):
 
     audit_method = "check_gradient_flow"
 
-    def __init__(self, model: nn.Module, vanishing_threshold: float = VANISHING_GRAD_NORM,
-                 exploding_threshold: float = EXPLODING_GRAD_NORM) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        vanishing_threshold: float = VANISHING_GRAD_NORM,
+        exploding_threshold: float = EXPLODING_GRAD_NORM,
+    ) -> None:
         check_gradient_thresholds(vanishing_threshold, exploding_threshold)
         self.model = model
         self.vanishing_threshold = vanishing_threshold
@@ -135,4 +154,3 @@ class GradientFlowAuditor(Auditor):
             return
         for parameter, gradient in zip(parameters, gradients):
             parameter.grad = gradient
-

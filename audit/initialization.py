@@ -60,36 +60,48 @@ class InitializationReport:
     def recommendations(self) -> list[str]:
         advice = []
         if self.all_zero:
-            advice.append(f"All-zero weights in {short_list(self.all_zero)}: every unit they feed computes the same "
-                          "thing and gets the same gradient; initialise them (e.g. nn.init.xavier_uniform_).")
+            advice.append(
+                f"All-zero weights in {short_list(self.all_zero)}: every unit they feed computes the same "
+                "thing and gets the same gradient; initialise them (e.g. nn.init.xavier_uniform_)."
+            )
         if self.off_scale:
             low, high = VARIANCE_RATIO_RANGE
-            advice.append(f"Weight variance x fan-in outside [{low:g}, {high:g}] in {short_list(self.off_scale)}: "
-                          "signals shrink or grow layer by layer; use a fan-in-scaled init (xavier, orthogonal) unless "
-                          "the layer is meant to start small (e.g. a gate initialised closed).")
+            advice.append(
+                f"Weight variance x fan-in outside [{low:g}, {high:g}] in {short_list(self.off_scale)}: "
+                "signals shrink or grow layer by layer; use a fan-in-scaled init (xavier, orthogonal) unless "
+                "the layer is meant to start small (e.g. a gate initialised closed)."
+            )
         for gate in self.saturated:
-            advice.append(f"{gate.function} at {gate.site} is saturated for {gate.saturated_fraction:.0%} "
-                          "of the sample "
-                          f"(|pre-activation| > {SATURATION_THRESHOLD[gate.function]:g}, mean {gate.mean:+.2f}): its "
-                          "gradient is below 7% of the maximum; scale its input down (e.g. a larger temperature) or "
-                          "re-initialise it.")
+            advice.append(
+                f"{gate.function} at {gate.site} is saturated for {gate.saturated_fraction:.0%} "
+                "of the sample "
+                f"(|pre-activation| > {SATURATION_THRESHOLD[gate.function]:g}, mean {gate.mean:+.2f}): its "
+                "gradient is below 7% of the maximum; scale its input down (e.g. a larger temperature) or "
+                "re-initialise it."
+            )
         return advice
 
     def __str__(self) -> str:
         width = max((len(w.name) for w in self.weights), default=10)
-        lines = [f"Initialisation: {len(self.weights)} weight tensors, {len(self.all_zero)} all-zero, "
-                 f"{len(self.off_scale)} with variance x fan-in outside {list(VARIANCE_RATIO_RANGE)}"]
+        lines = [
+            f"Initialisation: {len(self.weights)} weight tensors, {len(self.all_zero)} all-zero, "
+            f"{len(self.off_scale)} with variance x fan-in outside {list(VARIANCE_RATIO_RANGE)}"
+        ]
         for w in self.weights:
             flag = "ALL ZERO" if w.all_zero else ("OFF SCALE" if w.name in self.off_scale else "")
-            lines.append(f"  {w.name:<{width}}  fan_in {w.fan_in:5d}  var {w.variance:9.3e}  "
-                         f"var*fan_in {w.variance_times_fan_in:7.3f}  {flag}".rstrip())
+            lines.append(
+                f"  {w.name:<{width}}  fan_in {w.fan_in:5d}  var {w.variance:9.3e}  "
+                f"var*fan_in {w.variance_times_fan_in:7.3f}  {flag}".rstrip()
+            )
         if self.gates:
             site_width = max(len(g.site) for g in self.gates)
             lines.append(f"Gate pre-activations on the sample batch ({len(self.saturated)} saturated):")
             for g in self.gates:
                 flag = "SATURATED" if g.saturated_fraction > SATURATED_SHARE else ""
-                lines.append(f"  {g.function:<7} {g.site:<{site_width}}  mean {g.mean:+7.2f}  std {g.std:6.2f}  "
-                             f"max|z| {g.max_abs:6.2f}  saturated {g.saturated_fraction:6.1%}  {flag}".rstrip())
+                lines.append(
+                    f"  {g.function:<7} {g.site:<{site_width}}  mean {g.mean:+7.2f}  std {g.std:6.2f}  "
+                    f"max|z| {g.max_abs:6.2f}  saturated {g.saturated_fraction:6.1%}  {flag}".rstrip()
+                )
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -132,8 +144,11 @@ class InitializationAuditor(Auditor):
             values = parameter.detach().float()
             fan_in = values[0].numel()
             variance = values.var(unbiased=False).item()
-            weights.append(WeightStatistics(name, list(values.shape), fan_in, variance, variance * fan_in,
-                                            bool((values == 0).all())))
+            weights.append(
+                WeightStatistics(
+                    name, list(values.shape), fan_in, variance, variance * fan_in, bool((values == 0).all())
+                )
+            )
         gates, notes = [], []
         if self.sample_input is None:
             notes.append("no sample batch: gate saturation not checked.")

@@ -49,21 +49,31 @@ class MemoryReport:
     def recommendations(self) -> list[str]:
         advice = []
         if self.peak_rss_mb > 0.8 * self.system_total_mb:
-            advice.append(f"Peak RSS {self.peak_rss_mb:.0f} MB is over 80% of system memory: lower data.batch_size or "
-                          "the data size held in memory.")
+            advice.append(
+                f"Peak RSS {self.peak_rss_mb:.0f} MB is over 80% of system memory: lower data.batch_size or "
+                "the data size held in memory."
+            )
         if self.cuda_total_mb and self.cuda_max_allocated_mb and self.cuda_max_allocated_mb > 0.9 * self.cuda_total_mb:
-            advice.append(f"CUDA max allocated {self.cuda_max_allocated_mb:.0f} MB is over 90% of the device: lower "
-                          "data.batch_size or use bf16-mixed precision.")
+            advice.append(
+                f"CUDA max allocated {self.cuda_max_allocated_mb:.0f} MB is over 90% of the device: lower "
+                "data.batch_size or use bf16-mixed precision."
+            )
         return advice
 
     def __str__(self) -> str:
-        lines = [f"Memory: peak RSS {self.peak_rss_mb:.0f} MB of {self.system_total_mb:.0f} MB"
-                 + (f"; CUDA max allocated {self.cuda_max_allocated_mb:.1f} MB of {self.cuda_total_mb:.0f} MB"
-                    if self.cuda_max_allocated_mb is not None else "; no CUDA device")]
+        lines = [
+            f"Memory: peak RSS {self.peak_rss_mb:.0f} MB of {self.system_total_mb:.0f} MB"
+            + (
+                f"; CUDA max allocated {self.cuda_max_allocated_mb:.1f} MB of {self.cuda_total_mb:.0f} MB"
+                if self.cuda_max_allocated_mb is not None
+                else "; no CUDA device"
+            )
+        ]
         for s in self.samples:
             cuda = f", CUDA max {s.cuda_max_allocated_mb:.1f} MB" if s.cuda_max_allocated_mb is not None else ""
-            lines.append(f"  {s.label}: RSS {s.rss_before_mb:.0f} -> {s.rss_after_mb:.0f} MB, "
-                         f"peak {s.peak_rss_mb:.0f} MB{cuda}")
+            lines.append(
+                f"  {s.label}: RSS {s.rss_before_mb:.0f} -> {s.rss_after_mb:.0f} MB, peak {s.peak_rss_mb:.0f} MB{cuda}"
+            )
         return "\n".join(lines)
 
 

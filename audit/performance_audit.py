@@ -100,16 +100,25 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: every report field, the recommendations, non-finite numbers as null."""
-        content = {name: asdict(part) if part is not None else None
-                   for name, part in (("initialization", self.initialization), ("gradient_flow", self.gradient_flow),
-                                      ("dataloader", self.dataloader), ("memory", self.memory))}
+        content = {
+            name: asdict(part) if part is not None else None
+            for name, part in (
+                ("initialization", self.initialization),
+                ("gradient_flow", self.gradient_flow),
+                ("dataloader", self.dataloader),
+                ("memory", self.memory),
+            )
+        }
         content["recommendations"] = self.recommendations()
         return json_safe(content)
 
     def __str__(self) -> str:
         advice = self.recommendations()
-        summary = ("Recommendations:\n" + "\n".join(f"  - {line}" for line in advice) if advice
-                   else "Recommendations: none; nothing unhealthy was found.")
+        summary = (
+            "Recommendations:\n" + "\n".join(f"  - {line}" for line in advice)
+            if advice
+            else "Recommendations: none; nothing unhealthy was found."
+        )
         return "\n\n".join([str(part) for part in self._parts()] + [summary])
 
 
@@ -157,7 +166,9 @@ def run_full_audit(
         sample_batch = next(iter(dataloader))
     if isinstance(sample_batch, (tuple, list)):  # the seed's sample_batch=(x, y)
         if len(sample_batch) != 2:
-            raise ValueError(f"sample_batch has {len(sample_batch)} entries; pass (x, y), a dict with 'x' and 'y', or a tensor.")
+            raise ValueError(
+                f"sample_batch has {len(sample_batch)} entries; pass (x, y), a dict with 'x' and 'y', or a tensor."
+            )
         sample_batch = {"x": sample_batch[0], "y": sample_batch[1]}
     sample_batch = batch_to_device(sample_batch, device)
 
@@ -216,11 +227,17 @@ def main(argv: list[str] | None = None) -> AuditReport:
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        usage="python audit/performance_audit.py [overrides ...] [--output DIR] [--n-batches N]")
-    parser.add_argument("overrides", nargs="*",
-                        help="Hydra overrides, as for train_hydra.py (model=lstm data.batch_size=128)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="where report.json, report.txt and config.yaml go (default: logs/audit/runs/<timestamp>)")
+        usage="python audit/performance_audit.py [overrides ...] [--output DIR] [--n-batches N]",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, as for train_hydra.py (model=lstm data.batch_size=128)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where report.json, report.txt and config.yaml go (default: logs/audit/runs/<timestamp>)",
+    )
     parser.add_argument("--n-batches", type=int, default=100, help="data loader batches to time (default 100)")
     args = parser.parse_args(argv)
     if args.n_batches < 1:

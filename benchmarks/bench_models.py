@@ -66,14 +66,21 @@ def compiled_forward(model: nn.Module) -> nn.Module:
     return model
 
 
-def step_time_table(lengths: list[int], repeats: int, device: torch.device,
-                    only: list[str] | None = None) -> dict[tuple[str, int], float]:
+def step_time_table(
+    lengths: list[int], repeats: int, device: torch.device, only: list[str] | None = None
+) -> dict[tuple[str, int], float]:
     candidates = {"torch.nn.LSTM(4, 64)": lambda steps: RawLSTM()}
     # Registered models that read vectors and are trained (the hamilton_imm reference has no train step).
-    for name in (m for m in list_models() if "vectors" in get_model_class(m).supported_inputs
-                 and not get_model_class(m).needs_reference_process and (not only or m in only)):
-        candidates[name] = lambda steps, name=name: build_model(name, input_dim=INPUT_DIM, output_dim=INPUT_DIM,
-                                                                **width_options(name, steps))
+    for name in (
+        m
+        for m in list_models()
+        if "vectors" in get_model_class(m).supported_inputs
+        and not get_model_class(m).needs_reference_process
+        and (not only or m in only)
+    ):
+        candidates[name] = lambda steps, name=name: build_model(
+            name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, **width_options(name, steps)
+        )
     if "z2_delta" in candidates:
         # compile=true of train_hydra.py: torch.compile of the model's forward (the scan breaks the
         # graph; the gate and feature math around it is fused by inductor). The warm-up step compiles.
@@ -90,12 +97,15 @@ def step_time_table(lengths: list[int], repeats: int, device: torch.device,
 
 def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) -> None:
     names = list(dict.fromkeys(name for name, _ in results))
-    print(f"\n## Train-step time, B={BATCH}, hidden {HIDDEN_DIM}, fwd+bwd+AdamW (median ms; ratio = time / z2_delta time)\n")
+    print(
+        f"\n## Train-step time, B={BATCH}, hidden {HIDDEN_DIM}, fwd+bwd+AdamW (median ms; ratio = time / z2_delta time)\n"
+    )
     print("| model | " + " | ".join(f"T={t} ms | ratio" for t in lengths) + " |")
     print("|---|" + "---|---|" * len(lengths))
     for name in names:
         cells = [f"{results[(name, t)]:.2f} | {results[(name, t)] / results[('z2_delta', t)]:.2f}x" for t in lengths]
         print(f"| {name} | " + " | ".join(cells) + " |")
+
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "MISS"
 
@@ -104,8 +114,10 @@ def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) 
     for steps, target in ((1000, 3.0), (100, 1.0)):
         if steps in lengths:
             speedup = results[(lstm, steps)] / results[("z2_delta", steps)]
-            print(f"z2_delta vs {lstm} train step, T={steps}: {speedup:.2f}x faster (target >= {target:g}x) "
-                  f"{verdict(speedup >= target)}")
+            print(
+                f"z2_delta vs {lstm} train step, T={steps}: {speedup:.2f}x faster (target >= {target:g}x) "
+                f"{verdict(speedup >= target)}"
+            )
     if COMPILED_DELTA in names:
         for steps in lengths:
             gain = results[("z2_delta", steps)] / results[(COMPILED_DELTA, steps)]
@@ -156,12 +168,21 @@ def framework_epoch_seconds(model_name: str, epochs: int, data_options: dict, ou
     from train_hydra import compose_config, train
 
     def wall_time(max_epochs: int) -> float:
-        cfg = compose_config([
-            f"model={model_name}", f"trainer.max_epochs={max_epochs}", "trainer.accelerator=cpu",
-            "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            "callbacks=none", "logger=none", "test=false",
-            *(f"data.{key}={value}" for key, value in data_options.items()),
-        ], output_dir / f"epochs_{max_epochs}")
+        cfg = compose_config(
+            [
+                f"model={model_name}",
+                f"trainer.max_epochs={max_epochs}",
+                "trainer.accelerator=cpu",
+                "trainer.limit_val_batches=0",
+                "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false",
+                "callbacks=none",
+                "logger=none",
+                "test=false",
+                *(f"data.{key}={value}" for key, value in data_options.items()),
+            ],
+            output_dir / f"epochs_{max_epochs}",
+        )
         start = time.perf_counter()
         train(cfg)
         return time.perf_counter() - start
@@ -180,8 +201,10 @@ def print_overhead(model_name: str, epochs: int) -> None:
             lightning_s = framework_epoch_seconds(model_name, epochs, data_options, Path(tmp))
         plain_s, samples = plain_loop_epoch_seconds(model_name, epochs, data_options)
         overhead = lightning_s / plain_s - 1
-        print(f"| {label} | {samples / plain_s:,.0f} | {samples / lightning_s:,.0f} | {100 * overhead:+.1f}% | "
-              f"<= {100 * target:.0f}% {'PASS' if overhead <= target else 'MISS'} |")
+        print(
+            f"| {label} | {samples / plain_s:,.0f} | {samples / lightning_s:,.0f} | {100 * overhead:+.1f}% | "
+            f"<= {100 * target:.0f}% {'PASS' if overhead <= target else 'MISS'} |"
+        )
 
 
 def main() -> None:
@@ -192,9 +215,13 @@ def main() -> None:
     parser.add_argument("--overhead-model", default="z2_delta", help="model for the framework-overhead run")
     parser.add_argument("--overhead-epochs", type=int, default=3, help="timed epochs per path")
     parser.add_argument("--skip-overhead", action="store_true", help="only the train-step table")
-    parser.add_argument("--models", nargs="+", default=None,
-                        help="registered models to time next to the LSTM (default: all that read vectors; "
-                             "z2_delta and z2_seam are needed for the target lines)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="registered models to time next to the LSTM (default: all that read vectors; "
+        "z2_delta and z2_seam are needed for the target lines)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

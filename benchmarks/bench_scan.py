@@ -41,7 +41,7 @@ SCAN_TENSORS_MOVED = 8
 COPY_TENSORS_MOVED = 2  # dst.copy_(src) reads one (B, T, H) tensor and writes one
 MEMORY_NOTE = {
     "cpu": "peak MiB: growth of resident memory (VmHWM minus VmRSS before) during one fwd+bwd, "
-           "in a fresh subprocess after one warm-up run and malloc_trim; counts outputs, saved tensors and grads.",
+    "in a fresh subprocess after one warm-up run and malloc_trim; counts outputs, saved tensors and grads.",
     "cuda": "peak MiB: torch.cuda.max_memory_allocated during one fwd+bwd minus memory allocated before it.",
 }
 
@@ -62,10 +62,12 @@ def make_case(op: str, T: int, device: torch.device) -> tuple[Callable[[], None]
             a.grad = b.grad = None
 
         if op == "linear_scan":
+
             def step() -> None:
                 clear()
                 linear_scan(a, b).backward(upstream)
         else:
+
             def step() -> None:
                 clear()
                 h, states = torch.zeros(B, H, device=device), []
@@ -73,6 +75,7 @@ def make_case(op: str, T: int, device: torch.device) -> tuple[Callable[[], None]
                     h = a_t * h + b_t
                     states.append(h)
                 torch.stack(states, dim=1).backward(upstream)
+
         return step, clear
 
     rnn = (nn.LSTM if op == "nn.LSTM" else nn.GRU)(RNN_INPUT, H, batch_first=True).to(device)
@@ -84,11 +87,13 @@ def make_case(op: str, T: int, device: torch.device) -> tuple[Callable[[], None]
     def step() -> None:
         clear()
         rnn(x)[0].sum().backward()
+
     return step, clear
 
 
-def time_cases(steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int,
-               budget_s: float) -> dict[str, tuple[float, int]]:
+def time_cases(
+    steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int, budget_s: float
+) -> dict[str, tuple[float, int]]:
     """Median seconds and run count per case; runs are interleaved round-robin so that any
     background load hits every op alike. Slow cases get fewer runs (at least 3) to fit budget_s."""
     fastest = {name: math.inf for name in steps}
@@ -153,8 +158,13 @@ def cuda_peak_mib(step: Callable[[], None], clear: Callable[[], None], device: t
 def fresh_buffer_ms(T: int, device: torch.device) -> float:
     """Median ms to allocate and first-touch one (B, T, H) fp32 buffer, minus filling a reused one."""
     reused = torch.empty(B, T, H, device=device)
-    timings = time_cases({"fresh": lambda: torch.empty(B, T, H, device=device).fill_(0.0),
-                          "reused": lambda: reused.fill_(0.0)}, device, 15, 2, 2.0)
+    timings = time_cases(
+        {"fresh": lambda: torch.empty(B, T, H, device=device).fill_(0.0), "reused": lambda: reused.fill_(0.0)},
+        device,
+        15,
+        2,
+        2.0,
+    )
     return max(0.0, timings["fresh"][0] - timings["reused"][0]) * 1e3
 
 
@@ -170,8 +180,10 @@ def _cpu_jiffies() -> tuple[int, int] | None:
 
 def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int, str], float]:
     """Time every op at every T on device, then measure memory, print the table; return median ms per (T, op)."""
-    selected = {T: [op for op in OPS if not (op == "per-step loop" and args.loop_max_T is not None
-                                             and T > args.loop_max_T)] for T in args.T}
+    selected = {
+        T: [op for op in OPS if not (op == "per-step loop" and args.loop_max_T is not None and T > args.loop_max_T)]
+        for T in args.T
+    }
     timings: dict[tuple[int, str], tuple[float, int]] = {}
     start_wall, start_jiffies = time.perf_counter(), _cpu_jiffies()
     for T, ops in selected.items():
@@ -207,8 +219,14 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int
                 peak = cpu_peak_mib(op, T, args.threads)
             rows.append((T, op, medians[(T, op)], peak, timings[(T, op)][1]))
 
-    print(f"\n### {device.type}: fwd+bwd, fp32, B={B}, H={H}"
-          + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else f", {torch.cuda.get_device_name(device)}"))
+    print(
+        f"\n### {device.type}: fwd+bwd, fp32, B={B}, H={H}"
+        + (
+            f", {torch.get_num_threads()} threads"
+            if device.type == "cpu"
+            else f", {torch.cuda.get_device_name(device)}"
+        )
+    )
     print("\n| T | op | median ms | vs linear_scan | peak MiB | runs |")
     print("|---:|---|---:|---:|---:|---:|")
     for T, op, ms, peak, runs in rows:
@@ -218,23 +236,29 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int
         peak_s = "n/a" if peak is None else f"{peak:.1f}"
         print(f"| {T} | {op} | {ms_s} | {ratio} | {peak_s} | {runs} |")
     if device.type == "cpu" and other_cores is not None:
-        print(f"\nother processes used {other_cores:.2f} CPU cores on average while timing"
-              + (" (background load: medians are inflated)" if other_cores > 0.2 else ""))
+        print(
+            f"\nother processes used {other_cores:.2f} CPU cores on average while timing"
+            + (" (background load: medians are inflated)" if other_cores > 0.2 else "")
+        )
     print(f"\n{MEMORY_NOTE[device.type]}")
     print("vs linear_scan: how many times slower than linear_scan at the same T (linear_scan itself is 1.0x).")
     for T in args.T if device.type == "cpu" else ():
-        print(f"first touch of one fresh ({B}, {T}, {H}) fp32 buffer: {fresh_buffer_ms(T, device):.2f} ms "
-              f"(linear_scan fwd+bwd allocates three: h, grad_a, grad_b)")
+        print(
+            f"first touch of one fresh ({B}, {T}, {H}) fp32 buffer: {fresh_buffer_ms(T, device):.2f} ms "
+            f"(linear_scan fwd+bwd allocates three: h, grad_a, grad_b)"
+        )
     for T in args.T:
         if (T, "linear_scan") in medians and (T, "tensor copy") in medians:
             copy_rate = COPY_TENSORS_MOVED / medians[(T, "tensor copy")]
             scan_rate = SCAN_TENSORS_MOVED / medians[(T, "linear_scan")]
             gbytes = B * T * H * 4 / 1e9
             fraction = scan_rate / copy_rate
-            print(f"linear_scan bandwidth on {device.type}, T={T}: {scan_rate * gbytes * 1e3:.1f} GB/s = "
-                  f"{100 * fraction:.0f}% of the copy's {copy_rate * gbytes * 1e3:.1f} GB/s in this run "
-                  f"({SCAN_TENSORS_MOVED} fp32 (B, T, H) tensors per fwd+bwd; target >= 50%) "
-                  f"{'PASS' if fraction >= 0.5 else 'MISS'}")
+            print(
+                f"linear_scan bandwidth on {device.type}, T={T}: {scan_rate * gbytes * 1e3:.1f} GB/s = "
+                f"{100 * fraction:.0f}% of the copy's {copy_rate * gbytes * 1e3:.1f} GB/s in this run "
+                f"({SCAN_TENSORS_MOVED} fp32 (B, T, H) tensors per fwd+bwd; target >= 50%) "
+                f"{'PASS' if fraction >= 0.5 else 'MISS'}"
+            )
     return medians
 
 
@@ -244,8 +268,13 @@ def print_targets(medians: dict[tuple[int, str], float]) -> None:
 
     checks = [
         ("linear_scan vs nn.LSTM at T=1000", " faster", ratio((1000, "nn.LSTM"), (1000, "linear_scan")), ">=", 5),
-        ("linear_scan vs per-step loop at T=1000", " faster",
-         ratio((1000, "per-step loop"), (1000, "linear_scan")), ">=", 30),
+        (
+            "linear_scan vs per-step loop at T=1000",
+            " faster",
+            ratio((1000, "per-step loop"), (1000, "linear_scan")),
+            ">=",
+            30,
+        ),
         ("linear_scan T=10000 / T=1000 time", "", ratio((10000, "linear_scan"), (1000, "linear_scan")), "<=", 12),
     ]
     print()
@@ -262,8 +291,12 @@ def main() -> None:
     parser.add_argument("--T", type=int, nargs="+", default=[100, 1000, 10000], help="sequence lengths")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per (op, T), fewer if over --budget-s")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
-    parser.add_argument("--budget-s", type=float, default=6.0,
-                        help="rough seconds of timed runs per (op, T); slow baselines get fewer runs, never < 3")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=6.0,
+        help="rough seconds of timed runs per (op, T); slow baselines get fewer runs, never < 3",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the CPU runs")
     parser.add_argument("--loop-max-T", type=int, default=None, help="skip the per-step loop above this T")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -278,8 +311,10 @@ def main() -> None:
         return
 
     backend = select_backend(torch.zeros(1))
-    print(f"torch {torch.__version__}, python {sys.version.split()[0]}, linear_scan on cpu: "
-          f"{'fused C++ kernel' if backend is not EagerScan else 'eager chunked scan'}")
+    print(
+        f"torch {torch.__version__}, python {sys.version.split()[0]}, linear_scan on cpu: "
+        f"{'fused C++ kernel' if backend is not EagerScan else 'eager chunked scan'}"
+    )
     cpu_medians = run_device(torch.device("cpu"), args)
     print_targets(cpu_medians)
     if torch.cuda.is_available() and not args.no_cuda:

@@ -50,14 +50,21 @@ class TorchLSTM(nn.Module):
 
 
 def candidates(vocab_size: int) -> dict[str, callable]:
-    recurrent = dict(vocab_size=vocab_size, output_dim=vocab_size, hidden_dim=HIDDEN_DIM, num_layers=LAYERS,
-                     embedding_dim=EMBEDDING_DIM, use_layer_norm=True)
+    recurrent = dict(
+        vocab_size=vocab_size,
+        output_dim=vocab_size,
+        hidden_dim=HIDDEN_DIM,
+        num_layers=LAYERS,
+        embedding_dim=EMBEDDING_DIM,
+        use_layer_norm=True,
+    )
     return {
         BASELINE: lambda: TorchLSTM(vocab_size),
         "lstm (LayerNorm)": lambda: build_model("lstm", **recurrent),
         "gru (LayerNorm)": lambda: build_model("gru", **recurrent),
-        "z2_delta": lambda: build_model("z2_delta", vocab_size=vocab_size, output_dim=vocab_size,
-                                        hidden_dim=HIDDEN_DIM, num_layers=LAYERS),
+        "z2_delta": lambda: build_model(
+            "z2_delta", vocab_size=vocab_size, output_dim=vocab_size, hidden_dim=HIDDEN_DIM, num_layers=LAYERS
+        ),
     }
 
 
@@ -76,15 +83,21 @@ def cap_cpu_memory(fraction: float = 0.8) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
-def throughput_table(batch_sizes: list[int], steps: int, device: torch.device, tokenizer: str,
-                     vocab_size: int | None) -> tuple[dict[str, dict[int, float | None]], dict[int, float]]:
+def throughput_table(
+    batch_sizes: list[int], steps: int, device: torch.device, tokenizer: str, vocab_size: int | None
+) -> tuple[dict[str, dict[int, float | None]], dict[int, float]]:
     """Tokens/s of every model at every batch size (None: out of memory), and the characters per
     token of each batch size's timed batch (characters/s = tokens/s * that)."""
     # Enough text for the largest batch of 25-token windows in the train split, at up to 8 characters
     # per token, and for one window in the (smaller) val and test splits.
     characters = (max(batch_sizes) + 1) * 32 * (8 if tokenizer != "char" else 1)
-    datamodule = TextDataModule(tokenizer=tokenizer, vocab_size=vocab_size, sequence_length=SEQUENCE_LENGTH,
-                                corpus_characters=max(characters, 20_000), seed=0)
+    datamodule = TextDataModule(
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        sequence_length=SEQUENCE_LENGTH,
+        corpus_characters=max(characters, 20_000),
+        seed=0,
+    )
     train = datamodule.datasets["train"]
     results: dict[str, dict[int, float | None]] = {}
     characters_per_token: dict[int, float] = {}
@@ -105,14 +118,21 @@ def throughput_table(batch_sizes: list[int], steps: int, device: torch.device, t
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             shown = results[name][batch_size]
-            print(f"  {name:18s} batch {batch_size:5d}: " + (
-                f"{shown:10.0f} tokens/s, {shown * characters_per_token[batch_size]:10.0f} characters/s"
-                if shown else "out of memory"), flush=True)
+            print(
+                f"  {name:18s} batch {batch_size:5d}: "
+                + (
+                    f"{shown:10.0f} tokens/s, {shown * characters_per_token[batch_size]:10.0f} characters/s"
+                    if shown
+                    else "out of memory"
+                ),
+                flush=True,
+            )
     return results, characters_per_token
 
 
-def markdown(results: dict[str, dict[int, float | None]], batch_sizes: list[int],
-             scale: dict[int, float] | None = None) -> str:
+def markdown(
+    results: dict[str, dict[int, float | None]], batch_sizes: list[int], scale: dict[int, float] | None = None
+) -> str:
     """The table of `results` (times `scale` per batch size, where given), with ratios to BASELINE."""
     scale = scale or {}
     header = "| model | " + " | ".join(f"B={b}" for b in batch_sizes) + " | best batch size |"
@@ -150,13 +170,18 @@ def main(argv: list[str] | None = None) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"Training throughput, {SEQUENCE_LENGTH} {args.tokenizer} tokens per sample, on {name}; "
-          f"ratio to {BASELINE} in brackets.")
-    results, characters_per_token = throughput_table(args.batch_sizes, args.steps, device, args.tokenizer,
-                                                     args.vocab_size)
-    table = (f"tokens/s:\n\n{markdown(results, args.batch_sizes)}\n\ncharacters/s "
-             f"({', '.join(f'B={b}: {c:.2f}' for b, c in characters_per_token.items())} characters per token):\n\n"
-             f"{markdown(results, args.batch_sizes, characters_per_token)}")
+    print(
+        f"Training throughput, {SEQUENCE_LENGTH} {args.tokenizer} tokens per sample, on {name}; "
+        f"ratio to {BASELINE} in brackets."
+    )
+    results, characters_per_token = throughput_table(
+        args.batch_sizes, args.steps, device, args.tokenizer, args.vocab_size
+    )
+    table = (
+        f"tokens/s:\n\n{markdown(results, args.batch_sizes)}\n\ncharacters/s "
+        f"({', '.join(f'B={b}: {c:.2f}' for b, c in characters_per_token.items())} characters per token):\n\n"
+        f"{markdown(results, args.batch_sizes, characters_per_token)}"
+    )
     print(table)
     return table
 

@@ -16,9 +16,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                              repeats: int, device: torch.device) -> float:
+def median_train_step_seconds(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    repeats: int,
+    device: torch.device,
+) -> float:
     """Median wall time of `repeats` training steps (forward, loss, backward, AdamW) on (x, y),
     after one warm-up step (allocator, kernels, lazy init)."""
     model = model.to(device).train()

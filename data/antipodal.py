@@ -112,7 +112,13 @@ def generate_antipodal(config: AntipodalProcessConfig) -> AntipodalSequence:
         z[t + 1] = regime[t] * (A @ z[t]) + process_noise[t]
     x = z @ C.T + rng.normal(0.0, config.sigma_eta, size=(steps, m))
     return AntipodalSequence(
-        x=x, z=z, regime=regime, transition=transition_mask(regime, config.window_radius, config.window), A=A, C=C, config=config
+        x=x,
+        z=z,
+        regime=regime,
+        transition=transition_mask(regime, config.window_radius, config.window),
+        A=A,
+        C=C,
+        config=config,
     )
 
 
@@ -132,8 +138,9 @@ class AntipodalWindows(Dataset):
     `regime` and `transition` describe the target step(s).
     """
 
-    def __init__(self, sequence: AntipodalSequence, start: int, stop: int, history_length: int, target_mode: str,
-                 stride: int = 1):
+    def __init__(
+        self, sequence: AntipodalSequence, start: int, stop: int, history_length: int, target_mode: str, stride: int = 1
+    ):
         self.x = torch.as_tensor(sequence.x, dtype=torch.float32)
         self.regime = torch.as_tensor(sequence.regime, dtype=torch.float32)
         self.transition = torch.as_tensor(sequence.transition)
@@ -205,8 +212,12 @@ class AntipodalDataModule(SplitDataModule):
         stateful: bool = False,
     ) -> None:
         super().__init__()
-        self.augmentation = augmentation if isinstance(augmentation, Augmentation) else Augmentation(**(augmentation or {}))
-        process = generator if isinstance(generator, AntipodalProcessConfig) else AntipodalProcessConfig(**(generator or {}))
+        self.augmentation = (
+            augmentation if isinstance(augmentation, Augmentation) else Augmentation(**(augmentation or {}))
+        )
+        process = (
+            generator if isinstance(generator, AntipodalProcessConfig) else AntipodalProcessConfig(**(generator or {}))
+        )
         if target_mode not in TARGET_MODES:
             raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: {', '.join(TARGET_MODES)}.")
         split = checked_split(split, batch_size, num_workers)
@@ -215,14 +226,19 @@ class AntipodalDataModule(SplitDataModule):
         if stride < 1:
             raise ValueError(f"stride={stride} must be a positive integer (1: a window at every step).")
         if stateful and target_mode != "next_step":
-            raise ValueError(f"stateful=true carries the state from chunk to chunk and scores every step, so it "
-                             f"needs target_mode=next_step, not {target_mode!r}.")
+            raise ValueError(
+                f"stateful=true carries the state from chunk to chunk and scores every step, so it "
+                f"needs target_mode=next_step, not {target_mode!r}."
+            )
         if stateful and self.augmentation.enabled:
-            raise ValueError("augmentation is not available with stateful=true: a shifted window would break the "
-                             "chunk-to-chunk continuity of the carried state; set data.augmentation.augmentation_prob=0.")
+            raise ValueError(
+                "augmentation is not available with stateful=true: a shifted window would break the "
+                "chunk-to-chunk continuity of the carried state; set data.augmentation.augmentation_prob=0."
+            )
         if stateful and stride != 1:
-            raise ValueError(f"stride={stride} has no effect with stateful=true, whose chunks never overlap; "
-                             "leave it at 1.")
+            raise ValueError(
+                f"stride={stride} has no effect with stateful=true, whose chunks never overlap; leave it at 1."
+            )
         self.bounds = split_bounds(process.T, split)
         shortest = min(stop - start for start, stop in self.bounds.values())
         if history_length + 1 > shortest:
@@ -246,10 +262,18 @@ class AntipodalDataModule(SplitDataModule):
         self.stateful = stateful
         self.seed = process.seed  # one seed draws the data and the training order
         self.input_dim = self.output_dim = process.obs_dim
-        self.save_hyperparameters({"generator": asdict(process), "history_length": history_length,
-                                   "target_mode": target_mode, "split": list(split), "batch_size": batch_size,
-                                   "augmentation": asdict(self.augmentation), "stride": stride,
-                                   "stateful": stateful})
+        self.save_hyperparameters(
+            {
+                "generator": asdict(process),
+                "history_length": history_length,
+                "target_mode": target_mode,
+                "split": list(split),
+                "batch_size": batch_size,
+                "augmentation": asdict(self.augmentation),
+                "stride": stride,
+                "stateful": stateful,
+            }
+        )
         self.sequence: AntipodalSequence | None = None
         self.datasets: dict[str, AntipodalWindows] = {}
 
@@ -264,16 +288,24 @@ class AntipodalDataModule(SplitDataModule):
             }
             start, stop = self.bounds["train"]
             if self.stateful:
-                self.datasets["train"] = StatefulChunks(self.sequence, start, stop, self.history_length, self.batch_size)
+                self.datasets["train"] = StatefulChunks(
+                    self.sequence, start, stop, self.history_length, self.batch_size
+                )
             elif self.stride > 1:
-                self.datasets["train"] = AntipodalWindows(self.sequence, start, stop, self.history_length,
-                                                          self.target_mode, self.stride)
+                self.datasets["train"] = AntipodalWindows(
+                    self.sequence, start, stop, self.history_length, self.target_mode, self.stride
+                )
 
     def reference_process(self) -> dict[str, object]:
         """The true parameters of the generating process, for reference filters such as hamilton_imm."""
         self.setup()
-        return {"A": self.sequence.A.tolist(), "C": self.sequence.C.tolist(), "p_switch": self.process.p_switch,
-                "sigma_epsilon": self.process.sigma_epsilon, "sigma_eta": self.process.sigma_eta}
+        return {
+            "A": self.sequence.A.tolist(),
+            "C": self.sequence.C.tolist(),
+            "p_switch": self.process.p_switch,
+            "sigma_epsilon": self.process.sigma_epsilon,
+            "sigma_eta": self.process.sigma_eta,
+        }
 
     def train_dataloader(self) -> DataLoader:
         if self.stateful:

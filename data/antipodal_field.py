@@ -31,8 +31,9 @@ TARGETS = ("field", "observation")
 FIELD_STREAM = 0xF1E1D
 
 
-def smooth_basis_maps(count: int, channels: int, grid_size: int, length_scale: float,
-                      rng: np.random.Generator) -> np.ndarray:
+def smooth_basis_maps(
+    count: int, channels: int, grid_size: int, length_scale: float, rng: np.random.Generator
+) -> np.ndarray:
     """`count` smooth maps (count, channels, S, S): blurred white noise, periodic, unit RMS each."""
     noise = rng.standard_normal((count, channels, grid_size, grid_size))
     maps = gaussian_filter(noise, sigma=(0, 0, length_scale, length_scale), mode="wrap")
@@ -40,8 +41,9 @@ def smooth_basis_maps(count: int, channels: int, grid_size: int, length_scale: f
     return (maps / rms).astype(np.float32)
 
 
-def render_fields(observations: np.ndarray, basis: np.ndarray, pixel_noise: float,
-                  rng: np.random.Generator) -> np.ndarray:
+def render_fields(
+    observations: np.ndarray, basis: np.ndarray, pixel_noise: float, rng: np.random.Generator
+) -> np.ndarray:
     """Fields (T, channels, S, S) = sum_k observations[:, k] basis[k] + N(0, pixel_noise^2) per pixel."""
     fields = np.einsum("tk,kchw->tchw", observations.astype(np.float32), basis)
     if pixel_noise > 0:
@@ -75,8 +77,13 @@ class AntipodalFieldSequence:
         return self.process.switch_steps
 
 
-def generate_antipodal_field(process: AntipodalProcessConfig, grid_size: int = 16, channels: int = 1,
-                             basis_length_scale: float = 2.0, pixel_noise: float = 0.05) -> AntipodalFieldSequence:
+def generate_antipodal_field(
+    process: AntipodalProcessConfig,
+    grid_size: int = 16,
+    channels: int = 1,
+    basis_length_scale: float = 2.0,
+    pixel_noise: float = 0.05,
+) -> AntipodalFieldSequence:
     """Draw the antipodal trajectory of `process` and render it; the same arguments give the same arrays."""
     rng = np.random.default_rng((process.seed, FIELD_STREAM))
     sequence = generate_antipodal(process)
@@ -88,12 +95,21 @@ class AntipodalFieldWindows(AntipodalWindows):
     """Windows of fields; the targets are the next fields, or the observation vectors x at the same
     steps (read from windows over the vector sequence with identical starts)."""
 
-    def __init__(self, sequence: AntipodalFieldSequence, start: int, stop: int, history_length: int,
-                 target_mode: str, target: str, stride: int = 1) -> None:
+    def __init__(
+        self,
+        sequence: AntipodalFieldSequence,
+        start: int,
+        stop: int,
+        history_length: int,
+        target_mode: str,
+        target: str,
+        stride: int = 1,
+    ) -> None:
         super().__init__(sequence, start, stop, history_length, target_mode, stride)
         self.observation_windows = (
             AntipodalWindows(sequence.process, start, stop, history_length, target_mode, stride)
-            if target == "observation" else None
+            if target == "observation"
+            else None
         )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -140,10 +156,11 @@ class AntipodalFieldDataModule(AntipodalDataModule):
         stateful: bool = False,
     ) -> None:
         if stateful:
-            raise ValueError("stateful=true is not available for field data: no model that reads fields carries its "
-                             "state between batches; use stride=history_length with target_mode=next_step instead.")
-        super().__init__(generator, history_length, target_mode, split, batch_size, num_workers, augmentation,
-                         stride)
+            raise ValueError(
+                "stateful=true is not available for field data: no model that reads fields carries its "
+                "state between batches; use stride=history_length with target_mode=next_step instead."
+            )
+        super().__init__(generator, history_length, target_mode, split, batch_size, num_workers, augmentation, stride)
         if grid_size < 1:
             raise ValueError(f"grid_size={grid_size} must be a positive integer.")
         if channels < 1:
@@ -151,8 +168,10 @@ class AntipodalFieldDataModule(AntipodalDataModule):
         if channels * grid_size**2 <= self.process.obs_dim:
             # Fewer values than x has cannot hold x; ConvGRU also tells a field target from a vector
             # target by output_dim = channels * S * S, which must not equal obs_dim.
-            raise ValueError(f"grid_size={grid_size} gives {channels * grid_size**2} values per field, which must "
-                             f"exceed generator.obs_dim={self.process.obs_dim}; raise grid_size or channels.")
+            raise ValueError(
+                f"grid_size={grid_size} gives {channels * grid_size**2} values per field, which must "
+                f"exceed generator.obs_dim={self.process.obs_dim}; raise grid_size or channels."
+            )
         if basis_length_scale <= 0:
             raise ValueError(f"basis_length_scale={basis_length_scale} must be > 0 (pixels).")
         if pixel_noise < 0:
@@ -164,16 +183,32 @@ class AntipodalFieldDataModule(AntipodalDataModule):
         self.input_dim = None  # fields are described by input_shape alone
         self.input_shape = (channels, grid_size, grid_size)
         self.output_dim = channels * grid_size**2 if target == "field" else self.process.obs_dim
-        self.save_hyperparameters({**self.hparams, "grid_size": grid_size, "channels": channels,
-                                   "basis_length_scale": basis_length_scale, "pixel_noise": pixel_noise, "target": target})
+        self.save_hyperparameters(
+            {
+                **self.hparams,
+                "grid_size": grid_size,
+                "channels": channels,
+                "basis_length_scale": basis_length_scale,
+                "pixel_noise": pixel_noise,
+                "target": target,
+            }
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.sequence is None:
-            self.sequence = generate_antipodal_field(self.process, self.grid_size, self.channels,
-                                                     self.basis_length_scale, self.pixel_noise)
+            self.sequence = generate_antipodal_field(
+                self.process, self.grid_size, self.channels, self.basis_length_scale, self.pixel_noise
+            )
             # As for the vector data, stride thins the training windows only.
             self.datasets = {
-                name: AntipodalFieldWindows(self.sequence, start, stop, self.history_length, self.target_mode,
-                                            self.target, self.stride if name == "train" else 1)
+                name: AntipodalFieldWindows(
+                    self.sequence,
+                    start,
+                    stop,
+                    self.history_length,
+                    self.target_mode,
+                    self.target,
+                    self.stride if name == "train" else 1,
+                )
                 for name, (start, stop) in self.bounds.items()
             }

@@ -47,8 +47,10 @@ class Augmentation:
         if not 0.0 <= self.augmentation_prob <= 1.0:
             raise ValueError(f"augmentation.augmentation_prob={self.augmentation_prob} must lie in [0, 1].")
         if self.augmentation_prob > 0 and self.noise_std == 0 and self.max_shift == 0:
-            raise ValueError(f"augmentation.augmentation_prob={self.augmentation_prob} has nothing to apply; "
-                             "set augmentation.noise_std > 0 or augmentation.max_shift > 0.")
+            raise ValueError(
+                f"augmentation.augmentation_prob={self.augmentation_prob} has nothing to apply; "
+                "set augmentation.noise_std > 0 or augmentation.max_shift > 0."
+            )
 
     @property
     def enabled(self) -> bool:
@@ -85,11 +87,16 @@ class AugmentedWindows(Dataset):
         return item
 
 
-def train_loader(windows: Dataset, augmentation: Augmentation, batch_size: int, seed: int,
-                 num_workers: int) -> DataLoader:
+def train_loader(
+    windows: Dataset, augmentation: Augmentation, batch_size: int, seed: int, num_workers: int
+) -> DataLoader:
     """The training DataLoader: split_loader's, augmented when `augmentation` is enabled (same order)."""
     if not augmentation.enabled:
         return split_loader(windows, batch_size, seed, shuffle=True, num_workers=num_workers)
-    return DataLoader(AugmentedWindows(windows, augmentation, seed), batch_size=batch_size,
-                      sampler=EpochTaggedSampler(windows, seed), num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    return DataLoader(
+        AugmentedWindows(windows, augmentation, seed),
+        batch_size=batch_size,
+        sampler=EpochTaggedSampler(windows, seed),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )

@@ -11,7 +11,9 @@ from data.epoch_sampling import split_loader
 IGNORE_INDEX = -100  # target id that carries no loss (torch's cross-entropy default)
 
 
-def checked_split(split: tuple[float, ...] | list[float], batch_size: int, num_workers: int) -> tuple[float, float, float]:
+def checked_split(
+    split: tuple[float, ...] | list[float], batch_size: int, num_workers: int
+) -> tuple[float, float, float]:
     """The train/val/test fractions as floats, after checking them and the loader options every
     DataModule shares; a bad value fails in one sentence naming it."""
     split = tuple(float(fraction) for fraction in split)

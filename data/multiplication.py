@@ -68,7 +68,9 @@ def numbers_with_digits(digits: int) -> tuple[int, int]:
     return (0 if digits == 1 else 10 ** (digits - 1), 10**digits)
 
 
-def sample_operand_pairs(count: int, min_digits: int, max_digits: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+def sample_operand_pairs(
+    count: int, min_digits: int, max_digits: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
     """`count` distinct pairs (a, b), each operand with a digit count drawn uniformly from
     min_digits..max_digits and then a number drawn uniformly among those with that many digits;
     every pair, shuffled, when there are no more than `count`."""
@@ -106,7 +108,7 @@ class MultiplicationProblems(Dataset):
             sequence = torch.tensor(tokenizer.encode(prompt + answer))
             self.x[row, : len(sequence) - 1] = sequence[:-1]
             # y[t] is the token after x[t]; the first answer token follows the last prompt token.
-            self.y[row, len(prompt) - 1 : len(sequence) - 1] = sequence[len(prompt):]
+            self.y[row, len(prompt) - 1 : len(sequence) - 1] = sequence[len(prompt) :]
         self.longer = torch.tensor(longer, dtype=torch.bool)
         self.operands = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
@@ -155,11 +157,15 @@ class MultiplicationDataModule(SplitDataModule):
         if not 1 <= min_digits <= MAX_OPERAND_DIGITS:
             raise ValueError(f"min_digits={min_digits} is not allowed; it must lie in [1, {MAX_OPERAND_DIGITS}].")
         if not min_digits <= max_digits < MAX_OPERAND_DIGITS:
-            raise ValueError(f"max_digits={max_digits} is not allowed; it must lie in [min_digits={min_digits}, "
-                             f"{MAX_OPERAND_DIGITS - 1}] (the longer-operand test set needs one digit more).")
+            raise ValueError(
+                f"max_digits={max_digits} is not allowed; it must lie in [min_digits={min_digits}, "
+                f"{MAX_OPERAND_DIGITS - 1}] (the longer-operand test set needs one digit more)."
+            )
         if not max_digits < longer_digits <= MAX_OPERAND_DIGITS:
-            raise ValueError(f"longer_digits={longer_digits} is not allowed; it must lie in "
-                             f"[max_digits + 1 = {max_digits + 1}, {MAX_OPERAND_DIGITS}].")
+            raise ValueError(
+                f"longer_digits={longer_digits} is not allowed; it must lie in "
+                f"[max_digits + 1 = {max_digits + 1}, {MAX_OPERAND_DIGITS}]."
+            )
         for name, value in (("num_pairs", num_pairs), ("num_longer", num_longer)):
             if value < 1:
                 raise ValueError(f"{name}={value} is not allowed; it must be a positive integer.")
@@ -167,9 +173,11 @@ class MultiplicationDataModule(SplitDataModule):
         numbers = sum(high - low for low, high in map(numbers_with_digits, range(min_digits, max_digits + 1)))
         self.split_sizes = self._split_sizes(min(num_pairs, numbers**2), split)
         if min(self.split_sizes.values()) == 0:
-            raise ValueError(f"num_pairs={num_pairs} leaves a split empty ({min(num_pairs, numbers**2)} pairs of "
-                             f"{min_digits}..{max_digits}-digit operands split {list(split)}); "
-                             "raise num_pairs or the digits.")
+            raise ValueError(
+                f"num_pairs={num_pairs} leaves a split empty ({min(num_pairs, numbers**2)} pairs of "
+                f"{min_digits}..{max_digits}-digit operands split {list(split)}); "
+                "raise num_pairs or the digits."
+            )
         self.tokenizer = MultiplicationTokenizer()
         self.min_digits, self.max_digits, self.longer_digits = min_digits, max_digits, longer_digits
         self.num_longer = num_longer
@@ -178,9 +186,18 @@ class MultiplicationDataModule(SplitDataModule):
         self.separator_token = self.tokenizer.separator_id
         # x = prompt + answer - 1 token = (a + 1 + b + 1) + (a + b) - 1 for a- and b-digit operands.
         self.max_sequence_length = 4 * longer_digits + 1
-        self.save_hyperparameters({"min_digits": min_digits, "max_digits": max_digits, "longer_digits": longer_digits,
-                                   "num_pairs": num_pairs, "num_longer": num_longer, "split": list(split),
-                                   "batch_size": batch_size, "seed": seed})
+        self.save_hyperparameters(
+            {
+                "min_digits": min_digits,
+                "max_digits": max_digits,
+                "longer_digits": longer_digits,
+                "num_pairs": num_pairs,
+                "num_longer": num_longer,
+                "split": list(split),
+                "batch_size": batch_size,
+                "seed": seed,
+            }
+        )
         self.pairs: dict[str, list[tuple[int, int]]] = {}
         self.datasets: dict[str, MultiplicationProblems] = {}
 
@@ -200,7 +217,10 @@ class MultiplicationDataModule(SplitDataModule):
             start += self.split_sizes[name]
         self.pairs["longer"] = sample_operand_pairs(self.num_longer, self.longer_digits, self.longer_digits, rng)
         for name in ("train", "val"):
-            self.datasets[name] = MultiplicationProblems(self.pairs[name], [False] * len(self.pairs[name]), self.tokenizer)
+            self.datasets[name] = MultiplicationProblems(
+                self.pairs[name], [False] * len(self.pairs[name]), self.tokenizer
+            )
         test, longer = self.pairs["test"], self.pairs["longer"]
-        self.datasets["test"] = MultiplicationProblems(test + longer, [False] * len(test) + [True] * len(longer),
-                                                       self.tokenizer)
+        self.datasets["test"] = MultiplicationProblems(
+            test + longer, [False] * len(test) + [True] * len(longer), self.tokenizer
+        )

@@ -72,13 +72,17 @@ class ParityDataModule(SplitDataModule):
             if length < 1:
                 raise ValueError(f"{split_name}_length={length} must be a positive integer.")
             if length < train_length:
-                raise ValueError(f"{split_name}_length={length} must be >= train_length={train_length}: the "
-                                 "longer splits measure generalisation beyond the training length.")
+                raise ValueError(
+                    f"{split_name}_length={length} must be >= train_length={train_length}: the "
+                    "longer splits measure generalisation beyond the training length."
+                )
         split = checked_split(split, batch_size, num_workers)
         counts = {name: int(num_sequences * fraction) for name, fraction in zip(SPLITS, split)}
         if min(counts.values()) < 1:
-            raise ValueError(f"num_sequences={num_sequences} leaves a split without sequences for split={list(split)}; "
-                             "use more sequences.")
+            raise ValueError(
+                f"num_sequences={num_sequences} leaves a split without sequences for split={list(split)}; "
+                "use more sequences."
+            )
         self.lengths = lengths
         self.max_sequence_length = max(lengths.values())
         self.batch_size = batch_size
@@ -88,6 +92,12 @@ class ParityDataModule(SplitDataModule):
             name: ParitySequences(counts[name], lengths[name], torch.Generator().manual_seed(seed * len(SPLITS) + i))
             for i, name in enumerate(SPLITS)
         }
-        self.save_hyperparameters({**{f"{name}_length": length for name, length in lengths.items()},
-                                   "num_sequences": num_sequences, "split": list(split),
-                                   "batch_size": batch_size, "seed": seed})
+        self.save_hyperparameters(
+            {
+                **{f"{name}_length": length for name, length in lengths.items()},
+                "num_sequences": num_sequences,
+                "split": list(split),
+                "batch_size": batch_size,
+                "seed": seed,
+            }
+        )

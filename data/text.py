@@ -24,11 +24,29 @@ from data.tokenization import Vocabulary, load_tokenizer, train_tokenizer
 TOKENIZER_FILE = "tokenizer.json"  # where a run dir keeps its tokenizer (written by train_hydra.train)
 
 
-SUBJECTS = ("the cat", "a dog", "the old sailor", "my sister", "the baker", "a small bird", "the king",
-            "our teacher", "the river", "a tired horse")
+SUBJECTS = (
+    "the cat",
+    "a dog",
+    "the old sailor",
+    "my sister",
+    "the baker",
+    "a small bird",
+    "the king",
+    "our teacher",
+    "the river",
+    "a tired horse",
+)
 VERBS = ("sees", "follows", "paints", "carries", "finds", "remembers", "watches", "builds")
-OBJECTS = ("the red boat", "a green apple", "the tall tower", "an empty house", "the morning light",
-           "a silver coin", "the quiet garden", "seven stones")
+OBJECTS = (
+    "the red boat",
+    "a green apple",
+    "the tall tower",
+    "an empty house",
+    "the morning light",
+    "a silver coin",
+    "the quiet garden",
+    "seven stones",
+)
 PLACES = ("near the sea", "in the city", "under the bridge", "at dawn", "by the mill", "on the hill")
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -58,7 +76,9 @@ def read_text_file(path: str | Path) -> str:
     """The UTF-8 content of `path`; a missing, unreadable, non-UTF-8 or empty file fails in one sentence."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"path={path} does not exist or is not a file; give a UTF-8 text file, or null for the generated corpus.")
+        raise ValueError(
+            f"path={path} does not exist or is not a file; give a UTF-8 text file, or null for the generated corpus."
+        )
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -80,8 +100,15 @@ class NextTokenWindows(Dataset):
     y = ids[s+1 : s+L+1] and `characters`, the characters each target token covers; targets stay
     inside the segment."""
 
-    def __init__(self, ids: torch.Tensor, character_counts: torch.Tensor, start: int, stop: int,
-                 sequence_length: int, stride: int) -> None:
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        character_counts: torch.Tensor,
+        start: int,
+        stop: int,
+        sequence_length: int,
+        stride: int,
+    ) -> None:
         self.ids = ids
         self.character_counts = character_counts
         self.sequence_length = sequence_length
@@ -131,8 +158,11 @@ class TextDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         stride = sequence_length if stride is None else stride
-        for name, value in (("sequence_length", sequence_length), ("stride", stride),
-                            ("corpus_characters", corpus_characters)):
+        for name, value in (
+            ("sequence_length", sequence_length),
+            ("stride", stride),
+            ("corpus_characters", corpus_characters),
+        ):
             if value < 1:
                 raise ValueError(f"{name}={value} must be a positive integer.")
         split = checked_split(split, batch_size, num_workers)
@@ -140,12 +170,15 @@ class TextDataModule(SplitDataModule):
         character_bounds = split_bounds(len(self.text), split)
         segments = {name: self.text[start:stop] for name, (start, stop) in character_bounds.items()}
         self.vocabulary: Vocabulary = (
-            load_tokenizer(tokenizer_file) if tokenizer_file is not None
+            load_tokenizer(tokenizer_file)
+            if tokenizer_file is not None
             else train_tokenizer(tokenizer, segments["train"], self.text, vocab_size)
         )
         if self.vocabulary.kind != tokenizer:
-            raise ValueError(f"tokenizer_file={tokenizer_file} holds a {self.vocabulary.kind} tokenizer but "
-                             f"tokenizer={tokenizer}; set tokenizer={self.vocabulary.kind}.")
+            raise ValueError(
+                f"tokenizer_file={tokenizer_file} holds a {self.vocabulary.kind} tokenizer but "
+                f"tokenizer={tokenizer}; set tokenizer={self.vocabulary.kind}."
+            )
         self.vocab_size = self.output_dim = len(self.vocabulary)
         # Each segment is tokenized on its own, so no token spans a split boundary.
         encoded = {name: self.vocabulary.encode_with_character_counts(text) for name, text in segments.items()}
@@ -170,9 +203,17 @@ class TextDataModule(SplitDataModule):
             name: NextTokenWindows(self.ids, self.character_counts, start, stop, sequence_length, stride)
             for name, (start, stop) in self.bounds.items()
         }
-        self.save_hyperparameters({"path": path, "tokenizer": tokenizer,
-                                   "sequence_length": sequence_length, "stride": stride,
-                                   "split": list(split), "batch_size": batch_size, "seed": seed})
+        self.save_hyperparameters(
+            {
+                "path": path,
+                "tokenizer": tokenizer,
+                "sequence_length": sequence_length,
+                "stride": stride,
+                "split": list(split),
+                "batch_size": batch_size,
+                "seed": seed,
+            }
+        )
 
     def save_tokenizer(self, run_dir: Path) -> None:
         """Write the tokenizer into the run dir, where sampling and reloading read it."""

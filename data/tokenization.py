@@ -109,8 +109,10 @@ class BPEVocabulary:
         tokenizer.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         if vocab_size < len(alphabet):
-            raise ValueError(f"vocab_size={vocab_size} is smaller than the {len(alphabet)} byte tokens BPE starts "
-                             f"from; use at least {len(alphabet)}.")
+            raise ValueError(
+                f"vocab_size={vocab_size} is smaller than the {len(alphabet)} byte tokens BPE starts "
+                f"from; use at least {len(alphabet)}."
+            )
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False)
         tokenizer.train_from_iterator(text.splitlines(keepends=True), trainer)
         return cls(tokenizer)
@@ -148,8 +150,10 @@ def train_tokenizer(kind: str, train_text: str, full_text: str, vocab_size: int 
         raise ValueError(f"vocab_size={vocab_size} must be >= 2 (or null).")
     if kind == "char":
         if vocab_size is not None:
-            raise ValueError(f"vocab_size={vocab_size} is for word and bpe tokens; the char vocabulary is every "
-                             "character of the text, so leave vocab_size null.")
+            raise ValueError(
+                f"vocab_size={vocab_size} is for word and bpe tokens; the char vocabulary is every "
+                "character of the text, so leave vocab_size null."
+            )
         return CharVocabulary(full_text)
     if kind == "word":
         return WordVocabulary.from_text(train_text, vocab_size)
@@ -162,8 +166,10 @@ def load_tokenizer(path: str | Path) -> Vocabulary:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ValueError(f"tokenizer_file={path} is not a readable tokenizer file ({type(error).__name__}); "
-                         "pass the tokenizer.json of a data=text run.") from error
+        raise ValueError(
+            f"tokenizer_file={path} is not a readable tokenizer file ({type(error).__name__}); "
+            "pass the tokenizer.json of a data=text run."
+        ) from error
     if content.get("kind") == "char":
         return CharVocabulary(content["characters"])
     if content.get("kind") == "word":
@@ -172,5 +178,6 @@ def load_tokenizer(path: str | Path) -> Vocabulary:
         from tokenizers import Tokenizer
 
         return BPEVocabulary(Tokenizer.from_str(json.dumps(content)))
-    raise ValueError(f"tokenizer_file={path} holds no char, word or BPE tokenizer; pass the tokenizer.json of a "
-                     "data=text run.")
+    raise ValueError(
+        f"tokenizer_file={path} holds no char, word or BPE tokenizer; pass the tokenizer.json of a data=text run."
+    )

@@ -4,5 +4,12 @@ from models import convgru, gated_delta, hamilton_imm, latent_transformer, recur
 from models.contract import OptionError, SequenceModel
 from models.registry import build_model, check_task, get_model_class, list_models, register_model
 
-__all__ = ["OptionError", "SequenceModel", "build_model", "check_task", "get_model_class", "list_models",
-           "register_model"]
+__all__ = [
+    "OptionError",
+    "SequenceModel",
+    "build_model",
+    "check_task",
+    "get_model_class",
+    "list_models",
+    "register_model",
+]

@@ -67,5 +67,6 @@ class SequenceModel(nn.Module):
         if not cls.supported_tasks or unknown:
             raise ValueError(f"{cls.__name__}.supported_tasks must be a non-empty subset of {TASKS}.")
         if not cls.supported_inputs or set(cls.supported_inputs) - set(INPUT_KINDS.values()):
-            raise ValueError(f"{cls.__name__}.supported_inputs must be a non-empty subset of "
-                             f"{tuple(INPUT_KINDS.values())}.")
+            raise ValueError(
+                f"{cls.__name__}.supported_inputs must be a non-empty subset of {tuple(INPUT_KINDS.values())}."
+            )

@@ -36,18 +36,22 @@ class SeparableConv2d(nn.Module):
     """Depthwise-separable convolution: a k x k filter per input channel, then a 1 x 1 mix of channels
     (grouped by `groups`). Parameters: in * k^2 + in * out / groups, against in * out * k^2 / groups."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1, bias: bool = True
+    ) -> None:
         super().__init__()
-        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2,
-                                   groups=in_channels, bias=False)
+        self.depthwise = nn.Conv2d(
+            in_channels, in_channels, kernel_size, padding=kernel_size // 2, groups=in_channels, bias=False
+        )
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))
 
 
-def make_conv(in_channels: int, out_channels: int, kernel_size: int, depthwise: bool, groups: int = 1,
-              bias: bool = True) -> nn.Module:
+def make_conv(
+    in_channels: int, out_channels: int, kernel_size: int, depthwise: bool, groups: int = 1, bias: bool = True
+) -> nn.Module:
     """A grid-size-preserving convolution, standard or depthwise-separable."""
     if depthwise:
         return SeparableConv2d(in_channels, out_channels, kernel_size, groups, bias)
@@ -75,21 +79,37 @@ class ConvGRUCell(nn.Module):
         recurrent_groups: groups of the recurrent convolutions (1 = dense).
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, grid: tuple[int, int], kernel_size: int,
-                 use_layer_norm: bool, learnable_h0: bool, use_depthwise: bool, recurrent_groups: int,
-                 use_residual: bool, grad_clip_val: float | None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        grid: tuple[int, int],
+        kernel_size: int,
+        use_layer_norm: bool,
+        learnable_h0: bool,
+        use_depthwise: bool,
+        recurrent_groups: int,
+        use_residual: bool,
+        grad_clip_val: float | None,
+    ) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
         self.recurrent_groups = recurrent_groups
         self.use_residual = use_residual
         self.grad_clip_val = grad_clip_val
         # A bias in front of a GroupNorm is removed by the normalisation; GroupNorm's shift replaces it.
-        self.input_conv = make_conv(in_channels, 3 * hidden_channels, kernel_size, use_depthwise, bias=not use_layer_norm)
-        self.gate_conv = make_conv(hidden_channels, 2 * hidden_channels, kernel_size, use_depthwise,
-                                   groups=recurrent_groups, bias=False)
-        self.candidate_conv = make_conv(hidden_channels, hidden_channels, kernel_size, use_depthwise,
-                                        groups=recurrent_groups, bias=False)
-        make_norm = (lambda: nn.GroupNorm(norm_groups(hidden_channels), hidden_channels)) if use_layer_norm else nn.Identity
+        self.input_conv = make_conv(
+            in_channels, 3 * hidden_channels, kernel_size, use_depthwise, bias=not use_layer_norm
+        )
+        self.gate_conv = make_conv(
+            hidden_channels, 2 * hidden_channels, kernel_size, use_depthwise, groups=recurrent_groups, bias=False
+        )
+        self.candidate_conv = make_conv(
+            hidden_channels, hidden_channels, kernel_size, use_depthwise, groups=recurrent_groups, bias=False
+        )
+        make_norm = (
+            (lambda: nn.GroupNorm(norm_groups(hidden_channels), hidden_channels)) if use_layer_norm else nn.Identity
+        )
         self.update_norm, self.reset_norm, self.candidate_norm = make_norm(), make_norm(), make_norm()
         self.h0 = nn.Parameter(torch.zeros(hidden_channels, *grid)) if learnable_h0 else None
         self.reset_parameters()
@@ -138,7 +158,9 @@ class ConvGRUCell(nn.Module):
             h = h.clamp(-self.grad_clip_val, self.grad_clip_val)
         return h, update, reset
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, h: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, T, C_in, H, W), h: initial state (default: h0) -> layer outputs (B, T, hidden, H, W)
         (h_t, plus x_t with the residual) and the update and reset gates of every position, (B, T, hidden, H, W)."""
         batch, steps = x.shape[:2]
@@ -205,18 +227,27 @@ class ConvGRUModel(SequenceModel):
         input_shape = tuple(int(size) for size in input_shape)
         if len(input_shape) != 3 or min(input_shape) < 1:
             raise ValueError(f"input_shape={list(input_shape)} must be (channels, height, width) with positive sizes.")
-        for name, value in (("output_dim", output_dim), ("hidden_channels", hidden_channels),
-                            ("num_layers", num_layers), ("num_groups", num_groups)):
+        for name, value in (
+            ("output_dim", output_dim),
+            ("hidden_channels", hidden_channels),
+            ("num_layers", num_layers),
+            ("num_groups", num_groups),
+        ):
             if value < 1:
                 raise ValueError(f"{name}={value} must be >= 1.")
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={kernel_size} must be an odd positive integer, so padding keeps the grid size.")
+            raise ValueError(
+                f"kernel_size={kernel_size} must be an odd positive integer, so padding keeps the grid size."
+            )
         if use_grouped and num_groups == 1:
-            raise ValueError("num_groups=1 with use_grouped=True is a dense convolution; set num_groups >= 2 "
-                             "or use_grouped=false.")
+            raise ValueError(
+                "num_groups=1 with use_grouped=True is a dense convolution; set num_groups >= 2 or use_grouped=false."
+            )
         if use_grouped and hidden_channels % num_groups:
-            raise ValueError(f"num_groups={num_groups} must divide hidden_channels={hidden_channels} "
-                             "for grouped recurrent convolutions.")
+            raise ValueError(
+                f"num_groups={num_groups} must divide hidden_channels={hidden_channels} "
+                "for grouped recurrent convolutions."
+            )
         channels, height, width = input_shape
         if use_residual and channels != hidden_channels:
             raise ValueError(
@@ -229,9 +260,18 @@ class ConvGRUModel(SequenceModel):
         self.input_shape = input_shape
         self.predicts_field = output_dim == channels * height * width
         self.layers = nn.ModuleList(
-            ConvGRUCell(channels if layer == 0 else hidden_channels, hidden_channels, (height, width), kernel_size,
-                        use_layer_norm, learnable_h0, use_depthwise, num_groups if use_grouped else 1,
-                        use_residual, grad_clip_val)
+            ConvGRUCell(
+                channels if layer == 0 else hidden_channels,
+                hidden_channels,
+                (height, width),
+                kernel_size,
+                use_layer_norm,
+                learnable_h0,
+                use_depthwise,
+                num_groups if use_grouped else 1,
+                use_residual,
+                grad_clip_val,
+            )
             for layer in range(num_layers)
         )
         self.head = prediction_head(hidden_channels, input_shape, output_dim)
@@ -245,8 +285,10 @@ class ConvGRUModel(SequenceModel):
         `update_gate_layer<l>` when there are several.
         """
         if x.dim() != 5 or tuple(x.shape[2:]) != self.input_shape:
-            raise ValueError(f"x has shape {tuple(x.shape)}; convgru reads (batch, steps, *input_shape) = "
-                             f"(B, T, {', '.join(map(str, self.input_shape))}).")
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; convgru reads (batch, steps, *input_shape) = "
+                f"(B, T, {', '.join(map(str, self.input_shape))})."
+            )
         output, diagnostics = run_stack(self.layers, self.head, x)
         return (output, diagnostics) if return_diagnostics else output
 

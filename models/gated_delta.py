@@ -67,8 +67,16 @@ class GatedDeltaUnit(nn.Module):
         use_parallel_scan: the scan op (True) or the float64 sequential reference loop (False).
     """
 
-    def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float,
-                 seam: bool = True, seam_gate_init: float = 0.05, use_parallel_scan: bool = True) -> None:
+    def __init__(
+        self,
+        stream_dim: int,
+        even_dim: int,
+        delta_rank: int,
+        temperature: float,
+        seam: bool = True,
+        seam_gate_init: float = 0.05,
+        use_parallel_scan: bool = True,
+    ) -> None:
         super().__init__()
         self.temperature = temperature
         self.seam = seam
@@ -108,7 +116,9 @@ class GatedDeltaUnit(nn.Module):
         squared_norm = u.pow(2).sum(-1) / width
         dot = nn.functional.pad((u[:, 1:] * u[:, :-1]).sum(-1), (1, 0)) / width
         # One matmul for both bilinear projections (they read the same input).
-        left, right = nn.functional.linear(u, torch.cat([self.bilinear_left.weight, self.bilinear_right.weight])).chunk(2, -1)
+        left, right = nn.functional.linear(u, torch.cat([self.bilinear_left.weight, self.bilinear_right.weight])).chunk(
+            2, -1
+        )
         base = torch.stack([dot, squared_norm, previous(squared_norm)], dim=-1)
         return torch.cat([base, left * right, left * previous(right)], dim=-1)
 
@@ -116,7 +126,8 @@ class GatedDeltaUnit(nn.Module):
         """Inputs of the seam sigmoid (score / temperature, (B, T); None without the seam), of the
         update sigmoid (B, T, stream + even) and of the candidate tanh (B, T, even)."""
         score, update, candidate = self.from_invariants(features).split(
-            [self.num_seam_scores, self.stream_dim + self.even_dim, self.even_dim], dim=-1)
+            [self.num_seam_scores, self.stream_dim + self.even_dim, self.even_dim], dim=-1
+        )
         return (score.squeeze(-1) / self.temperature if self.seam else None), update, candidate
 
     def gates(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,8 +162,11 @@ class GatedDeltaUnit(nn.Module):
         # axis (and splitting the gradient back) costs more on CPU than a second scan call.
         h_odd = self.scan(flipped_decay(seam, beta_odd), beta_odd * self.odd_input(u), h_odd0)
         h_even = self.scan(1.0 - beta_even, beta_even * even_candidate, h_even0)
-        diagnostics = ({"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
-                       if with_diagnostics else None)
+        diagnostics = (
+            {"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
+            if with_diagnostics
+            else None
+        )
         return h_odd, h_even, diagnostics, (h_odd[:, -1], h_even[:, -1], u[:, -1])
 
 
@@ -163,18 +177,31 @@ class GatedDeltaBlock(nn.Module):
     layer-to-layer projection `out` has rank `delta_rank` when that is below the stream size.
     """
 
-    def __init__(self, stream_dim: int, even_dim: int, delta_rank: int, temperature: float, seam: bool,
-                 seam_gate_init: float, use_parallel_scan: bool) -> None:
+    def __init__(
+        self,
+        stream_dim: int,
+        even_dim: int,
+        delta_rank: int,
+        temperature: float,
+        seam: bool,
+        seam_gate_init: float,
+        use_parallel_scan: bool,
+    ) -> None:
         super().__init__()
         self.norm = nn.RMSNorm(stream_dim)
-        self.unit = GatedDeltaUnit(stream_dim, even_dim, delta_rank, temperature, seam, seam_gate_init,
-                                   use_parallel_scan)
+        self.unit = GatedDeltaUnit(
+            stream_dim, even_dim, delta_rank, temperature, seam, seam_gate_init, use_parallel_scan
+        )
         self.even_modulation = nn.Linear(even_dim, stream_dim)
-        self.out = (LowRankLinear(stream_dim, stream_dim, delta_rank) if delta_rank < stream_dim
-                    else nn.Linear(stream_dim, stream_dim, bias=False))
+        self.out = (
+            LowRankLinear(stream_dim, stream_dim, delta_rank)
+            if delta_rank < stream_dim
+            else nn.Linear(stream_dim, stream_dim, bias=False)
+        )
 
-    def forward(self, stream: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None,
-                with_diagnostics: bool = True):
+    def forward(
+        self, stream: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None, with_diagnostics: bool = True
+    ):
         """-> (new stream, diagnostics of the unit, final state of the unit)."""
         h_odd, h_even, diagnostics, final_state = self.unit(self.norm(stream), state, with_diagnostics)
         return stream + self.out(h_odd * torch.sigmoid(self.even_modulation(h_even))), diagnostics, final_state
@@ -236,7 +263,9 @@ class Z2GatedDeltaRNN(SequenceModel):
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0.")
         if not 0.0 < seam_gate_init < 1.0:
-            raise ValueError(f"seam_gate_init={seam_gate_init} must lie strictly between 0 and 1 (it is a sigmoid's value).")
+            raise ValueError(
+                f"seam_gate_init={seam_gate_init} must lie strictly between 0 and 1 (it is a sigmoid's value)."
+            )
         even_dim, odd_dim = split_hidden_dim(hidden_dim, "z2_delta")
         self.embed = input_layer(input_dim, vocab_size, odd_dim)
         self.blocks = nn.ModuleList(

@@ -10,8 +10,13 @@ from torch import nn
 
 
 @torch.no_grad()
-def sample_tokens(model: nn.Module, prompt: torch.Tensor, length: int, temperature: float = 1.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_tokens(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    length: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Extend the ids `prompt` (1-D, non-empty) by `length` ids drawn one at a time from the causal
     token model's next-id distribution at `temperature`; 0 picks the most likely id (greedy).
 
@@ -32,4 +37,4 @@ def sample_tokens(model: nn.Module, prompt: torch.Tensor, length: int, temperatu
         else:
             next_id = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[0]
         sequence = torch.cat([sequence, next_id.reshape(1)])
-    return sequence[len(prompt):]
+    return sequence[len(prompt) :]

@@ -92,7 +92,9 @@ def hamilton_imm_filter(
                 prior_mean = MODES[j] * (A @ means[i])
                 prior_cov = A @ covs[i] @ A.T + Q
                 innovation_cov = C @ prior_cov @ C.T + R
-                log_weights[i, j] = np.log(pair_weights[i, j]) + _log_gaussian(x[t + 1] - C @ prior_mean, innovation_cov)
+                log_weights[i, j] = np.log(pair_weights[i, j]) + _log_gaussian(
+                    x[t + 1] - C @ prior_mean, innovation_cov
+                )
                 pair_means[i, j], pair_covs[i, j] = _kalman_update(prior_mean, prior_cov, x[t + 1], C, R)
         posterior = np.exp(log_weights - log_weights.max())
         posterior /= posterior.sum()
@@ -151,8 +153,16 @@ class HamiltonIMMReference(SequenceModel):
     def forward(self, x: torch.Tensor, return_diagnostics: bool = False):
         """x: (B, T, obs) -> E[x_{t+1} | window up to t], (B, T, obs)."""
         results = [
-            hamilton_imm_filter(window, self.A, self.C, self.sigma_epsilon, self.sigma_eta, self.p_switch,
-                                initial_cov=self.prior_cov, initial_plus_probability=0.5)
+            hamilton_imm_filter(
+                window,
+                self.A,
+                self.C,
+                self.sigma_epsilon,
+                self.sigma_eta,
+                self.p_switch,
+                initial_cov=self.prior_cov,
+                initial_plus_probability=0.5,
+            )
             for window in x.detach().double().cpu().numpy()
         ]
         predictions = torch.as_tensor(np.stack([r.predictions for r in results]), dtype=x.dtype, device=x.device)

@@ -49,7 +49,8 @@ class CausalSelfAttention(nn.Module):
         batch, length, width = h.shape
         q, k, v = self.qkv(h).view(batch, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
         attended = nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out(attended.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -61,8 +62,12 @@ class TransformerBlock(nn.Module):
         self.attention_norm = nn.LayerNorm(d_model)
         self.attention = CausalSelfAttention(d_model, num_heads, dropout)
         self.mlp_norm = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
-                                 nn.Linear(mlp_ratio * d_model, d_model), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * d_model, d_model),
+            nn.Dropout(dropout),
+        )
         self.mlp[2].is_residual_projection = True
         self.residual_dropout = nn.Dropout(dropout)
 
@@ -110,8 +115,14 @@ class SimpleTransformer(SequenceModel):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("output_dim", output_dim), ("d_model", d_model), ("num_layers", num_layers),
-                            ("num_heads", num_heads), ("mlp_ratio", mlp_ratio), ("max_length", max_length)):
+        for name, value in (
+            ("output_dim", output_dim),
+            ("d_model", d_model),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("mlp_ratio", mlp_ratio),
+            ("max_length", max_length),
+        ):
             if value < 1:
                 raise ValueError(f"{name}={value} is not allowed; it must be a positive integer.")
         if d_model % num_heads:
@@ -146,8 +157,10 @@ class SimpleTransformer(SequenceModel):
         """Fail in one sentence when inputs of `length` steps need more positions than the model has."""
         if length + self.extra_length > self.max_length:
             latents = f" plus {self.extra_length} latent tokens" if self.extra_length else ""
-            raise ValueError(f"max_length={self.max_length} is too short for inputs of {length} steps{latents}; "
-                             f"raise it to at least {length + self.extra_length}.")
+            raise ValueError(
+                f"max_length={self.max_length} is too short for inputs of {length} steps{latents}; "
+                f"raise it to at least {length + self.extra_length}."
+            )
 
     def run_blocks(self, h: torch.Tensor) -> torch.Tensor:
         """The transformer blocks over an embedded sequence (B, T, d_model), positions added here."""
@@ -204,12 +217,24 @@ class LatentTransformer(SimpleTransformer):
             allowed = "token inputs only" if vocab_size is None else f"an id in [0, {vocab_size})"
             raise ValueError(f"separator_token={separator_token} is not allowed; it must be {allowed}.")
         if num_latent_tokens >= max_length:
-            raise ValueError(f"num_latent_tokens={num_latent_tokens} is not allowed; it must be below "
-                             f"max_length={max_length} to leave positions for the input.")
+            raise ValueError(
+                f"num_latent_tokens={num_latent_tokens} is not allowed; it must be below "
+                f"max_length={max_length} to leave positions for the input."
+            )
         self.num_latent_tokens = num_latent_tokens
         self.separator_token = separator_token
-        super().__init__(output_dim, input_dim, vocab_size, d_model, num_layers, num_heads, mlp_ratio, dropout,
-                         max_length, gradient_checkpointing)
+        super().__init__(
+            output_dim,
+            input_dim,
+            vocab_size,
+            d_model,
+            num_layers,
+            num_heads,
+            mlp_ratio,
+            dropout,
+            max_length,
+            gradient_checkpointing,
+        )
         self.latent_tokens = nn.Parameter(torch.empty(num_latent_tokens, d_model))
         nn.init.normal_(self.latent_tokens, 0.0, INIT_STD)
 
@@ -223,8 +248,10 @@ class LatentTransformer(SimpleTransformer):
             return torch.full((x.shape[0],), x.shape[1] - 1, dtype=torch.long, device=x.device)
         is_separator = x == self.separator_token
         if not is_separator.any(dim=1).all():
-            raise ValueError(f"separator_token={self.separator_token} is missing from some input rows; every "
-                             "prompt must contain it, since the latent tokens go right before it.")
+            raise ValueError(
+                f"separator_token={self.separator_token} is missing from some input rows; every "
+                "prompt must contain it, since the latent tokens go right before it."
+            )
         return is_separator.int().argmax(dim=1)  # the first occurrence
 
     def insert_latents(self, embedded: torch.Tensor, insert_at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,8 +88,12 @@ class RecurrentCell(nn.Module):
 
 # Each family's gates in torch's order, with the nonlinearity applied to each pre-activation.
 GATES = {
-    "lstm": (("input gate", "sigmoid"), ("forget gate", "sigmoid"), ("cell candidate", "tanh"),
-             ("output gate", "sigmoid")),
+    "lstm": (
+        ("input gate", "sigmoid"),
+        ("forget gate", "sigmoid"),
+        ("cell candidate", "tanh"),
+        ("output gate", "sigmoid"),
+    ),
     "gru": (("reset gate", "sigmoid"), ("update gate", "sigmoid"), ("candidate", "tanh")),
     "rnn": (("state", "tanh"),),
 }
@@ -131,22 +135,33 @@ class RecurrentModel(SequenceModel):
     ) -> None:
         super().__init__()
         check_input_sizes(input_dim, vocab_size)
-        sizes = {"output_dim": output_dim, "hidden_dim": hidden_dim, "num_layers": num_layers, "embedding_dim": embedding_dim}
+        sizes = {
+            "output_dim": output_dim,
+            "hidden_dim": hidden_dim,
+            "num_layers": num_layers,
+            "embedding_dim": embedding_dim,
+        }
         for name, value in sizes.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be >= 1.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must lie in [0, 1).")
         if embedding_dim is not None and vocab_size is None:
-            raise ValueError(f"embedding_dim={embedding_dim} applies to token inputs only; leave it null for vector data.")
+            raise ValueError(
+                f"embedding_dim={embedding_dim} applies to token inputs only; leave it null for vector data."
+            )
         self.bidirectional = bidirectional
         self.use_layer_norm = use_layer_norm
         self.embedding = nn.Embedding(vocab_size, embedding_dim or hidden_dim) if vocab_size is not None else None
         recurrent_input = input_dim if vocab_size is None else embedding_dim or hidden_dim
         # torch applies dropout between layers only; with one layer it would be a silent no-op.
         self.recurrent = TORCH_CLASSES[self.family](
-            recurrent_input, hidden_dim, num_layers, batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional,
+            recurrent_input,
+            hidden_dim,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
         )
         directions = 2 if bidirectional else 1
         # Without LayerNorm the cells hold no parameters; they are the reference the fused path must match.
@@ -201,8 +216,10 @@ class RecurrentModel(SequenceModel):
         start the next chunk from (torch's h_n, or (h_n, c_n) for the LSTM).
         """
         if self.use_layer_norm or self.bidirectional:
-            raise ValueError(f"stateful training of {self.family} needs the fused path, which use_layer_norm=true "
-                             "and bidirectional=true do not run; set both to false.")
+            raise ValueError(
+                f"stateful training of {self.family} needs the fused path, which use_layer_norm=true "
+                "and bidirectional=true do not run; set both to false."
+            )
         if self.embedding is not None:
             x = self.embedding(x)
         features, final_state = self.recurrent(x, state)
@@ -217,7 +234,9 @@ class RecurrentModel(SequenceModel):
             outputs = []
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                weights = tuple(getattr(rnn, f"{kind}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                weights = tuple(
+                    getattr(rnn, f"{kind}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                )
                 cell = self.cells[layer * directions + direction]
                 if direction:
                     outputs.append(cell(x.flip(1), weights).flip(1))

@@ -29,8 +29,10 @@ def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered by {_REGISTRY[name].__name__}.")
         if not (isinstance(cls, type) and issubclass(cls, SequenceModel)):
-            raise ValueError(f"{getattr(cls, '__name__', cls)} must subclass models.contract.SequenceModel to be "
-                             f"registered as {name!r} (see docs/model_contract.md).")
+            raise ValueError(
+                f"{getattr(cls, '__name__', cls)} must subclass models.contract.SequenceModel to be "
+                f"registered as {name!r} (see docs/model_contract.md)."
+            )
         cls.check_contract()
         _REGISTRY[name] = cls
         return cls
@@ -54,7 +56,9 @@ def check_task(name: str, task: str, data_name: str = "the data", input_kind: st
     """Fail before training when model `name` cannot learn `task` from `input_kind` inputs,
     naming what would work."""
     cls = get_model_class(name)
-    fits = [m for m in list_models() if task in _REGISTRY[m].supported_tasks and input_kind in _REGISTRY[m].supported_inputs]
+    fits = [
+        m for m in list_models() if task in _REGISTRY[m].supported_tasks and input_kind in _REGISTRY[m].supported_inputs
+    ]
     if task not in cls.supported_tasks:
         problem = f"the {task!r} task of {data_name} (it supports {', '.join(cls.supported_tasks)})"
     elif input_kind not in cls.supported_inputs:

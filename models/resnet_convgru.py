@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.convgru import ConvGRUCell, make_conv, prediction_head, run_stack
 from models.contract import SequenceModel
+from models.convgru import ConvGRUCell, make_conv, prediction_head, run_stack
 from models.registry import register_model
 
 CONV_TYPES = ("standard", "depthwise")
@@ -41,8 +41,9 @@ class RMSNorm(nn.Module):
     norm_dims=(1,) normalises each pixel over its channels; (1, 2, 3) each frame over all its values.
     """
 
-    def __init__(self, num_features: int, norm_dims: tuple[int, ...] = (1,), eps: float = 1e-4,
-                 affine: bool = True) -> None:
+    def __init__(
+        self, num_features: int, norm_dims: tuple[int, ...] = (1,), eps: float = 1e-4, affine: bool = True
+    ) -> None:
         super().__init__()
         if num_features < 1:
             raise ValueError(f"num_features={num_features} must be >= 1.")
@@ -65,8 +66,15 @@ class RMSNorm(nn.Module):
 class ConvBlock(nn.Module):
     """SiLU(RMSNorm(conv(x))); the convolution keeps the grid size and has no bias (beta replaces it)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, depthwise: bool, norm: dict,
-                 activation: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        depthwise: bool,
+        norm: dict,
+        activation: bool = True,
+    ) -> None:
         super().__init__()
         self.conv = make_conv(in_channels, out_channels, kernel_size, depthwise, bias=False)
         self.norm = RMSNorm(out_channels, **norm)
@@ -98,9 +106,18 @@ class ResBlock(nn.Module):
 class ResNetEncoder(nn.Module):
     """Frames (N, C, H, W) -> feature maps (N, channels[-1], H, W); see the module docstring."""
 
-    def __init__(self, in_channels: int, channels: list[int], blocks_per_stage: int, kernel_size: int,
-                 depthwise: bool, use_weight_norm: bool, norm: dict, kaiming_silu_init: bool,
-                 zero_init_residual: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: list[int],
+        blocks_per_stage: int,
+        kernel_size: int,
+        depthwise: bool,
+        use_weight_norm: bool,
+        norm: dict,
+        kaiming_silu_init: bool,
+        zero_init_residual: bool,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [ConvBlock(in_channels, channels[0], kernel_size, depthwise, norm)]
         for index, width in enumerate(channels):
@@ -171,28 +188,57 @@ class ResNetConvGRU(SequenceModel):
         conv_params = {"type": "standard", "kernel_size": 3, **(conv_params or {})}
         unknown = sorted(set(conv_params) - set(CONV_PARAM_KEYS))
         if unknown:
-            raise ValueError(f"conv_params has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(CONV_PARAM_KEYS)}.")
+            raise ValueError(
+                f"conv_params has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(CONV_PARAM_KEYS)}."
+            )
         if conv_params["type"] not in CONV_TYPES:
-            raise ValueError(f"conv_params.type={conv_params['type']!r} is not allowed; choose one of: {', '.join(CONV_TYPES)}.")
+            raise ValueError(
+                f"conv_params.type={conv_params['type']!r} is not allowed; choose one of: {', '.join(CONV_TYPES)}."
+            )
         for name, value in (("conv_params.kernel_size", conv_params["kernel_size"]), ("kernel_size", kernel_size)):
             if value < 1 or value % 2 == 0:
                 raise ValueError(f"{name}={value} must be an odd positive integer, so padding keeps the grid size.")
         depthwise = conv_params["type"] == "depthwise"
         if use_weight_norm and depthwise:
-            raise ValueError("use_weight_norm=True works with conv_params.type=standard only (a depthwise-separable "
-                             "convolution has no single weight to normalise); set one of them differently.")
-        for name, value in (("blocks_per_stage", blocks_per_stage), ("hidden_channels", hidden_channels),
-                            ("num_layers", num_layers), ("output_dim", output_dim)):
+            raise ValueError(
+                "use_weight_norm=True works with conv_params.type=standard only (a depthwise-separable "
+                "convolution has no single weight to normalise); set one of them differently."
+            )
+        for name, value in (
+            ("blocks_per_stage", blocks_per_stage),
+            ("hidden_channels", hidden_channels),
+            ("num_layers", num_layers),
+            ("output_dim", output_dim),
+        ):
             if value < (0 if name == "blocks_per_stage" else 1):
                 raise ValueError(f"{name}={value} must be >= {0 if name == 'blocks_per_stage' else 1}.")
         self.input_shape = input_shape
         field_channels, height, width = input_shape
         norm = {"norm_dims": tuple(norm_dims), "eps": norm_eps, "affine": norm_affine}
-        self.encoder = ResNetEncoder(field_channels, channels, blocks_per_stage, conv_params["kernel_size"],
-                                     depthwise, use_weight_norm, norm, kaiming_silu_init, zero_init_residual)
+        self.encoder = ResNetEncoder(
+            field_channels,
+            channels,
+            blocks_per_stage,
+            conv_params["kernel_size"],
+            depthwise,
+            use_weight_norm,
+            norm,
+            kaiming_silu_init,
+            zero_init_residual,
+        )
         self.layers = nn.ModuleList(
-            ConvGRUCell(channels[-1] if layer == 0 else hidden_channels, hidden_channels, (height, width), kernel_size,
-                        use_layer_norm, learnable_h0, use_depthwise, 1, False, None)
+            ConvGRUCell(
+                channels[-1] if layer == 0 else hidden_channels,
+                hidden_channels,
+                (height, width),
+                kernel_size,
+                use_layer_norm,
+                learnable_h0,
+                use_depthwise,
+                1,
+                False,
+                None,
+            )
             for layer in range(num_layers)
         )
         self.head = prediction_head(hidden_channels, input_shape, output_dim)
@@ -201,8 +247,10 @@ class ResNetConvGRU(SequenceModel):
         """x: (B, T, C, H, W) -> per-step predictions (B, T, C, H, W) or (B, T, output_dim); the
         diagnostics are the ConvGRU's (update and reset gates averaged over channels and positions)."""
         if x.dim() != 5 or tuple(x.shape[2:]) != self.input_shape:
-            raise ValueError(f"x has shape {tuple(x.shape)}; resnet_convgru reads (batch, steps, *input_shape) = "
-                             f"(B, T, {', '.join(map(str, self.input_shape))}).")
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; resnet_convgru reads (batch, steps, *input_shape) = "
+                f"(B, T, {', '.join(map(str, self.input_shape))})."
+            )
         batch, steps = x.shape[:2]
         features = self.encoder(x.flatten(0, 1)).unflatten(0, (batch, steps))
         output, diagnostics = run_stack(self.layers, self.head, features)

@@ -47,6 +47,7 @@ _MIN_CHUNKED_T = 16
 # anything between sqrt(T / 4) and sqrt(T) is within noise.
 _CHUNK_FACTOR = 0.5
 
+
 def linear_scan_reference(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Sequential float64 loop for h_t = a_t * h_{t-1} + b_t; returns all states (B, T, H) in float64."""
     a, b = a.double(), b.double()
@@ -79,8 +80,7 @@ class EagerScan:
         return h
 
     @staticmethod
-    def backward(a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor,
-                 need_a: bool) -> tuple[Tensor, Tensor | None]:
+    def backward(a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor, need_a: bool) -> tuple[Tensor, Tensor | None]:
         # d_t = g_t + a_{t+1} d_{t+1} with d_{T-1} = g_{T-1}: a reverse scan whose
         # coefficient at step t is a_{t+1}, i.e. a scan over a[:, 1:] seeded with g_{T-1}.
         d = torch.empty_like(h)
@@ -216,9 +216,7 @@ def _chunked_scan_into(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, rev
     return _loop_into(a[:, tail], b[:, tail], last, out[:, tail], False)
 
 
-def _chunks_into(
-    a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, reverse: bool, nc: int, L: int
-) -> Tensor:
+def _chunks_into(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, reverse: bool, nc: int, L: int) -> Tensor:
     """Two-level scan over exactly nc chunks of L steps (see the module docstring)."""
     B, _, H = a.shape
     a4, b4, out4 = a.unflatten(1, (nc, L)), b.unflatten(1, (nc, L)), out.unflatten(1, (nc, L))

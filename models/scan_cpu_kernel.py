@@ -54,18 +54,30 @@ class ScanKernel:
         """All states h (B, T, H) of h_t = a_t h_{t-1} + b_t; inputs contiguous, one dtype."""
         h = torch.empty_like(b)
         B, T, H = b.shape
-        self._forward[_SUFFIX[b.dtype]](a.data_ptr(), b.data_ptr(), _pointer(h0), h.data_ptr(), B, T, H,
-                                        torch.get_num_threads())
+        self._forward[_SUFFIX[b.dtype]](
+            a.data_ptr(), b.data_ptr(), _pointer(h0), h.data_ptr(), B, T, H, torch.get_num_threads()
+        )
         return h
 
-    def backward(self, a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor,
-                 need_a: bool) -> tuple[Tensor, Tensor | None]:
+    def backward(
+        self, a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor, need_a: bool
+    ) -> tuple[Tensor, Tensor | None]:
         """(grad_b, grad_a or None) of the scan, in one reverse pass."""
         grad_b = torch.empty_like(h)
         grad_a = torch.empty_like(h) if need_a else None
         B, T, H = h.shape
-        self._backward[_SUFFIX[h.dtype]](a.data_ptr(), h.data_ptr(), _pointer(h0), grad_h.data_ptr(),
-                                         grad_b.data_ptr(), _pointer(grad_a), B, T, H, torch.get_num_threads())
+        self._backward[_SUFFIX[h.dtype]](
+            a.data_ptr(),
+            h.data_ptr(),
+            _pointer(h0),
+            grad_h.data_ptr(),
+            grad_b.data_ptr(),
+            _pointer(grad_a),
+            B,
+            T,
+            H,
+            torch.get_num_threads(),
+        )
         return grad_b, grad_a
 
 
@@ -98,8 +110,9 @@ def build_library() -> Path:
     handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        result = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", partial], check=False, capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run(
+            [cxx, *FLAGS, str(SOURCE), "-o", partial], check=False, capture_output=True, text=True, timeout=300
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {result.stderr.strip()[-500:]}")
         os.replace(partial, target)

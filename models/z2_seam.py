@@ -128,7 +128,7 @@ class Z2SeamRNN(SequenceModel):
         x_weights, biases = [self.even_input.weight[:, x_norm]], [self.even_recurrent.bias]
         if self.gate_type == "learned":
             score = self.gate_score.weight / self.temperature  # (1, 4 + even): sigmoid(score / T)
-            weights.insert(0, torch.cat([score[:, dynamic], score[:, NUM_INVARIANTS:NUM_INVARIANTS + even_dim]], 1))
+            weights.insert(0, torch.cat([score[:, dynamic], score[:, NUM_INVARIANTS : NUM_INVARIANTS + even_dim]], 1))
             x_weights.insert(0, score[:, x_norm])
             biases.insert(0, self.gate_score.bias / self.temperature)
         state_weight = torch.cat(weights).t()  # (3 + even, columns)
@@ -170,8 +170,15 @@ class Z2SeamRNN(SequenceModel):
         predictions, gates, energies = [], [], []
         for t in range(steps):
             x_t = x[:, t]
-            features = torch.cat([(x_t * prediction).sum(-1, keepdim=True), prediction.pow(2).sum(-1, keepdim=True),
-                                  alpha.unsqueeze(-1), h_even], dim=-1)
+            features = torch.cat(
+                [
+                    (x_t * prediction).sum(-1, keepdim=True),
+                    prediction.pow(2).sum(-1, keepdim=True),
+                    alpha.unsqueeze(-1),
+                    h_even,
+                ],
+                dim=-1,
+            )
             preactivation = torch.addmm(static[:, t], features, state_weight)
             even_preactivation, gate = preactivation, None
             if learned:
@@ -193,8 +200,11 @@ class Z2SeamRNN(SequenceModel):
         output = torch.stack(predictions, dim=1)
         diagnostics = None
         if return_diagnostics:
-            gate_values = (x.new_full((batch, steps), constant_gate) if self.gate_type in ("fixed", "none")
-                           else torch.stack(gates, dim=1))
+            gate_values = (
+                x.new_full((batch, steps), constant_gate)
+                if self.gate_type in ("fixed", "none")
+                else torch.stack(gates, dim=1)
+            )
             diagnostics = {"gate": gate_values, "parity_energy": torch.stack(energies, dim=1)}
         return output, diagnostics, (h_even, h_odd)
 

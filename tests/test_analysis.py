@@ -66,8 +66,10 @@ def test_h1_finds_a_planted_regime_gate_and_not_an_independent_one():
     planted = negative + rng.normal(0, 0.3, len(negative))
     independent = planted_regimes(rng) == -1  # a gate that tracks some other regime sequence
     independent = independent + rng.normal(0, 0.3, len(negative))
-    results = {"planted": {"H1": h1_regime_tracking(planted, negative)},
-               "independent": {"H1": h1_regime_tracking(independent, negative)}}
+    results = {
+        "planted": {"H1": h1_regime_tracking(planted, negative)},
+        "independent": {"H1": h1_regime_tracking(independent, negative)},
+    }
     apply_holm(results)
     assert results["planted"]["H1"]["auroc"]["estimate"] > 0.95 and results["planted"]["H1"]["significant"]
     assert abs(results["independent"]["H1"]["auroc"]["estimate"] - 0.5) < 0.1

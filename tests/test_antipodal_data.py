@@ -39,7 +39,13 @@ def test_observable_mask_marks_exactly_the_first_w_steps_each_switch_changes():
     regime = np.array([1] * 10 + [-1] * 4 + [1] * 10)
     assert np.flatnonzero(transition_mask(regime, window_radius=3)).tolist() == [11, 12, 13, 15, 16, 17]
     assert np.flatnonzero(transition_mask(regime, window_radius=3, window="observable")).tolist() == [
-        11, 12, 13, 15, 16, 17]
+        11,
+        12,
+        13,
+        15,
+        16,
+        17,
+    ]
     # The windows are cut at the end of the sequence; no switch, no transition steps.
     assert np.flatnonzero(transition_mask(regime[:13], window_radius=3)).tolist() == [11, 12]
     assert not transition_mask(np.ones(8, dtype=int), window_radius=3).any()
@@ -52,7 +58,9 @@ def test_symmetric_mask_marks_s_minus_w_to_s_plus_w_minus_1():
 
 
 def test_unknown_window_is_refused_naming_the_key():
-    with pytest.raises(ValueError, match=r"generator.window='centred' is not allowed; choose one of: observable, symmetric"):
+    with pytest.raises(
+        ValueError, match=r"generator.window='centred' is not allowed; choose one of: observable, symmetric"
+    ):
         AntipodalProcessConfig(window="centred")
 
 

@@ -66,8 +66,14 @@ def test_no_time_index_appears_in_two_splits(target_mode):
 @pytest.mark.parametrize("target", ["field", "observation"])
 def test_windows_targets_and_batches(target):
     last = AntipodalFieldDataModule(generator={"T": 500, "seed": 9}, history_length=7, grid_size=8, target=target)
-    step = AntipodalFieldDataModule(generator={"T": 500, "seed": 9}, history_length=7, grid_size=8, target=target,
-                                    target_mode="next_step", batch_size=32)
+    step = AntipodalFieldDataModule(
+        generator={"T": 500, "seed": 9},
+        history_length=7,
+        grid_size=8,
+        target=target,
+        target_mode="next_step",
+        batch_size=32,
+    )
     last.setup()
     step.setup()
     fields = torch.as_tensor(last.sequence.x)

@@ -130,9 +130,12 @@ def test_the_fused_rerun_through_the_model_cell_starts_from_the_given_state(kind
     gates, output = fused_rnn_gate_preactivations(rnn, x, hx)
     torch.testing.assert_close(output, rnn(x, hx)[0], rtol=1e-5, atol=1e-6)
     assert [label for label, _, _ in gates][:2] == (
-        ["layer 0 input gate", "layer 0 forget gate"] if kind is nn.LSTM
-        else ["layer 0 reset gate", "layer 0 update gate"] if kind is nn.GRU
-        else ["layer 0 state", "layer 1 state"])
+        ["layer 0 input gate", "layer 0 forget gate"]
+        if kind is nn.LSTM
+        else ["layer 0 reset gate", "layer 0 update gate"]
+        if kind is nn.GRU
+        else ["layer 0 state", "layer 1 state"]
+    )
 
 
 def test_initialization_auditor_sees_the_gates_of_the_fused_lstm_baseline():
@@ -229,11 +232,18 @@ def test_audit_callback_logs_scalars_and_leaves_training_unchanged(tmp_path):
 
     from train_hydra import compose_config
 
-    common = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "test=false",
-              "trainer.log_every_n_steps=1",
-              "callbacks.rich_progress_bar=null", *SMALL_DATA]
-    audited_cfg = compose_config([*common, "callbacks=audit", "callbacks.training_audit.every_n_steps=2"],
-                                 tmp_path / "audited")
+    common = [
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        "callbacks.rich_progress_bar=null",
+        *SMALL_DATA,
+    ]
+    audited_cfg = compose_config(
+        [*common, "callbacks=audit", "callbacks.training_audit.every_n_steps=2"], tmp_path / "audited"
+    )
     train(audited_cfg)
     train(compose_config(common, tmp_path / "plain"))
     audited, plain = _last_weights(tmp_path / "audited"), _last_weights(tmp_path / "plain")
@@ -272,10 +282,18 @@ def _file_hash(path: Path) -> str:
 def test_nonfinite_guard_stops_a_nan_run_and_keeps_earlier_checkpoints(make_config, monkeypatch, caplog):
     """From step 4 (the start of epoch 1) the loss is NaN: steps 4, 5 and 6 are skipped, each cutting the
     LR by half, then the guard saves an emergency checkpoint and stops instead of running 3 epochs."""
-    cfg = make_config(["trainer.max_epochs=3", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-                       "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
-                       "callbacks.rich_progress_bar=null", "optim.scheduler=none",
-                       *SMALL_DATA])
+    cfg = make_config(
+        [
+            "trainer.max_epochs=3",
+            "trainer.limit_train_batches=4",
+            "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2",
+            "trainer.log_every_n_steps=1",
+            "callbacks.rich_progress_bar=null",
+            "optim.scheduler=none",
+            *SMALL_DATA,
+        ]
+    )
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     before_poison: dict[str, str] = {}
     original_step = SeamGatedLightningModule.training_step
@@ -293,8 +311,10 @@ def test_nonfinite_guard_stops_a_nan_run_and_keeps_earlier_checkpoints(make_conf
         record = train(cfg)
 
     emergency = checkpoints / "emergency_step_000007.ckpt"
-    assert ("NonFiniteGuard stopped training at step 7: the training loss was non-finite for 3 consecutive steps"
-            in caplog.text)
+    assert (
+        "NonFiniteGuard stopped training at step 7: the training loss was non-finite for 3 consecutive steps"
+        in caplog.text
+    )
     assert str(emergency) in caplog.text
     # Earlier checkpoints are intact, byte for byte; the guard only adds its emergency checkpoint.
     assert set(before_poison) == {"epoch_000.ckpt", "last.ckpt"}

@@ -11,11 +11,23 @@ from train_hydra import train
 
 DATA = {
     "antipodal": ["model=z2_seam", "data.generator.T=600", "data.batch_size=16"],
-    "antipodal_field": ["model=convgru", "data=antipodal_field", "data.generator.T=600", "data.batch_size=16",
-                        "data.grid_size=8", "model.hidden_channels=4"],
+    "antipodal_field": [
+        "model=convgru",
+        "data=antipodal_field",
+        "data.generator.T=600",
+        "data.batch_size=16",
+        "data.grid_size=8",
+        "model.hidden_channels=4",
+    ],
     "text": ["model=lstm", "data=text", "data.corpus_characters=20000", "data.sequence_length=50"],
-    "multiplication": ["model=transformer", "data=multiplication", "data.num_pairs=500", "model.d_model=32",
-                       "model.num_heads=2", "model.num_layers=2"],
+    "multiplication": [
+        "model=transformer",
+        "data=multiplication",
+        "data.num_pairs=500",
+        "model.d_model=32",
+        "model.num_heads=2",
+        "model.num_layers=2",
+    ],
 }
 
 

@@ -19,8 +19,11 @@ def datamodule(make_config, *overrides):
 
 
 def augment(noise_std=0.0, max_shift=0, prob=1.0):
-    return [f"data.augmentation.noise_std={noise_std}", f"data.augmentation.max_shift={max_shift}",
-            f"data.augmentation.augmentation_prob={prob}"]
+    return [
+        f"data.augmentation.noise_std={noise_std}",
+        f"data.augmentation.max_shift={max_shift}",
+        f"data.augmentation.augmentation_prob={prob}",
+    ]
 
 
 def stacked(loader):
@@ -59,8 +62,11 @@ def test_a_shifted_window_is_a_real_window_at_most_max_shift_away_with_its_own_t
     shifted = [loader.dataset[key] for key in order[:200]]
     offsets = []
     for (index, _), item in zip(order, shifted):
-        matches = [j for j in range(max(0, index - 3), min(len(windows), index + 4))
-                   if torch.equal(windows[j]["x"], item["x"]) and torch.equal(windows[j]["y"], item["y"])]
+        matches = [
+            j
+            for j in range(max(0, index - 3), min(len(windows), index + 4))
+            if torch.equal(windows[j]["x"], item["x"]) and torch.equal(windows[j]["y"], item["y"])
+        ]
         assert matches, index
         offsets.append(matches[0] - index)
     assert set(offsets) == {-3, -2, -1, 0, 1, 2, 3}
@@ -84,11 +90,14 @@ def test_field_data_get_noise_per_pixel_on_the_training_split_only(make_config):
     torch.testing.assert_close(stacked(augmented.val_dataloader())["x"], stacked(plain.val_dataloader())["x"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.augmentation.noise_std=-1", "data.augmentation.noise_std=-1 must be >= 0"),
-    ("data.augmentation.augmentation_prob=1.5", "data.augmentation.augmentation_prob=1.5 must lie in [0, 1]"),
-    ("data.augmentation.augmentation_prob=0.5", "augmentation_prob=0.5 has nothing to apply"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.augmentation.noise_std=-1", "data.augmentation.noise_std=-1 must be >= 0"),
+        ("data.augmentation.augmentation_prob=1.5", "data.augmentation.augmentation_prob=1.5 must lie in [0, 1]"),
+        ("data.augmentation.augmentation_prob=0.5", "augmentation_prob=0.5 has nothing to apply"),
+    ],
+)
 def test_bad_augmentation_values_fail_in_one_sentence_naming_the_key(make_config, override, message):
     with pytest.raises(ConfigError) as error:
         instantiate_from(make_config([override]), "data")

@@ -20,8 +20,12 @@ FIELD = (1, 6, 6)
 
 def convgru(input_shape=FIELD, output_dim=None, **kwargs) -> nn.Module:
     channels, height, width = input_shape
-    return build_model("convgru", input_shape=input_shape,
-                       output_dim=channels * height * width if output_dim is None else output_dim, **kwargs)
+    return build_model(
+        "convgru",
+        input_shape=input_shape,
+        output_dim=channels * height * width if output_dim is None else output_dim,
+        **kwargs,
+    )
 
 
 def randomised(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
@@ -114,7 +118,8 @@ def test_grouped_convolutions_divide_the_gate_conv_parameters_by_num_groups(num_
         grouped_weight = channel_mixing_weight(getattr(grouped.layers[0], name))
         assert grouped_weight.numel() * num_groups == dense_weight.numel()
     gate_params = lambda model: sum(  # noqa: E731
-        p.numel() for name in ("gate_conv", "candidate_conv") for p in getattr(model.layers[0], name).parameters())
+        p.numel() for name in ("gate_conv", "candidate_conv") for p in getattr(model.layers[0], name).parameters()
+    )
     if not use_depthwise:
         assert gate_params(grouped) * num_groups == gate_params(dense)
     # The input convolution stays dense, so every group still sees the whole field.
@@ -214,15 +219,18 @@ def test_forward_contract_heads_and_the_spatially_averaged_update_gate():
         model(torch.randn(3, 5, 1, 5, 6))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"kernel_size": 4}, "kernel_size=4 must be an odd positive integer"),
-    ({"hidden_channels": 0}, "hidden_channels=0 must be >= 1"),
-    ({"num_layers": 0}, "num_layers=0 must be >= 1"),
-    ({"use_grouped": True, "num_groups": 3, "hidden_channels": 16}, "num_groups=3 must divide hidden_channels=16"),
-    ({"use_grouped": True, "num_groups": 1}, "num_groups=1 with use_grouped=True is a dense convolution"),
-    ({"grad_clip_val": 0.0}, "grad_clip_val=0.0 must be > 0"),
-    ({"input_shape": (1, 6)}, r"input_shape=\[1, 6\] must be \(channels, height, width\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"kernel_size": 4}, "kernel_size=4 must be an odd positive integer"),
+        ({"hidden_channels": 0}, "hidden_channels=0 must be >= 1"),
+        ({"num_layers": 0}, "num_layers=0 must be >= 1"),
+        ({"use_grouped": True, "num_groups": 3, "hidden_channels": 16}, "num_groups=3 must divide hidden_channels=16"),
+        ({"use_grouped": True, "num_groups": 1}, "num_groups=1 with use_grouped=True is a dense convolution"),
+        ({"grad_clip_val": 0.0}, "grad_clip_val=0.0 must be > 0"),
+        ({"input_shape": (1, 6)}, r"input_shape=\[1, 6\] must be \(channels, height, width\)"),
+    ],
+)
 def test_impossible_hyperparameters_fail_in_one_sentence(kwargs, message):
     kwargs = {"input_shape": FIELD, "output_dim": 36, **kwargs}
     with pytest.raises(ValueError, match=f"^{message}") as error:
@@ -230,8 +238,14 @@ def test_impossible_hyperparameters_fail_in_one_sentence(kwargs, message):
     assert "\n" not in str(error.value)
 
 
-SMALL_FIELD = ["model=convgru", "data=antipodal_field", "data.generator.T=600", "data.batch_size=16",
-               "data.grid_size=8", "model.hidden_channels=4"]
+SMALL_FIELD = [
+    "model=convgru",
+    "data=antipodal_field",
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "data.grid_size=8",
+    "model.hidden_channels=4",
+]
 
 
 def test_fast_dev_run_predicting_the_next_observation_vector(make_config):
@@ -247,11 +261,23 @@ def test_residual_mismatch_stops_the_run_with_a_config_error_naming_the_key(make
 def test_a_short_run_lowers_the_val_loss_well_below_the_untrained_model_and_predicting_zero(make_config):
     # 30x the default process noise: the field's dynamics stand out of the pixel noise, so there is
     # something to learn in a few epochs (at the default level the best filter is 5% below zero).
-    cfg = make_config([*SMALL_FIELD, "data.generator.T=1200", "data.generator.sigma_epsilon=0.3",
-                       "data.target_mode=next_step", "model.hidden_channels=8", "optim.learning_rate=1e-2",
-                       "trainer.max_epochs=3", "trainer.accelerator=cpu",
-                       "callbacks=none", "logger=none", "test=false", "trainer.enable_progress_bar=false",
-                       "trainer.enable_model_summary=false"])
+    cfg = make_config(
+        [
+            *SMALL_FIELD,
+            "data.generator.T=1200",
+            "data.generator.sigma_epsilon=0.3",
+            "data.target_mode=next_step",
+            "model.hidden_channels=8",
+            "optim.learning_rate=1e-2",
+            "trainer.max_epochs=3",
+            "trainer.accelerator=cpu",
+            "callbacks=none",
+            "logger=none",
+            "test=false",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+        ]
+    )
     # train() seeds, builds the data and then the module: the same steps give the untrained weights.
     pl.seed_everything(cfg.seed)
     datamodule = instantiate_from(cfg, "data")
@@ -259,8 +285,10 @@ def test_a_short_run_lowers_the_val_loss_well_below_the_untrained_model_and_pred
     datamodule.setup("validate")
     with torch.no_grad():
         batches = list(datamodule.val_dataloader())
-        squared_error = sum(nn.functional.mse_loss(untrained.scored_prediction(batch["x"]), batch["y"], reduction="sum")
-                            for batch in batches)
+        squared_error = sum(
+            nn.functional.mse_loss(untrained.scored_prediction(batch["x"]), batch["y"], reduction="sum")
+            for batch in batches
+        )
     untrained_loss = squared_error.item() / sum(batch["y"].numel() for batch in batches)
 
     metrics = train(cfg)["metrics"]

@@ -16,9 +16,17 @@ import torch
 from lightning_module import SeamGatedLightningModule
 from train_hydra import ConfigError, optimized_value, train
 
-QUICK = ["data.generator.T=600", "data.batch_size=16", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-         "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "callbacks.rich_progress_bar=null",
-         "optim.scheduler=none", "trainer.accelerator=cpu"]
+QUICK = [
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.rich_progress_bar=null",
+    "optim.scheduler=none",
+    "trainer.accelerator=cpu",
+]
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
@@ -47,18 +55,23 @@ def test_a_nan_validation_metric_stops_training_and_is_recorded_not_dropped(make
 
 
 def test_a_diverged_job_is_the_worst_trial_in_the_metrics_direction():
-    record = {"metrics": {"val/loss": None, "val/accuracy": None}, "non_finite_metrics": {"val/loss": "nan",
-                                                                                           "val/accuracy": "nan"}}
+    record = {
+        "metrics": {"val/loss": None, "val/accuracy": None},
+        "non_finite_metrics": {"val/loss": "nan", "val/accuracy": "nan"},
+    }
     assert optimized_value(record, "val/loss") == float("inf")
     assert optimized_value(record, "val/accuracy") == float("-inf")
     assert optimized_value({"metrics": {"val/loss": 0.5}, "non_finite_metrics": {}}, "val/loss") == 0.5
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("optim.learning_rate=nan", "optim.learning_rate=nan is not a finite number"),
-    ("optim.weight_decay=inf", "optim.weight_decay=inf is not a finite number"),
-    ("data.split=[0.6,-inf,0.2]", "data.split[1]=-inf is not a finite number"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.learning_rate=nan", "optim.learning_rate=nan is not a finite number"),
+        ("optim.weight_decay=inf", "optim.weight_decay=inf is not a finite number"),
+        ("data.split=[0.6,-inf,0.2]", "data.split[1]=-inf is not a finite number"),
+    ],
+)
 def test_non_finite_numbers_in_the_config_are_refused_before_any_work(make_config, override, message):
     cfg = make_config([*QUICK, override])
     with pytest.raises(ConfigError) as error:
@@ -86,7 +99,9 @@ def plant_loss(monkeypatch, from_step: int, factor: float, steps: int | None = N
 
 
 @pytest.mark.parametrize("factor", [float("nan"), 100.0])
-def test_a_loss_that_turns_nan_or_jumps_100x_stops_with_an_emergency_checkpoint(make_config, monkeypatch, caplog, factor):
+def test_a_loss_that_turns_nan_or_jumps_100x_stops_with_an_emergency_checkpoint(
+    make_config, monkeypatch, caplog, factor
+):
     """From step 12 (epoch 3) the loss is NaN, or 100x what it was: steps 12-14 are skipped, then the guard stops."""
     cfg = make_config([*QUICK, "trainer.max_epochs=6", "callbacks.nonfinite_guard.spike_window=8"])
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
@@ -94,15 +109,18 @@ def test_a_loss_that_turns_nan_or_jumps_100x_stops_with_an_emergency_checkpoint(
     with caplog.at_level(logging.ERROR, logger="audit.callbacks"):
         record = train(cfg)
     kind = "non-finite" if math.isnan(factor) else "spike"
-    sentence = (f"NonFiniteGuard stopped training at step 15: the training loss was {kind} for 3 consecutive "
-                "steps, each skipped")
+    sentence = (
+        f"NonFiniteGuard stopped training at step 15: the training loss was {kind} for 3 consecutive "
+        "steps, each skipped"
+    )
     assert sentence in caplog.text and sentence in record["stopped_early"][0]
     emergency = checkpoints / "emergency_step_000015.ckpt"
     assert record["health"]["NonFiniteGuard"]["emergency_checkpoint"] == str(emergency)
     assert [step["step"] for step in record["health"]["NonFiniteGuard"]["skipped_steps"]] == [12, 13, 14]
     # Earlier checkpoints intact; last.ckpt is rewritten at the stop, with the same (last good) weights.
     assert {name: file_hashes(checkpoints)[name] for name in before if name != "last.ckpt"} == {
-        name: digest for name, digest in before.items() if name != "last.ckpt"}
+        name: digest for name, digest in before.items() if name != "last.ckpt"
+    }
     restored = SeamGatedLightningModule.load_from_checkpoint(emergency, weights_only=True)
     last_good = torch.load(checkpoints / "last.ckpt", weights_only=True)["state_dict"]  # the end of epoch 2
     for name, value in restored.state_dict().items():

@@ -13,26 +13,52 @@ from train_hydra import ConfigError, compose_config, train
 from training import devices
 from training.tuning import LR_PLOT_FILE, TUNER_FILE
 
-QUIET = ["callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-         "logger=csv", "data.generator.T=3000", "model.hidden_dim=8", "trainer.max_epochs=1", "test=false"]
+QUIET = [
+    "callbacks.rich_progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "logger=csv",
+    "data.generator.T=3000",
+    "model.hidden_dim=8",
+    "trainer.max_epochs=1",
+    "test=false",
+]
 
 
 def test_lr_finder_applies_logs_and_plots_its_suggestion(tmp_path):
-    record = train(compose_config([*QUIET, "tuner.lr_find=true", "tuner.lr_find_num_training=20",
-                                   "data.batch_size=16", "trainer.limit_train_batches=25"], tmp_path))
+    record = train(
+        compose_config(
+            [
+                *QUIET,
+                "tuner.lr_find=true",
+                "tuner.lr_find_num_training=20",
+                "data.batch_size=16",
+                "trainer.limit_train_batches=25",
+            ],
+            tmp_path,
+        )
+    )
     found = json.loads((tmp_path / TUNER_FILE).read_text())["learning_rate"]
     assert record["tuned"] == {"learning_rate": found} and found != 3.0e-3  # not the configured LR
     assert (tmp_path / LR_PLOT_FILE).stat().st_size > 5000
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["learning_rate"] == found
-    assert checkpoint["optimizer_states"][0]["param_groups"][0]["max_lr"] == pytest.approx(found)  # onecycle peaks there
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["max_lr"] == pytest.approx(
+        found
+    )  # onecycle peaks there
     hparams = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())
     assert hparams["tuner/learning_rate"] == pytest.approx(found)
 
 
-BATCH_SIZE_SEARCH = [*QUIET, "data.generator.T=1500", "tuner.batch_size_find=true", "tuner.batch_size_max=64",
-                     "tuner.batch_size_steps_per_trial=1", "data.batch_size=8",
-                     "optim.scheduler=none"]  # no schedule: the resume below changes the epoch length
+BATCH_SIZE_SEARCH = [
+    *QUIET,
+    "data.generator.T=1500",
+    "tuner.batch_size_find=true",
+    "tuner.batch_size_max=64",
+    "tuner.batch_size_steps_per_trial=1",
+    "data.batch_size=8",
+    "optim.scheduler=none",
+]  # no schedule: the resume below changes the epoch length
 TRAIN_WINDOWS = 1500 * 0.6 - 10  # T steps, 60 % train split, windows of history_length 10
 
 
@@ -64,12 +90,15 @@ def test_an_lr_search_too_short_to_suggest_fails_in_one_sentence(tmp_path):
         train(compose_config([*QUIET, "tuner.lr_find=true", "trainer.limit_train_batches=2"], tmp_path))
 
 
-@pytest.mark.parametrize(("cuda", "bf16", "mps", "device", "precision", "mixed"), [
-    (False, False, False, "cpu", "32-true", False),
-    (False, False, True, "mps", "32-true", False),
-    (True, True, True, "cuda", "bf16-mixed", True),
-    (True, False, False, "cuda", "16-mixed", True),
-])
+@pytest.mark.parametrize(
+    ("cuda", "bf16", "mps", "device", "precision", "mixed"),
+    [
+        (False, False, False, "cpu", "32-true", False),
+        (False, False, True, "mps", "32-true", False),
+        (True, True, True, "cuda", "bf16-mixed", True),
+        (True, False, False, "cuda", "16-mixed", True),
+    ],
+)
 def test_best_device_and_mixed_precision_follow_the_auto_rules(monkeypatch, cuda, bf16, mps, device, precision, mixed):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)

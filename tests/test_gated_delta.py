@@ -34,8 +34,19 @@ def test_parallel_scan_and_reference_loop_give_same_outputs_and_gradients(num_la
 
 @pytest.mark.parametrize("num_layers, seam", [(1, True), (3, True), (2, False)])
 def test_z2_delta_is_exactly_equivariant(num_layers, seam):
-    model = _randomised(build_model("z2_delta", input_dim=4, output_dim=4, hidden_dim=16, delta_rank=3,
-                                    num_layers=num_layers, temperature=0.5, seam=seam), seed=2).double()
+    model = _randomised(
+        build_model(
+            "z2_delta",
+            input_dim=4,
+            output_dim=4,
+            hidden_dim=16,
+            delta_rank=3,
+            num_layers=num_layers,
+            temperature=0.5,
+            seam=seam,
+        ),
+        seed=2,
+    ).double()
     x = torch.randn(4, 60, 4, dtype=torch.float64)
     out, diag = model(x, return_diagnostics=True)
     out_flipped, diag_flipped = model(-x, return_diagnostics=True)
@@ -64,12 +75,15 @@ def test_open_seam_gate_flips_the_odd_state_by_the_delta_rule():
     torch.testing.assert_close(h_odd, torch.stack(expected, dim=1), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"hidden_dim": 5}, "hidden_dim=5 is not allowed"),
-    ({"delta_rank": 0}, "delta_rank=0 must be >= 1"),
-    ({"temperature": -1.0}, "temperature=-1.0 must be > 0"),
-    ({"seam_gate_init": 1.0}, "seam_gate_init=1.0 must lie strictly between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"hidden_dim": 5}, "hidden_dim=5 is not allowed"),
+        ({"delta_rank": 0}, "delta_rank=0 must be >= 1"),
+        ({"temperature": -1.0}, "temperature=-1.0 must be > 0"),
+        ({"seam_gate_init": 1.0}, "seam_gate_init=1.0 must lie strictly between 0 and 1"),
+    ],
+)
 def test_z2_delta_rejects_impossible_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model("z2_delta", input_dim=4, output_dim=4, **kwargs)
@@ -125,4 +139,5 @@ def test_no_gate_of_z2_delta_starts_saturated_on_antipodal_data(make_config, ove
     assert {gate.function for gate in unit_gates} == {"sigmoid", "tanh"}
     # Measured: at most 0.2 % in the first block; 4.7 % of the second block's candidate tanh inputs.
     assert max(gate.saturated_fraction for gate in unit_gates) < 0.06, [
-        (gate.site, gate.function, gate.saturated_fraction) for gate in unit_gates]
+        (gate.site, gate.function, gate.saturated_fraction) for gate in unit_gates
+    ]

@@ -63,22 +63,40 @@ def test_no_clipping_before_min_history_and_non_finite_norms_are_not_recorded():
     assert len(history.norms) == 3
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"percentile": 0}, "percentile=0 must lie in (0, 100]"),
-    ({"history": 0}, "history=0 must be >= 1"),
-    ({"history": 5, "min_history": 6}, "min_history=6 must lie in [1, history=5]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"percentile": 0}, "percentile=0 must lie in (0, 100]"),
+        ({"history": 0}, "history=0 must be >= 1"),
+        ({"history": 5, "min_history": 6}, "min_history=6 must lie in [1, history=5]"),
+    ],
+)
 def test_bad_arguments_fail_in_one_sentence(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         GradientNormHistory(**kwargs)
 
 
 def test_the_callback_clips_during_training_and_its_history_is_checkpointed(make_config, tmp_path):
-    cfg = make_config(["callbacks=[default,adaptive_gradient_clip]", "callbacks.adaptive_gradient_clip.percentile=50",
-                       "callbacks.adaptive_gradient_clip.min_history=2", "trainer.gradient_clip_val=null",
-                       "trainer.max_epochs=1", "trainer.limit_train_batches=12", "trainer.limit_val_batches=2",
-                       "trainer.log_every_n_steps=1", "data.generator.T=2000", "model=gru", "model.hidden_dim=8",
-                       "callbacks.rich_progress_bar=null", "logger=csv", "test=false"])
+    cfg = make_config(
+        [
+            "callbacks=[default,adaptive_gradient_clip]",
+            "callbacks.adaptive_gradient_clip.percentile=50",
+            "callbacks.adaptive_gradient_clip.min_history=2",
+            "trainer.gradient_clip_val=null",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=12",
+            "trainer.limit_val_batches=2",
+            "trainer.log_every_n_steps=1",
+            "data.generator.T=2000",
+            "model=gru",
+            "model.hidden_dim=8",
+            "callbacks.rich_progress_bar=null",
+            "logger=csv",
+            "test=false",
+        ]
+    )
     train(cfg)
     logged = pd.read_csv(tmp_path / "csv" / "metrics.csv")
     clipped = logged["train/grad_clipped"].dropna()

@@ -12,8 +12,9 @@ from models.hamilton_imm import hamilton_imm_filter, kalman_filter_predictions
 
 def run_filter(config: AntipodalProcessConfig):
     sequence = generate_antipodal(config)
-    result = hamilton_imm_filter(sequence.x, sequence.A, sequence.C, config.sigma_epsilon, config.sigma_eta,
-                                 config.p_switch)
+    result = hamilton_imm_filter(
+        sequence.x, sequence.A, sequence.C, config.sigma_epsilon, config.sigma_eta, config.p_switch
+    )
     return sequence, result
 
 

@@ -19,19 +19,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, int] = {
-    "models": 0, "data": 0, "analysis": 0,
-    "training": 1, "lightning_module": 1,
+    "models": 0,
+    "data": 0,
+    "analysis": 0,
+    "training": 1,
+    "lightning_module": 1,
     "train_hydra": 2,
-    "visualization": 3, "audit": 3, "main": 3, "benchmarks": 3,
+    "visualization": 3,
+    "audit": 3,
+    "main": 3,
+    "benchmarks": 3,
 }
 NOT_CHECKED = {"tests", "docs", "configs"}  # the tests may import anything; the others hold no modules
 
 
 def project_modules(root: Path) -> list[Path]:
     """Every .py file of the project, outside hidden folders (.venv, .git) and the tests."""
-    return sorted(path for path in root.rglob("*.py")
-                  if not any(part.startswith(".") for part in path.relative_to(root).parts)
-                  and path.relative_to(root).parts[0] not in NOT_CHECKED)
+    return sorted(
+        path
+        for path in root.rglob("*.py")
+        if not any(part.startswith(".") for part in path.relative_to(root).parts)
+        and path.relative_to(root).parts[0] not in NOT_CHECKED
+    )
 
 
 def top_level_name(path: Path, root: Path) -> str:
@@ -67,7 +76,9 @@ def upward_imports(root: Path) -> list[str]:
             continue
         for line, name in imported_top_level_names(path, root):
             if LAYERS[name] > LAYERS[owner]:
-                problems.append(f"{where}:{line}: {owner} (layer {LAYERS[owner]}) imports {name} (layer {LAYERS[name]})")
+                problems.append(
+                    f"{where}:{line}: {owner} (layer {LAYERS[owner]}) imports {name} (layer {LAYERS[name]})"
+                )
     return problems
 
 
@@ -77,18 +88,32 @@ def test_no_module_imports_a_layer_above_its_own():
 
 def test_the_checker_sees_every_layer_of_the_project():
     assert {top_level_name(path, ROOT) for path in project_modules(ROOT)} >= {
-        "models", "data", "training", "lightning_module", "train_hydra", "visualization", "audit", "main", "benchmarks"}
+        "models",
+        "data",
+        "training",
+        "lightning_module",
+        "train_hydra",
+        "visualization",
+        "audit",
+        "main",
+        "benchmarks",
+    }
 
 
-@pytest.mark.parametrize("source, culprit", [
-    ("from train_hydra import load_run\n", "imports train_hydra"),
-    ("def main():\n    import lightning_module\n", "imports lightning_module"),
-    ("from training.objectives import OBJECTIVES\n", "imports training"),
-    ("from ..visualization import sweep_summary\n", "imports visualization"),
-])
+@pytest.mark.parametrize(
+    "source, culprit",
+    [
+        ("from train_hydra import load_run\n", "imports train_hydra"),
+        ("def main():\n    import lightning_module\n", "imports lightning_module"),
+        ("from training.objectives import OBJECTIVES\n", "imports training"),
+        ("from ..visualization import sweep_summary\n", "imports visualization"),
+    ],
+)
 def test_the_checker_flags_a_planted_upward_import(tmp_path, source, culprit):
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "good.py").write_text("import torch\nfrom models.registry import register_model\nfrom data import text\n")
+    (tmp_path / "models" / "good.py").write_text(
+        "import torch\nfrom models.registry import register_model\nfrom data import text\n"
+    )
     (tmp_path / "models" / "bad.py").write_text(source)
     problems = upward_imports(tmp_path)
     assert len(problems) == 1 and problems[0].startswith("models/bad.py:") and culprit in problems[0]
@@ -96,4 +121,6 @@ def test_the_checker_flags_a_planted_upward_import(tmp_path, source, culprit):
 
 def test_the_checker_flags_a_module_outside_every_layer(tmp_path):
     (tmp_path / "helpers.py").write_text("import os\n")
-    assert upward_imports(tmp_path) == ["helpers.py: helpers belongs to no layer; add it to LAYERS and docs/architecture.md"]
+    assert upward_imports(tmp_path) == [
+        "helpers.py: helpers belongs to no layer; add it to LAYERS and docs/architecture.md"
+    ]

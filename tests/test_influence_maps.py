@@ -44,13 +44,15 @@ def test_products_of_decays_are_the_jacobian_of_the_linear_recurrence():
 
 def test_delta_influence_reads_exactly_the_decays_its_forward_scans(monkeypatch):
     torch.manual_seed(0)
-    model = build_model("z2_delta", input_dim=4, output_dim=4, hidden_dim=16, delta_rank=2, num_layers=2,
-                        use_parallel_scan=False).double()
+    model = build_model(
+        "z2_delta", input_dim=4, output_dim=4, hidden_dim=16, delta_rank=2, num_layers=2, use_parallel_scan=False
+    ).double()
     x = torch.randn(2, T, 4, dtype=torch.float64)
     scanned = []
     original = models.gated_delta.linear_scan_reference
-    monkeypatch.setattr(models.gated_delta, "linear_scan_reference",
-                        lambda a, b, *rest: scanned.append((a, b)) or original(a, b, *rest))
+    monkeypatch.setattr(
+        models.gated_delta, "linear_scan_reference", lambda a, b, *rest: scanned.append((a, b)) or original(a, b, *rest)
+    )
     maps = delta_influence(model, x)
     odd_decay, odd_drive = scanned[0]  # the first block's odd scan comes first
     products = products_of_decays(odd_decay)
@@ -63,8 +65,9 @@ def test_delta_influence_reads_exactly_the_decays_its_forward_scans(monkeypatch)
     assert maps["influence"].triu(1).abs().max() == 0
 
 
-@pytest.mark.parametrize("name, kwargs", [("gru", {"hidden_dim": 8}), ("z2_seam", {"hidden_dim": 8}),
-                                          ("lstm", {"hidden_dim": 8})])
+@pytest.mark.parametrize(
+    "name, kwargs", [("gru", {"hidden_dim": 8}), ("z2_seam", {"hidden_dim": 8}), ("lstm", {"hidden_dim": 8})]
+)
 def test_gradient_influence_is_the_jacobian_norm_and_causal(name, kwargs):
     torch.manual_seed(0)
     model = build_model(name, input_dim=3, output_dim=3, **kwargs)
@@ -89,8 +92,9 @@ def test_gradient_influence_on_fields_and_refusals():
 
 def test_attention_maps_are_causal_distributions_that_reproduce_the_attention_output():
     torch.manual_seed(0)
-    model = build_model("transformer", input_dim=3, output_dim=3, d_model=16, num_heads=4, num_layers=2,
-                        max_length=32).eval()
+    model = build_model(
+        "transformer", input_dim=3, output_dim=3, d_model=16, num_heads=4, num_layers=2, max_length=32
+    ).eval()
     x = torch.randn(2, T, 3)
     maps = attention_maps(model, x)
     assert sorted(maps) == ["attention_layer1", "attention_layer2"]
@@ -116,12 +120,23 @@ def test_attention_maps_are_causal_distributions_that_reproduce_the_attention_ou
     assert set(influence_maps(model, x[0])) == set(maps)
 
 
-SMALL = ["data.generator.T=600", "data.batch_size=16", "callbacks=heatmap", "debug=fdr",
-         "callbacks.rich_progress_bar=null", "callbacks.gate_heatmap.slice_length=40"]
+SMALL = [
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "callbacks=heatmap",
+    "debug=fdr",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.gate_heatmap.slice_length=40",
+]
 
 
-@pytest.mark.parametrize("model", [["model=transformer", "model.d_model=16", "model.num_layers=1"],  # attention
-                                   ["model=gru", "model.hidden_dim=8"]])  # gradients, inside the validation loop
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["model=transformer", "model.d_model=16", "model.num_layers=1"],  # attention
+        ["model=gru", "model.hidden_dim=8"],
+    ],
+)  # gradients, inside the validation loop
 def test_the_heatmap_callback_draws_influence_maps_also_for_models_without_gates(tmp_path, model):
     train(compose_config([*model, *SMALL], tmp_path))
     assert (tmp_path / "figures" / "final" / "influence_maps.png").stat().st_size > 10_000
@@ -130,8 +145,18 @@ def test_the_heatmap_callback_draws_influence_maps_also_for_models_without_gates
 
 def test_the_posthoc_commands_find_the_run_of_a_checkpoint_given_alone(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train_like_the_cli(["model=z2_seam", "model.hidden_dim=8", "data.generator.T=600", "data.batch_size=16",
-                        "debug=fdr", "logger=none", "callbacks.rich_progress_bar=null"], run_dir)
+    train_like_the_cli(
+        [
+            "model=z2_seam",
+            "model.hidden_dim=8",
+            "data.generator.T=600",
+            "data.batch_size=16",
+            "debug=fdr",
+            "logger=none",
+            "callbacks.rich_progress_bar=null",
+        ],
+        run_dir,
+    )
     checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
     path = influence_main(["--checkpoint", checkpoint, "--index", "3"])
     assert path == run_dir / "figures" / "posthoc" / "influence_maps.png" and path.stat().st_size > 10_000

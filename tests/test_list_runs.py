@@ -17,9 +17,17 @@ import train_hydra
 from train_hydra import ConfigError
 from visualization.list_runs import INDEX_FILE, find_run, list_runs, main, resume_run
 
-TINY = ["data.generator.T=800", "model.hidden_dim=8", "trainer.max_epochs=1", "logger=csv", "test=false",
-        "optim.scheduler=none",  # resumed for more epochs below: no schedule laid out over the first run's steps
-        "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+TINY = [
+    "data.generator.T=800",
+    "model.hidden_dim=8",
+    "trainer.max_epochs=1",
+    "logger=csv",
+    "test=false",
+    "optim.scheduler=none",  # resumed for more epochs below: no schedule laid out over the first run's steps
+    "callbacks.rich_progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
 
 
 def cli_run(run_dir: Path, *overrides: str) -> None:
@@ -55,7 +63,11 @@ def rows_by_id(rows):
 def test_each_row_shows_task_model_overrides_step_loss_and_status(log_dir):
     rows = rows_by_id(list_runs(log_dir, rescan=True))
     assert {key: row["status"] for key, row in rows.items()} == {
-        "000001": "finished", "000002": "finished", "000003": "failed", "000004": "interrupted"}
+        "000001": "finished",
+        "000002": "finished",
+        "000003": "failed",
+        "000004": "interrupted",
+    }
     assert rows["000002"]["model"] == "lstm" and rows["000002"]["task"] == "antipodal"
     assert "model=lstm" in rows["000002"]["overrides"] and "trainer.max_epochs=2" in rows["000002"]["overrides"]
     metrics = json.loads((log_dir / rows["000002"]["id"] / "metrics.json").read_text())["metrics"]
@@ -110,8 +122,11 @@ def test_resume_by_id_continues_in_the_run_dir_with_its_saved_config(tmp_path, c
     saved = (run_dir / ".hydra" / "config.yaml").read_text()
     steps = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     # Without --force a value that differs from the saved one is refused and nothing is written.
-    with pytest.raises(ConfigError, match=r"^run interrupted was trained with trainer\.max_epochs=1; resuming keeps "
-                                          r"the saved config, so pass --force to replace it with trainer\.max_epochs=2\."):
+    with pytest.raises(
+        ConfigError,
+        match=r"^run interrupted was trained with trainer\.max_epochs=1; resuming keeps "
+        r"the saved config, so pass --force to replace it with trainer\.max_epochs=2\.",
+    ):
         resume_run(run_dir, ["trainer.max_epochs=2"])
     with pytest.raises(ConfigError, match=r"^model=lstm picks another config group"):
         resume_run(run_dir, ["model=lstm"], force=True)

@@ -12,9 +12,18 @@ import pytest
 from train_hydra import check_group_choices, compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["debug=limit", "model=lstm", "model.hidden_dim=16", "data.generator.T=600", "data.batch_size=16",
-        "print_config=false", "callbacks.rich_progress_bar=null", "trainer.enable_model_summary=false",
-        "trainer.enable_progress_bar=false", "tags=[logger_test]"]
+TINY = [
+    "debug=limit",
+    "model=lstm",
+    "model.hidden_dim=16",
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "print_config=false",
+    "callbacks.rich_progress_bar=null",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    "tags=[logger_test]",
+]
 
 
 # Slow: importing mlflow and creating its SQLite store take most of a minute on a busy 2-core machine.
@@ -37,11 +46,20 @@ def test_mlflow_run_is_in_the_local_store_with_its_metrics(tmp_path, monkeypatch
 # busy 2-core machine). A process, because wandb writes the run out when the process ends.
 @pytest.mark.slow
 def test_wandb_writes_an_offline_run_into_the_run_dir(tmp_path):
-    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-                   "WANDB_BASE_URL": "http://unreachable.invalid"}  # any contact would fail
-    result = subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), *TINY, "logger=wandb",
-                             f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=environment, capture_output=True,
-                            text=True, timeout=600)
+    environment = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_BASE_URL": "http://unreachable.invalid",
+    }  # any contact would fail
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_hydra.py"), *TINY, "logger=wandb", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     (run_file,) = run_dir.glob("*.wandb")

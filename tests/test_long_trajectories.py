@@ -65,13 +65,18 @@ def test_stateful_chunks_continue_each_row_from_batch_to_batch():
     torch.testing.assert_close(next(iter(dm.train_dataloader()))["x"], batches[0]["x"])
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"stride": 0}, "stride=0 must be a positive integer"),
-    ({"stateful": True, "target_mode": "last"}, "stateful=true carries the state"),
-    ({"stateful": True, "target_mode": "next_step", "stride": 5}, "stride=5 has no effect with stateful=true"),
-    ({"stateful": True, "target_mode": "next_step", "batch_size": 64, "history_length": 20},
-     "stateful=true needs batch_size * history_length + 1 = 1281 training steps"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"stride": 0}, "stride=0 must be a positive integer"),
+        ({"stateful": True, "target_mode": "last"}, "stateful=true carries the state"),
+        ({"stateful": True, "target_mode": "next_step", "stride": 5}, "stride=5 has no effect with stateful=true"),
+        (
+            {"stateful": True, "target_mode": "next_step", "batch_size": 64, "history_length": 20},
+            "stateful=true needs batch_size * history_length + 1 = 1281 training steps",
+        ),
+    ],
+)
 def test_bad_stride_and_stateful_options_fail_in_one_sentence(options, message):
     with pytest.raises(ValueError, match=message.replace("*", r"\*").replace("+", r"\+")):
         AntipodalDataModule(**{"history_length": 10, **SMALL, **options})
@@ -115,9 +120,20 @@ def test_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(name)
 
 
 def test_the_training_module_carries_a_detached_state_and_resets_it_each_epoch(make_config):
-    cfg = make_config(["model=lstm", "data.generator.T=1000", "data.target_mode=next_step", "data.stateful=true",
-                       "data.batch_size=8", "data.history_length=10", "trainer.max_epochs=1", "logger=none",
-                       "callbacks=none", "test=false"])
+    cfg = make_config(
+        [
+            "model=lstm",
+            "data.generator.T=1000",
+            "data.target_mode=next_step",
+            "data.stateful=true",
+            "data.batch_size=8",
+            "data.history_length=10",
+            "trainer.max_epochs=1",
+            "logger=none",
+            "callbacks=none",
+            "test=false",
+        ]
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     module = build_module(cfg, datamodule)
@@ -140,14 +156,25 @@ def test_the_training_module_carries_a_detached_state_and_resets_it_each_epoch(m
 
 def test_stateful_training_of_a_model_without_a_state_fails_naming_the_key(make_config):
     cfg = make_config(["model=transformer", "data.target_mode=next_step", "data.stateful=true"])
-    with pytest.raises(ConfigError, match="data.stateful=true carries the model's state between batches, which "
-                                          "model=transformer cannot do; use one of: .*gru.*lstm.*rnn"):
+    with pytest.raises(
+        ConfigError,
+        match="data.stateful=true carries the model's state between batches, which "
+        "model=transformer cannot do; use one of: .*gru.*lstm.*rnn",
+    ):
         train(cfg)
 
 
 def test_a_strided_run_trains_end_to_end(make_config):
-    cfg = make_config(["model=z2_delta", "data.generator.T=1000", "data.target_mode=next_step",
-                       "data.history_length=20", "data.stride=20", "debug=fdr"])
+    cfg = make_config(
+        [
+            "model=z2_delta",
+            "data.generator.T=1000",
+            "data.target_mode=next_step",
+            "data.history_length=20",
+            "data.stride=20",
+            "debug=fdr",
+        ]
+    )
     record = train(cfg)
     assert torch.isfinite(torch.tensor(record["metrics"]["val/mse"]))
 
@@ -155,8 +182,9 @@ def test_a_strided_run_trains_end_to_end(make_config):
 def test_field_data_strides_its_training_windows_and_refuses_stateful():
     from data.antipodal_field import AntipodalFieldDataModule
 
-    dm = AntipodalFieldDataModule(**SMALL, history_length=10, target_mode="next_step", stride=10, grid_size=4,
-                                  target="observation")
+    dm = AntipodalFieldDataModule(
+        **SMALL, history_length=10, target_mode="next_step", stride=10, grid_size=4, target="observation"
+    )
     dm.setup()
     assert set(_target_counts(dm.datasets["train"]).values()) == {1}
     # Window 2 starts at step 20 of the train split (which starts at 0): targets are x_21 .. x_30.

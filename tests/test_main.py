@@ -25,8 +25,10 @@ def test_main_runs_the_grid_of_the_hydra_experiment():
     assert args.seeds == [42, 43, 44] and args.epochs == experiment.trainer.max_epochs
     assert "hamilton_imm" not in args.models  # the report evaluates the filter itself, on every seed's data
     assert main.job_overrides(args, "lstm", 42, [])[:3] == ["experiment=seam_vs_baselines", "model=lstm", "seed=42"]
-    assert main.sweep_points("data.generator.sigma_epsilon=0.01,0.3") == [["data.generator.sigma_epsilon=0.01"],
-                                                                          ["data.generator.sigma_epsilon=0.3"]]
+    assert main.sweep_points("data.generator.sigma_epsilon=0.01,0.3") == [
+        ["data.generator.sigma_epsilon=0.01"],
+        ["data.generator.sigma_epsilon=0.3"],
+    ]
     with pytest.raises(SystemExit):
         main.parse_args(["--sweep", "data.generator.sigma_epsilon"])
 
@@ -55,7 +57,20 @@ def test_a_small_pipeline_writes_every_hypothesis_and_the_callback_writes_the_sa
 @pytest.mark.slow  # two tiny grids, one through a Hydra multirun subprocess: ~1-3 min on 2 busy cores
 def test_main_and_the_hydra_multirun_produce_the_same_results_md(tmp_path):
     main.main([*TINY, "--output-dir", str(tmp_path / "main")])
-    subprocess.run([sys.executable, "train_hydra.py", "-m", "experiment=seam_vs_baselines", "model=lstm,z2_seam",
-                    "seed=3", "trainer.max_epochs=1", "data.generator.T=1500", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train_hydra.py",
+            "-m",
+            "experiment=seam_vs_baselines",
+            "model=lstm,z2_seam",
+            "seed=3",
+            "trainer.max_epochs=1",
+            "data.generator.T=1500",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     assert (tmp_path / "sweep" / "results.md").read_text() == (tmp_path / "main" / "results.md").read_text()

@@ -33,8 +33,9 @@ def test_registration_refuses_a_class_outside_the_contract(registry_snapshot):
     with pytest.raises(ValueError, match="supported_tasks must be a non-empty subset"):
         register_model("no_tasks")(type("NoTasks", (SequenceModel,), {}))
     with pytest.raises(ValueError, match="supported_inputs must be a non-empty subset"):
-        register_model("bad_inputs")(type("BadInputs", (SequenceModel,),
-                                          {"supported_tasks": ("regression",), "supported_inputs": ("images",)}))
+        register_model("bad_inputs")(
+            type("BadInputs", (SequenceModel,), {"supported_tasks": ("regression",), "supported_inputs": ("images",)})
+        )
     assert {"plain_module", "no_tasks", "bad_inputs"}.isdisjoint(_REGISTRY)
 
 
@@ -70,8 +71,16 @@ def test_option_errors_are_routed_by_their_key_not_their_text(tmp_path, registry
                 raise OptionError("width", "width=3 is not a width this model can use; choose 1 or 2.")
 
     register_model("picky")(Picky)
-    base = ["model=toy_mean", f"hydra.searchpath=[file://{TOY / 'configs'}]", "++model.name=picky", "~model.init_scale",
-            "data.generator.T=300", "debug=fdr", "logger=none", "callbacks=none"]
+    base = [
+        "model=toy_mean",
+        f"hydra.searchpath=[file://{TOY / 'configs'}]",
+        "++model.name=picky",
+        "~model.init_scale",
+        "data.generator.T=300",
+        "debug=fdr",
+        "logger=none",
+        "callbacks=none",
+    ]
     with pytest.raises(ConfigError) as error:
         train(compose_config([*base, "+model.width=2"], tmp_path))
     assert str(error.value).startswith("model.learning_rate=...")
@@ -86,8 +95,17 @@ def test_option_errors_are_routed_by_their_key_not_their_text(tmp_path, registry
 def test_a_toy_model_from_one_file_and_one_yaml_trains_through_the_composed_config(tmp_path, registry_snapshot):
     import tests.toy.toy_mean  # noqa: F401  (registers toy_mean, as a new model file in models/ would)
 
-    cfg = compose_config(["model=toy_mean", f"hydra.searchpath=[file://{TOY / 'configs'}]", "data.generator.T=300", "debug=fdr",
-                          "logger=none", "callbacks=none"], tmp_path)
+    cfg = compose_config(
+        [
+            "model=toy_mean",
+            f"hydra.searchpath=[file://{TOY / 'configs'}]",
+            "data.generator.T=300",
+            "debug=fdr",
+            "logger=none",
+            "callbacks=none",
+        ],
+        tmp_path,
+    )
     assert cfg.model.name == "toy_mean" and cfg.model.init_scale == 0.5
     record = train(cfg)
     assert record["model"] == "toy_mean" and record["num_parameters"] == 1 + 4 * 4

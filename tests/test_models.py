@@ -104,7 +104,9 @@ def test_learned_gate_reads_the_even_state():
     for t in range(6):
         torch.testing.assert_close(gate[:, t], torch.sigmoid(h_even @ even_weights / 0.5))
         y = model._readout(h_even, h_odd)
-        e = torch.stack([(x[:, t] * y).sum(-1), x[:, t].pow(2).sum(-1), y.pow(2).sum(-1), parity_energy(h_even, h_odd)], -1)
+        e = torch.stack(
+            [(x[:, t] * y).sum(-1), x[:, t].pow(2).sum(-1), y.pow(2).sum(-1), parity_energy(h_even, h_odd)], -1
+        )
         h_odd = torch.tanh(model.odd_recurrent((1 - 2 * gate[:, t, None]) * h_odd) + model.odd_input(x[:, t]))
         h_even = torch.tanh(model.even_recurrent(h_even) + model.even_input(e))
 

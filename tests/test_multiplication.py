@@ -11,19 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_like_the_cli
-from data.multiplication import MultiplicationDataModule, MultiplicationTokenizer, sample_operand_pairs
+
 from data.datamodule import IGNORE_INDEX
+from data.multiplication import MultiplicationDataModule, MultiplicationTokenizer, sample_operand_pairs
 from lightning_module import SeamGatedLightningModule
-from training.decoding import greedy_decode
 from train_hydra import ConfigError, instantiate_from, train
+from training.decoding import greedy_decode
 from visualization import compare_transformers
 
 TOKENIZER = MultiplicationTokenizer()
 TINY_MODEL = ["model.d_model=32", "model.num_heads=2", "model.num_layers=2"]
-QUIET = ["callbacks.rich_progress_bar=null", "callbacks.lr_monitor=null", "trainer.enable_progress_bar=false",
-         "trainer.enable_model_summary=false"]
+QUIET = [
+    "callbacks.rich_progress_bar=null",
+    "callbacks.lr_monitor=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
 
 
 def test_tokenizer_round_trips_and_writes_digits_least_significant_first():
@@ -62,7 +66,9 @@ def test_a_small_operand_space_is_used_whole():
 
 
 def test_batches_score_only_answer_tokens_and_flag_the_longer_operands():
-    datamodule = MultiplicationDataModule(min_digits=1, max_digits=2, num_pairs=400, num_longer=50, batch_size=500, seed=0)
+    datamodule = MultiplicationDataModule(
+        min_digits=1, max_digits=2, num_pairs=400, num_longer=50, batch_size=500, seed=0
+    )
     datamodule.setup()
     assert datamodule.max_sequence_length == 4 * 3 + 1
     test = next(iter(datamodule.test_dataloader()))
@@ -83,7 +89,10 @@ def test_batches_score_only_answer_tokens_and_flag_the_longer_operands():
     [
         ({"min_digits": 0}, "min_digits=0 is not allowed; it must lie in [1, 18]."),
         ({"min_digits": 3, "max_digits": 2}, "max_digits=2 is not allowed; it must lie in [min_digits=3, 17]"),
-        ({"max_digits": 2, "longer_digits": 2}, "longer_digits=2 is not allowed; it must lie in [max_digits + 1 = 3, 18]."),
+        (
+            {"max_digits": 2, "longer_digits": 2},
+            "longer_digits=2 is not allowed; it must lie in [max_digits + 1 = 3, 18].",
+        ),
         ({"num_pairs": 0}, "num_pairs=0 is not allowed; it must be a positive integer."),
         ({"split": [0.5, 0.5]}, "split=[0.5, 0.5] must be three positive fractions"),
         ({"max_digits": 1, "num_pairs": 5}, "num_pairs=5 leaves a split empty"),
@@ -97,7 +106,9 @@ def test_bad_data_options_fail_in_one_sentence(kwargs, message):
 
 @pytest.mark.parametrize("model", ["transformer", "latent_transformer"])
 def test_fast_dev_run_on_multiplication(make_config, model):
-    record = train(make_config([f"model={model}", "data=multiplication", "data.num_pairs=500", "debug=fdr", *TINY_MODEL]))
+    record = train(
+        make_config([f"model={model}", "data=multiplication", "data.num_pairs=500", "debug=fdr", *TINY_MODEL])
+    )
     for key in ("val/loss", "val/exact_match", "val/digit_accuracy", "test/loss", "test/exact_match"):
         assert 0.0 <= record["metrics"][key] < float("inf"), key
 
@@ -105,10 +116,22 @@ def test_fast_dev_run_on_multiplication(make_config, model):
 def test_multiplication_trains_with_warmup_cosine_and_scheduled_sampling(make_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = make_config(["model=latent_transformer", "data=multiplication", "data.num_pairs=400", "data.batch_size=32",
-                       "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "optim.warmup_fraction=0.25",
-                       "objective.scheduled_sampling=linear", "objective.sampling_max_rate=0.5", "test=false",
-                       *TINY_MODEL, *QUIET])
+    cfg = make_config(
+        [
+            "model=latent_transformer",
+            "data=multiplication",
+            "data.num_pairs=400",
+            "data.batch_size=32",
+            "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=1",
+            "optim.warmup_fraction=0.25",
+            "objective.scheduled_sampling=linear",
+            "objective.sampling_max_rate=0.5",
+            "test=false",
+            *TINY_MODEL,
+            *QUIET,
+        ]
+    )
     assert cfg.optim.scheduler == "cosine_warmup"
     train(cfg)
     events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard")).Reload()
@@ -116,21 +139,29 @@ def test_multiplication_trains_with_warmup_cosine_and_scheduled_sampling(make_co
     assert len(rates) == 20 and rates[0] == 0.0 and rates == sorted(rates) and rates[-1] == pytest.approx(0.5 * 19 / 20)
     learning_rates = [event.value for event in events.Scalars("train/lr")]
     peak = learning_rates.index(max(learning_rates))  # 5 warm-up steps of 20, then cosine decay
-    assert peak == 4 and learning_rates[:5] == sorted(learning_rates[:5]) and learning_rates[4:] == sorted(learning_rates[4:], reverse=True)
+    assert (
+        peak == 4
+        and learning_rates[:5] == sorted(learning_rates[:5])
+        and learning_rates[4:] == sorted(learning_rates[4:], reverse=True)
+    )
 
 
 def test_seq2seq_options_are_refused_on_regression_data(make_config):
     with pytest.raises(ConfigError) as error:
         train(make_config(["objective.scheduled_sampling=cosine"]))
-    assert str(error.value) == ("objective.scheduled_sampling=cosine applies to seq2seq tasks only; "
-                                "leave it at none for regression data.")
+    assert str(error.value) == (
+        "objective.scheduled_sampling=cosine applies to seq2seq tasks only; leave it at none for regression data."
+    )
 
 
 def test_too_few_positions_for_the_longer_test_set_fail_before_training(make_config):
     with pytest.raises(ConfigError) as error:
-        train(make_config(["model=latent_transformer", "data=multiplication", "data.max_digits=3", "model.max_length=20"]))
-    assert str(error.value) == ("model.max_length=20 is too short for inputs of 17 steps plus 8 latent tokens; "
-                                "raise it to at least 25.")
+        train(
+            make_config(["model=latent_transformer", "data=multiplication", "data.max_digits=3", "model.max_length=20"])
+        )
+    assert str(error.value) == (
+        "model.max_length=20 is too short for inputs of 17 steps plus 8 latent tokens; raise it to at least 25."
+    )
 
 
 @pytest.fixture
@@ -148,10 +179,23 @@ def test_a_tiny_model_learns_one_digit_multiplication(make_config, model, one_th
     """1 x 1 has only 100 facts, so the pairs held out for val and test are facts the model never sees;
     learning is measured on the training pairs, by greedy decoding through the objective's metrics."""
     epochs = 150  # 5 steps each: ~4 s on one CPU thread
-    cfg = make_config([f"model={model}", "data=multiplication", "data.min_digits=1", "data.max_digits=1",
-                       "data.batch_size=16", "optim.learning_rate=3e-3", f"trainer.max_epochs={epochs}",
-                       f"trainer.check_val_every_n_epoch={epochs}", "callbacks.early_stopping=null", "logger=none",
-                       "test=false", *TINY_MODEL, *QUIET])
+    cfg = make_config(
+        [
+            f"model={model}",
+            "data=multiplication",
+            "data.min_digits=1",
+            "data.max_digits=1",
+            "data.batch_size=16",
+            "optim.learning_rate=3e-3",
+            f"trainer.max_epochs={epochs}",
+            f"trainer.check_val_every_n_epoch={epochs}",
+            "callbacks.early_stopping=null",
+            "logger=none",
+            "test=false",
+            *TINY_MODEL,
+            *QUIET,
+        ]
+    )
     record = train(cfg)
     module = SeamGatedLightningModule.load_from_checkpoint(record["evaluated_checkpoint"], weights_only=True).eval()
     datamodule = instantiate_from(cfg, "data")
@@ -174,8 +218,19 @@ def finished_runs(tmp_path_factory) -> list[Path]:
     runs = []
     for model in ("transformer", "latent_transformer"):
         run_dir = tmp_path_factory.mktemp("runs") / model
-        train_like_the_cli([f"model={model}", "data=multiplication", "data.num_pairs=300", "data.num_longer=40",
-                            "trainer.max_epochs=1", "logger=none", *TINY_MODEL, *QUIET], run_dir)
+        train_like_the_cli(
+            [
+                f"model={model}",
+                "data=multiplication",
+                "data.num_pairs=300",
+                "data.num_longer=40",
+                "trainer.max_epochs=1",
+                "logger=none",
+                *TINY_MODEL,
+                *QUIET,
+            ],
+            run_dir,
+        )
         runs.append(run_dir)
     return runs
 
@@ -187,7 +242,9 @@ def test_compare_transformers_prints_size_and_accuracy_of_both_runs(finished_run
     assert rows[1]["parameters"] - rows[0]["parameters"] == 8 * 32  # the latent tokens
     for row in rows:
         assert {"val/loss", "val/exact_match", "test/exact_match", "test/exact_match_longer"} <= set(row)
-        assert row["exact_match_per_million_parameters"] == pytest.approx(row["test/exact_match"] * 1e6 / row["parameters"])
+        assert row["exact_match_per_million_parameters"] == pytest.approx(
+            row["test/exact_match"] * 1e6 / row["parameters"]
+        )
     # The evaluation reproduces the metrics the run reported for the same checkpoint.
     reported = json.loads((finished_runs[0] / "metrics.json").read_text())["metrics"]
     assert rows[0]["test/exact_match"] == pytest.approx(reported["test/exact_match"])
@@ -203,7 +260,8 @@ def test_compare_transformers_refuses_missing_corrupt_and_mismatched_runs(finish
     with pytest.raises(SystemExit):
         compare_transformers.main([str(transformer), str(tmp_path / "missing")])
     assert last_error_line(capsys).endswith(
-        f"run directory {tmp_path / 'missing'} does not exist; pass directories made by train_hydra.py.")
+        f"run directory {tmp_path / 'missing'} does not exist; pass directories made by train_hydra.py."
+    )
 
     other_data = shutil.copytree(latent, tmp_path / "other_data")
     config = other_data / ".hydra" / "config.yaml"
@@ -212,7 +270,8 @@ def test_compare_transformers_refuses_missing_corrupt_and_mismatched_runs(finish
         compare_transformers.main([str(transformer), str(other_data)])
     assert last_error_line(capsys).endswith(
         f"runs {transformer} and {other_data} were trained on different data (data.num_longer: 40 vs 30); "
-        "compare runs of the same data.")
+        "compare runs of the same data."
+    )
 
     corrupt = shutil.copytree(transformer, tmp_path / "corrupt")
     (corrupt / "metrics.json").unlink()  # so the (corrupted) last.ckpt is the one loaded
@@ -224,5 +283,6 @@ def test_compare_transformers_refuses_missing_corrupt_and_mismatched_runs(finish
     (corrupt / ".hydra" / "config.yaml").unlink()
     with pytest.raises(SystemExit):
         compare_transformers.main([str(corrupt)])
-    assert last_error_line(capsys).endswith(f"run directory {corrupt} has no .hydra/config.yaml; "
-                                            "pass a directory made by train_hydra.py.")
+    assert last_error_line(capsys).endswith(
+        f"run directory {corrupt} has no .hydra/config.yaml; pass a directory made by train_hydra.py."
+    )

@@ -14,9 +14,17 @@ from train_hydra import (
     train,
 )
 
-QUICK = ["data.generator.T=600", "data.batch_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
-         "trainer.limit_val_batches=1", "test=false", "trainer.log_every_n_steps=1", "callbacks.rich_progress_bar=null",
-         "trainer.accelerator=cpu"]
+QUICK = [
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=1",
+    "test=false",
+    "trainer.log_every_n_steps=1",
+    "callbacks.rich_progress_bar=null",
+    "trainer.accelerator=cpu",
+]
 
 
 def fitted(tmp_path, *overrides: str):
@@ -35,14 +43,23 @@ def test_betas_and_eps_reach_adamw_and_beta1_stays_put_without_momentum_cycling(
 
 def test_onecycle_cycles_beta1_by_default_and_the_lr_monitor_logs_it(tmp_path):
     _, run_dir = fitted(tmp_path)
-    momentum = [event.value for event in EventAccumulator(str(run_dir / "tensorboard")).Reload()
-                .Scalars("lr-AdamW-momentum")]
+    momentum = [
+        event.value for event in EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("lr-AdamW-momentum")
+    ]
     assert momentum[0] == pytest.approx(0.95) and min(momentum) == pytest.approx(0.85, abs=0.01)
 
 
 def test_plateau_factor_patience_and_min_lr_reach_the_scheduler(tmp_path):
-    cfg = compose_config([*QUICK, "optim.scheduler=plateau", "optim.plateau_factor=0.2", "optim.plateau_patience=7",
-                          "optim.min_lr=1e-5"], tmp_path)
+    cfg = compose_config(
+        [
+            *QUICK,
+            "optim.scheduler=plateau",
+            "optim.plateau_factor=0.2",
+            "optim.plateau_patience=7",
+            "optim.min_lr=1e-5",
+        ],
+        tmp_path,
+    )
     module = build_module(cfg, instantiate_from(cfg, "data"))
     plateau = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert (plateau.factor, plateau.patience, plateau.min_lrs) == (0.2, 7, [1e-5])
@@ -56,13 +73,16 @@ def test_min_lr_is_where_the_schedule_ends(tmp_path, scheduler):
     assert min(event.value for event in lr) >= 1e-4 * 0.999 and lr[-1].value < 2.5e-4
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("optim.betas=[0.8,0.99]", "optim.betas=[0.8, 0.99]: onecycle with cycle_momentum=true cycles beta1"),
-    ("optim.betas=[0.9,1.0]", "optim.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
-    ("optim.eps=0", "optim.eps=0 must be > 0"),
-    ("optim.plateau_factor=1.5", "optim.plateau_factor=1.5 must lie in (0, 1)"),
-    ("optim.min_lr=1", "optim.min_lr=1 must lie in [0, learning_rate=0.003)"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.betas=[0.8,0.99]", "optim.betas=[0.8, 0.99]: onecycle with cycle_momentum=true cycles beta1"),
+        ("optim.betas=[0.9,1.0]", "optim.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
+        ("optim.eps=0", "optim.eps=0 must be > 0"),
+        ("optim.plateau_factor=1.5", "optim.plateau_factor=1.5 must lie in (0, 1)"),
+        ("optim.min_lr=1", "optim.min_lr=1 must lie in [0, learning_rate=0.003)"),
+    ],
+)
 def test_bad_optim_values_fail_in_one_sentence(tmp_path, override, message):
     cfg = compose_config([*QUICK, override], tmp_path)
     with pytest.raises(ConfigError) as error:

@@ -16,8 +16,16 @@ def trained_on_parity(seam: bool, steps: int, seed: int = 0) -> torch.nn.Module:
     """A small z2_delta trained with AdamW on random 16-bit sequences (per-step parity targets)."""
     torch.manual_seed(seed)
     # The settings of experiment=parity_control (configs/experiment/parity_control.yaml).
-    model = build_model("z2_delta", vocab_size=2, output_dim=2, hidden_dim=16, delta_rank=4, seam=seam,
-                        seam_gate_init=0.5, temperature=1.0)
+    model = build_model(
+        "z2_delta",
+        vocab_size=2,
+        output_dim=2,
+        hidden_dim=16,
+        delta_rank=4,
+        seam=seam,
+        seam_gate_init=0.5,
+        temperature=1.0,
+    )
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -47,8 +55,9 @@ def test_parity_control_experiment_through_the_composed_config(tmp_path):
 
     results = {}
     for seam in (True, False):
-        cfg = compose_config(["experiment=parity_control", f"model.seam={str(seam).lower()}", "logger=none"],
-                             tmp_path / f"seam_{seam}")
+        cfg = compose_config(
+            ["experiment=parity_control", f"model.seam={str(seam).lower()}", "logger=none"], tmp_path / f"seam_{seam}"
+        )
         results[seam] = train(cfg)["metrics"]
     assert results[True]["val/accuracy"] >= 0.95  # 4x the training length
     assert results[True]["test/accuracy"] >= 0.99  # 16x

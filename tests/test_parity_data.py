@@ -21,8 +21,11 @@ def test_composed_config_yields_per_step_parity_with_longer_evaluation(make_conf
     assert datamodule.task == "classification" and datamodule.vocab_size == datamodule.output_dim == 2
     assert datamodule.target_mode == "next_step" and datamodule.max_sequence_length == 256
     lengths = {"train": 16, "val": 64, "test": 256}
-    loaders = {"train": datamodule.train_dataloader(), "val": datamodule.val_dataloader(),
-               "test": datamodule.test_dataloader()}
+    loaders = {
+        "train": datamodule.train_dataloader(),
+        "val": datamodule.val_dataloader(),
+        "test": datamodule.test_dataloader(),
+    }
     for split, loader in loaders.items():
         batch = next(iter(loader))
         assert batch["x"].shape == batch["y"].shape == (8, lengths[split])
@@ -44,12 +47,15 @@ def test_same_seed_same_bits_other_seed_other_bits():
     assert not torch.equal(a.datasets["train"].bits[:, :16], a.datasets["val"].bits[:80, :16])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"train_length": 0}, r"^train_length=0 must be a positive integer\.$"),
-    ({"test_length": 8}, r"^test_length=8 must be >= train_length=16"),
-    ({"num_sequences": 5}, r"^num_sequences=5 leaves a split without sequences"),
-    ({"split": (0.5, 0.5)}, r"^split=\[0.5, 0.5\] must be three positive fractions"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"train_length": 0}, r"^train_length=0 must be a positive integer\.$"),
+        ({"test_length": 8}, r"^test_length=8 must be >= train_length=16"),
+        ({"num_sequences": 5}, r"^num_sequences=5 leaves a split without sequences"),
+        ({"split": (0.5, 0.5)}, r"^split=\[0.5, 0.5\] must be three positive fractions"),
+    ],
+)
 def test_bad_options_fail_in_one_sentence(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ParityDataModule(**kwargs)

@@ -62,8 +62,18 @@ def test_kaiming_silu_init_gives_the_leaky_relu_fan_out_scale():
     conv = model.encoder.layers[2].conv  # the 64 -> 128 width change: 128 * 9 fan_out
     expected = math.sqrt(2 / (1 + LEAKY_SLOPE**2)) / math.sqrt(128 * 9)
     assert abs(conv.weight.std().item() / expected - 1) < 0.03
-    default = build_model("resnet_convgru", input_shape=FIELD, output_dim=64, channels=[64, 128], hidden_channels=4,
-                          kaiming_silu_init=False).encoder.layers[2].conv
+    default = (
+        build_model(
+            "resnet_convgru",
+            input_shape=FIELD,
+            output_dim=64,
+            channels=[64, 128],
+            hidden_channels=4,
+            kaiming_silu_init=False,
+        )
+        .encoder.layers[2]
+        .conv
+    )
     # PyTorch's default (kaiming_uniform, a = sqrt 5): std 1 / sqrt(3 fan_in), fan_in = 64 * 9.
     assert abs(default.weight.std().item() * math.sqrt(3 * 64 * 9) - 1) < 0.03
 
@@ -90,8 +100,14 @@ def test_channels_set_the_stage_widths_and_the_encoder_keeps_the_grid():
 
 def test_depthwise_separable_cuts_the_parameters_by_at_least_80_percent_at_the_seed_widths():
     def count(**options):
-        model = build_model("resnet_convgru", input_shape=(1, 16, 16), output_dim=256, channels=[64, 128, 256],
-                            hidden_channels=256, **options)
+        model = build_model(
+            "resnet_convgru",
+            input_shape=(1, 16, 16),
+            output_dim=256,
+            channels=[64, 128, 256],
+            hidden_channels=256,
+            **options,
+        )
         return sum(p.numel() for p in model.parameters())
 
     assert 1 - count(conv_params={"type": "depthwise"}, use_depthwise=True) / count() >= 0.8
@@ -108,25 +124,38 @@ def test_weight_norm_reparametrises_every_encoder_conv_and_keeps_the_initial_fun
 
 
 def test_weight_norm_with_depthwise_is_refused_in_one_sentence(make_config):
-    with pytest.raises(ConfigError, match=r"^model\.use_weight_norm=True works with conv_params\.type=standard") as error:
+    with pytest.raises(
+        ConfigError, match=r"^model\.use_weight_norm=True works with conv_params\.type=standard"
+    ) as error:
         train(make_config(["model=resnet_convgru_depthwise", "model.use_weight_norm=true", *SMALL_FIELD[1:]]))
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"conv_params": {"type": "grouped"}}, "conv_params.type='grouped' is not allowed"),
-    ({"conv_params": {"stride": 2}}, "conv_params has unknown key"),
-    ({"channels": []}, "channels=[] must be"),
-    ({"conv_params": {"kernel_size": 4}}, "conv_params.kernel_size=4 must be an odd"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"conv_params": {"type": "grouped"}}, "conv_params.type='grouped' is not allowed"),
+        ({"conv_params": {"stride": 2}}, "conv_params has unknown key"),
+        ({"channels": []}, "channels=[] must be"),
+        ({"conv_params": {"kernel_size": 4}}, "conv_params.kernel_size=4 must be an odd"),
+    ],
+)
 def test_impossible_options_fail_in_one_sentence(kwargs, message):
     with pytest.raises(ValueError) as error:
         resnet(**kwargs)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-SMALL_FIELD = ["model=resnet_convgru", "data=antipodal_field", "data.generator.T=600", "data.batch_size=16",
-               "data.grid_size=8", "model.channels=[4,8]", "model.hidden_channels=4", "debug=fdr"]
+SMALL_FIELD = [
+    "model=resnet_convgru",
+    "data=antipodal_field",
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "data.grid_size=8",
+    "model.channels=[4,8]",
+    "model.hidden_channels=4",
+    "debug=fdr",
+]
 
 
 @pytest.mark.parametrize("model", ["resnet_convgru", "resnet_convgru_depthwise", "resnet_convgru_standard_weight_norm"])

@@ -23,9 +23,16 @@ from train_hydra import ConfigError, build_module, compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT_RUN = [
-    "data.generator.T=600", "data.batch_size=16", "trainer.limit_train_batches=6", "trainer.limit_val_batches=3",
-    "trainer.deterministic=true", "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null",
-    "callbacks.early_stopping=null", "test=false", "trainer.enable_progress_bar=false",
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "trainer.limit_train_batches=6",
+    "trainer.limit_val_batches=3",
+    "trainer.deterministic=true",
+    "trainer.accelerator=cpu",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.early_stopping=null",
+    "test=false",
+    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -108,8 +115,11 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_file_whole(tmp_path
 
 
 def snapshot(directory: Path) -> dict[str, str]:
-    return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(directory.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +149,14 @@ def bad_inputs(run_dir: Path) -> list[tuple[list[str], str]]:
         ([f"ckpt_path={truncated}"], f"ckpt_path={truncated} is not a readable checkpoint"),
         ([f"ckpt_path={not_a_checkpoint}"], f"ckpt_path={not_a_checkpoint} is not a readable checkpoint"),
         ([f"ckpt_path={foreign}"], f"ckpt_path={foreign} is not a checkpoint of this framework"),
-        (["model=lstm", f"ckpt_path={last}"], f"ckpt_path={last} holds a 'z2_seam' model but the config has model=lstm"),
-        (["model.hidden_dim=32", f"ckpt_path={last}"],
-         f"ckpt_path={last} was trained with model.hidden_dim=64 but the config has model.hidden_dim=32"),
+        (
+            ["model=lstm", f"ckpt_path={last}"],
+            f"ckpt_path={last} holds a 'z2_seam' model but the config has model=lstm",
+        ),
+        (
+            ["model.hidden_dim=32", f"ckpt_path={last}"],
+            f"ckpt_path={last} was trained with model.hidden_dim=64 but the config has model.hidden_dim=32",
+        ),
         (["ckpt_path=auto", "data.generator.p_switch=2"], "data.generator.p_switch=2 is outside the allowed range"),
     ]
 
@@ -170,8 +185,9 @@ def test_a_run_killed_mid_epoch_resumes_from_last_ckpt_to_the_same_result(tmp_pa
     overrides = [*SHORT_RUN, "trainer.limit_train_batches=40", "data.generator.T=2000", "trainer.max_epochs=5"]
     command = [sys.executable, str(ROOT / "train_hydra.py"), *overrides]
     crashed = tmp_path / "crashed"
-    process = subprocess.Popen([*command, f"hydra.run.dir={crashed}"], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, f"hydra.run.dir={crashed}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last = crashed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while time.time() < deadline and not (last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1):
@@ -180,8 +196,9 @@ def test_a_run_killed_mid_epoch_resumes_from_last_ckpt_to_the_same_result(tmp_pa
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (crashed / "metrics.json").exists(), "the run finished before it could be killed"
-    subprocess.run([*command, f"hydra.run.dir={crashed}", "ckpt_path=auto"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [*command, f"hydra.run.dir={crashed}", "ckpt_path=auto"], cwd=ROOT, check=True, capture_output=True, timeout=300
+    )
     straight = tmp_path / "straight"
     subprocess.run([*command, f"hydra.run.dir={straight}"], cwd=ROOT, check=True, capture_output=True, timeout=300)
     results = [json.loads((run / "metrics.json").read_text())["metrics"] for run in (crashed, straight)]
@@ -193,8 +210,19 @@ def test_a_run_killed_mid_epoch_resumes_from_last_ckpt_to_the_same_result(tmp_pa
 def test_ddp_on_two_cpu_processes_trains_and_its_checkpoint_loads(tmp_path):
     run_dir = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train_hydra.py"), "trainer=ddp_cpu", *SHORT_RUN, "trainer.max_epochs=1",
-         f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "train_hydra.py"),
+            "trainer=ddp_cpu",
+            *SHORT_RUN,
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     module = SeamGatedLightningModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert module(torch.randn(2, 10, 4)).shape == (2, 10, 4)

@@ -14,9 +14,15 @@ from lightning_module import SeamGatedLightningModule
 from train_hydra import ConfigError, compose_config, resolve_ckpt_path, train
 
 SHORT_RUN = [
-    "data.generator.T=600", "data.batch_size=16", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2", "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null",
-    "callbacks.early_stopping=null", "trainer.enable_progress_bar=false",
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.accelerator=cpu",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.early_stopping=null",
+    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -46,8 +52,9 @@ def test_resuming_into_a_new_run_dir_keeps_the_best_checkpoint_and_score(tmp_pat
         return prediction if self.training else prediction + 1.0
 
     monkeypatch.setattr(SeamGatedLightningModule, "scored_prediction", worse_when_evaluating)
-    record = train(compose_config([*SHORT_RUN, "trainer.max_epochs=4", f"ckpt_path={first}/checkpoints/last.ckpt"],
-                                  second))
+    record = train(
+        compose_config([*SHORT_RUN, "trainer.max_epochs=4", f"ckpt_path={first}/checkpoints/last.ckpt"], second)
+    )
     best_name = Path(best_first["evaluated_checkpoint"]).name
     assert record["evaluated_checkpoint"] == str(second / "checkpoints" / best_name)
     assert hashes(second / "checkpoints")[best_name] == before[best_name]  # a copy of the first run's best
@@ -60,8 +67,10 @@ def test_a_checkpoint_of_the_same_model_on_other_data_fails_naming_the_size(tmp_
     last = tmp_path / "four" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError) as error:
         train(compose_config([*SHORT_RUN, "data.generator.obs_dim=6", f"ckpt_path={last}"], tmp_path / "six"))
-    assert str(error.value) == (f"ckpt_path={last} was trained on data with input_dim=4 but data=antipodal gives "
-                                "input_dim=6; resume it with the data it was trained on.")
+    assert str(error.value) == (
+        f"ckpt_path={last} was trained on data with input_dim=4 but data=antipodal gives "
+        "input_dim=6; resume it with the data it was trained on."
+    )
     assert not (tmp_path / "six" / "checkpoints").exists()
 
 

@@ -12,9 +12,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from train_hydra import compose_config, train
 
 SHORT_RUN = [
-    "data.generator.T=600", "data.batch_size=16", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
-    "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null", "callbacks.early_stopping=null", "test=false",
-    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "trainer.limit_train_batches=6",
+    "trainer.limit_val_batches=2",
+    "trainer.accelerator=cpu",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.early_stopping=null",
+    "test=false",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
 ]
 PEAK = 3e-3
 

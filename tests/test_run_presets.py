@@ -13,8 +13,12 @@ from omegaconf import OmegaConf
 from train_hydra import CONFIG_DIR, compose_config, train
 from training.config_tree import CONFIG_TREE_FILE, check_tags
 
-QUIET = ["callbacks.rich_progress_bar=null", "trainer.enable_model_summary=false", "trainer.enable_progress_bar=false",
-         "logger=none"]
+QUIET = [
+    "callbacks.rich_progress_bar=null",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+]
 TINY = [*QUIET, "model=lstm", "model.hidden_dim=16", "data.generator.T=600", "data.batch_size=16"]
 # Smaller data for the experiments' fast dev runs; each experiment keeps its own model and data group.
 SMALL_DATA = {
@@ -27,21 +31,47 @@ EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.y
 
 
 def test_an_experiment_for_every_data_set_and_optimiser_preset():
-    assert {"text_char", "multiplication_2x2", "multiplication_3x3", "convgru_field", "optim_conservative",
-            "optim_aggressive", "optim_memory_constrained"} <= set(EXPERIMENTS)
+    assert {
+        "text_char",
+        "multiplication_2x2",
+        "multiplication_3x3",
+        "convgru_field",
+        "optim_conservative",
+        "optim_aggressive",
+        "optim_memory_constrained",
+    } <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize(("experiment", "expected"), [
-    ("text_char", {"data._target_": "data.text.TextDataModule", "model.name": "lstm"}),
-    ("multiplication_2x2", {"data.min_digits": 2, "data.max_digits": 2, "trainer.max_epochs": 100,
-                            "callbacks.early_stopping": None, "model.name": "latent_transformer"}),
-    ("multiplication_3x3", {"data.min_digits": 3, "data.max_digits": 3, "trainer.max_epochs": 50,
-                            "optim.scheduler": "cosine_warmup"}),
-    ("convgru_field", {"model.name": "convgru", "data._target_": "data.antipodal_field.AntipodalFieldDataModule"}),
-    ("optim_conservative", {"optim.learning_rate": 1e-4, "optim.weight_decay": 1e-3, "trainer.gradient_clip_val": 0.5}),
-    ("optim_aggressive", {"optim.learning_rate": 5e-4, "optim.weight_decay": 1e-5, "trainer.gradient_clip_val": 2.0}),
-    ("optim_memory_constrained", {"data.batch_size": 8, "trainer.accumulate_grad_batches": 8}),
-])
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        ("text_char", {"data._target_": "data.text.TextDataModule", "model.name": "lstm"}),
+        (
+            "multiplication_2x2",
+            {
+                "data.min_digits": 2,
+                "data.max_digits": 2,
+                "trainer.max_epochs": 100,
+                "callbacks.early_stopping": None,
+                "model.name": "latent_transformer",
+            },
+        ),
+        (
+            "multiplication_3x3",
+            {"data.min_digits": 3, "data.max_digits": 3, "trainer.max_epochs": 50, "optim.scheduler": "cosine_warmup"},
+        ),
+        ("convgru_field", {"model.name": "convgru", "data._target_": "data.antipodal_field.AntipodalFieldDataModule"}),
+        (
+            "optim_conservative",
+            {"optim.learning_rate": 1e-4, "optim.weight_decay": 1e-3, "trainer.gradient_clip_val": 0.5},
+        ),
+        (
+            "optim_aggressive",
+            {"optim.learning_rate": 5e-4, "optim.weight_decay": 1e-5, "trainer.gradient_clip_val": 2.0},
+        ),
+        ("optim_memory_constrained", {"data.batch_size": 8, "trainer.accumulate_grad_batches": 8}),
+    ],
+)
 def test_experiment_composes_to_its_settings(tmp_path, experiment, expected):
     cfg = compose_config([f"experiment={experiment}"], tmp_path)
     assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
@@ -49,8 +79,9 @@ def test_experiment_composes_to_its_settings(tmp_path, experiment, expected):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_survives_a_fast_dev_run(tmp_path, experiment):
-    record = train(compose_config([f"experiment={experiment}", "debug=fdr", *QUIET, *SMALL_DATA.get(experiment, [])],
-                                  tmp_path))
+    record = train(
+        compose_config([f"experiment={experiment}", "debug=fdr", *QUIET, *SMALL_DATA.get(experiment, [])], tmp_path)
+    )
     assert record["metrics"] and all(value == value for value in record["metrics"].values())  # no NaN
 
 

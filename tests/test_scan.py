@@ -146,14 +146,17 @@ def test_autocast_leaves_float32_inputs_in_float32(backend):
     torch.testing.assert_close(h, linear_scan(a, b), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("a_shape, b_shape, h0_shape, argument", [
-    ((2, 5), (2, 5), None, "a has shape (2, 5) but must be 3-D"),
-    ((2, 5, 3), (2, 5, 3, 1), None, "b has shape (2, 5, 3, 1) but must be 3-D"),
-    ((2, 5, 3), (2, 5, 4), None, "a has shape (2, 5, 3) but b has shape (2, 5, 4); they must match as (B, T, H)."),
-    ((2, 0, 3), (2, 0, 3), None, "a and b have shape (2, 0, 3) but need at least one time step"),
-    ((2, 5, 3), (2, 5, 3), (3, 3), "h0 has shape (3, 3) but must be (B, H) = (2, 3)."),
-    ((2, 5, 3), (2, 5, 3), (2, 5, 3), "h0 has shape (2, 5, 3) but must be (B, H) = (2, 3)."),
-])
+@pytest.mark.parametrize(
+    "a_shape, b_shape, h0_shape, argument",
+    [
+        ((2, 5), (2, 5), None, "a has shape (2, 5) but must be 3-D"),
+        ((2, 5, 3), (2, 5, 3, 1), None, "b has shape (2, 5, 3, 1) but must be 3-D"),
+        ((2, 5, 3), (2, 5, 4), None, "a has shape (2, 5, 3) but b has shape (2, 5, 4); they must match as (B, T, H)."),
+        ((2, 0, 3), (2, 0, 3), None, "a and b have shape (2, 0, 3) but need at least one time step"),
+        ((2, 5, 3), (2, 5, 3), (3, 3), "h0 has shape (3, 3) but must be (B, H) = (2, 3)."),
+        ((2, 5, 3), (2, 5, 3), (2, 5, 3), "h0 has shape (2, 5, 3) but must be (B, H) = (2, 3)."),
+    ],
+)
 def test_shape_errors_name_the_argument(a_shape, b_shape, h0_shape, argument):
     h0 = None if h0_shape is None else torch.zeros(h0_shape)
     with pytest.raises(ValueError) as error:
@@ -273,8 +276,10 @@ def test_the_library_is_built_once_and_reused_from_the_cache(monkeypatch):
         pytest.skip("no C++ compiler on this machine")
     first = scan_cpu_kernel.build_library()
     assert first.parent == scan_cpu_kernel.cache_dir() and first.exists()
+
     # The second call finds the library under the same key and must not run the compiler.
     def no_build(*args, **kwargs):
         raise AssertionError("compiled again although the library is cached")
+
     monkeypatch.setattr(scan_cpu_kernel.subprocess, "run", no_build)
     assert scan_cpu_kernel.build_library() == first

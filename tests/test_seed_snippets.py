@@ -45,10 +45,20 @@ def seed_context():
     batch = next(iter(datamodule.train_dataloader()))
     slice_ = gate_heatmaps.collect_slice_diagnostics(model, datamodule, length=500)
     return {
-        "torch": torch, "datamodule": datamodule, "model": model, "dataloader": datamodule.train_dataloader(),
-        "device": torch.device("cpu"), "x": batch["x"], "y": batch["y"], "batch": batch, "slice": slice_,
-        "gate_activations": slice_.diagnostics["gate"], "parity_energies": slice_.diagnostics["parity_energy"],
-        "regimes": slice_.regime, "mask": slice_.transition, "transition_mask": slice_.transition,
+        "torch": torch,
+        "datamodule": datamodule,
+        "model": model,
+        "dataloader": datamodule.train_dataloader(),
+        "device": torch.device("cpu"),
+        "x": batch["x"],
+        "y": batch["y"],
+        "batch": batch,
+        "slice": slice_,
+        "gate_activations": slice_.diagnostics["gate"],
+        "parity_energies": slice_.diagnostics["parity_energy"],
+        "regimes": slice_.regime,
+        "mask": slice_.transition,
+        "transition_mask": slice_.transition,
         "plot_parity_energy_trajectory": gate_heatmaps.plot_parity_energy_trajectory,
         "plot_gate_statistics": gate_heatmaps.plot_gate_statistics,
     }
@@ -70,7 +80,7 @@ def assert_png(path: Path) -> None:
 
 
 def test_every_snippet_file_has_a_test():
-    tested = {name[len("test_snippet_"):][:2] for name in globals() if name.startswith("test_snippet_")}
+    tested = {name[len("test_snippet_") :][:2] for name in globals() if name.startswith("test_snippet_")}
     numbers = {path.name.split("_")[1] for path in SNIPPETS.glob("000_[0-9][0-9]_*")}
     assert numbers == tested == {f"{n:02d}" for n in range(1, 13)}
 
@@ -88,7 +98,8 @@ def test_snippet_01_gated_delta_builds_a_next_observation_model(tmp_path, monkey
 
 @pytest.mark.skipif(GPU, reason="with a GPU the snippet trains 50 epochs; this checks the refusal without one")
 def test_snippet_02_lightning_module_builds_and_the_gpu_trainer_is_refused_in_one_sentence(
-        tmp_path, monkeypatch, seed_context):
+    tmp_path, monkeypatch, seed_context
+):
     namespace = {"datamodule": seed_context["datamodule"]}
     with pytest.raises(OptionError, match=NO_GPU_SENTENCE) as refusal:
         run_snippet("000_02_lightning_usage.py", namespace, tmp_path, monkeypatch)
@@ -99,17 +110,34 @@ def test_snippet_02_lightning_module_builds_and_the_gpu_trainer_is_refused_in_on
 
 
 def fit_one_batch(module: SeamGatedLightningModule, datamodule, root: Path, precision: str) -> None:
-    trainer = create_trainer(max_epochs=1, accelerator="cpu", precision=precision, default_root_dir=root,
-                             fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = create_trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        precision=precision,
+        default_root_dir=root,
+        fast_dev_run=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=datamodule)
 
 
 def test_use_amp_checks_the_trainer_precision(tmp_path, seed_context):
     datamodule = seed_context["datamodule"]
-    make = lambda use_amp: SeamGatedLightningModule(model_type="z2_delta", model_kwargs={"hidden_dim": 16},  # noqa: E731
-                                                    use_amp=use_amp)
-    with pytest.raises(OptionError, match=r"use_amp=True but the trainer runs at precision '32-true'; pass a mixed "
-                                          r"precision such as '16-mixed' or 'bf16-mixed' to create_trainer\(precision"):
+
+    def make(use_amp):
+        return SeamGatedLightningModule(
+            model_type="z2_delta",
+            model_kwargs={"hidden_dim": 16},
+            use_amp=use_amp,
+        )
+
+    with pytest.raises(
+        OptionError,
+        match=r"use_amp=True but the trainer runs at precision '32-true'; pass a mixed "
+        r"precision such as '16-mixed' or 'bf16-mixed' to create_trainer\(precision",
+    ):
         fit_one_batch(make(True), datamodule, tmp_path, "32-true")
     with pytest.raises(OptionError, match="use_amp=False but the trainer runs at precision 'bf16-mixed'"):
         fit_one_batch(make(False), datamodule, tmp_path, "bf16-mixed")
@@ -138,16 +166,20 @@ def test_snippet_04_gate_heatmap(tmp_path, monkeypatch, seed_context):
 
 def recording(function, calls: list):
     """`function`, keeping each figure it returns in `calls` (the seed's snippets discard it)."""
+
     def record(*args, **kwargs):
         calls.append(function(*args, **kwargs))
         return calls[-1]
+
     return record
 
 
 def test_snippet_05_parity_energy_trajectory(tmp_path, monkeypatch, seed_context):
     figures: list = []
-    namespace = {**seed_context, "plot_parity_energy_trajectory":
-                 recording(gate_heatmaps.plot_parity_energy_trajectory, figures)}
+    namespace = {
+        **seed_context,
+        "plot_parity_energy_trajectory": recording(gate_heatmaps.plot_parity_energy_trajectory, figures),
+    }
     run_snippet("000_05_parity_energy.py", namespace, tmp_path, monkeypatch)
     lines = [line for ax in figures[0].axes for line in ax.get_lines()]
     assert any(set(line.get_ydata()) == {0.721} for line in lines)  # the k_star line the snippet asked for
@@ -188,8 +220,9 @@ def test_snippet_08_initialization_audit(tmp_path, monkeypatch, seed_context, ca
 
 
 def test_snippet_09_dataloader_benchmark(tmp_path, monkeypatch, seed_context):
-    stats = run_snippet("000_09_dataloader_benchmark.py", {"dataloader": seed_context["dataloader"]},
-                        tmp_path, monkeypatch)["stats"]
+    stats = run_snippet(
+        "000_09_dataloader_benchmark.py", {"dataloader": seed_context["dataloader"]}, tmp_path, monkeypatch
+    )["stats"]
     assert stats.n_batches == 94  # the loader ends first: 1500 training windows of 16 (T=2500)
 
 
@@ -198,9 +231,15 @@ def test_snippet_10_full_audit_takes_the_seeds_pair_batch(tmp_path, monkeypatch,
     printed = capsys.readouterr().out
     assert "Gradient flow: total norm" in printed and "Initialisation:" in printed
     from audit.performance_audit import run_full_audit
+
     with pytest.raises(ValueError, match="sample_batch has 3 entries; pass \\(x, y\\)"):
-        run_full_audit(seed_context["model"], seed_context["dataloader"], "cpu",
-                       sample_batch=(seed_context["x"],) * 3, verbose=False)
+        run_full_audit(
+            seed_context["model"],
+            seed_context["dataloader"],
+            "cpu",
+            sample_batch=(seed_context["x"],) * 3,
+            verbose=False,
+        )
 
 
 def test_snippet_11_visualize_saved_diagnostics(tmp_path, monkeypatch, seed_context):

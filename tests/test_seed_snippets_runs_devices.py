@@ -43,8 +43,17 @@ def test_the_device_snippet_runs_as_written(monkeypatch):
 
 def test_every_list_runs_option_of_the_seed_works(tmp_path):
     run_dir = tmp_path / "train" / "runs" / "2026-01-01_10-00-00-000001"
-    train_like_the_cli(["debug=fdr", "trainer.fast_dev_run=false", "trainer.max_epochs=1",
-                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"], run_dir)
+    train_like_the_cli(
+        [
+            "debug=fdr",
+            "trainer.fast_dev_run=false",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "test=false",
+        ],
+        run_dir,
+    )
     options = [line.split("`")[1].split() for line in LIST_RUNS_OPTIONS.strip().splitlines()]
     assert [option[0] for option in options] == ["--rescan", "--id", "--sort", "--limit"]
     root = ["--root", str(tmp_path)]

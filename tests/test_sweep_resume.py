@@ -14,21 +14,39 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-JOB = ["data.generator.T=600", "data.batch_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
-       "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.accelerator=cpu",
-       "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false", "logger=csv"]
+JOB = [
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.accelerator=cpu",
+    "callbacks.rich_progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+]
 
 
 def job_files(job_dir: Path) -> dict[str, str]:
-    return {str(path.relative_to(job_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(job_dir.rglob("*")) if path.is_file() and path.suffix in (".json", ".ckpt")}
+    return {
+        str(path.relative_to(job_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(job_dir.rglob("*"))
+        if path.is_file() and path.suffix in (".json", ".ckpt")
+    }
 
 
 @pytest.mark.slow  # two multirun processes, six short training jobs: about a minute on 2 busy cores
 def test_a_killed_four_job_sweep_rerun_with_the_same_command_finishes_without_retraining(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    command = [sys.executable, str(ROOT / "train_hydra.py"), "-m", "model.hidden_dim=8,10,12,14", *JOB,
-               f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        str(ROOT / "train_hydra.py"),
+        "-m",
+        "model.hidden_dim=8,10,12,14",
+        *JOB,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not (sweep_dir / "1" / "metrics.json").is_file():

@@ -22,8 +22,13 @@ TINY = ["debug=fdr", "data.generator.T=600", "data.batch_size=16"]
 
 
 def sweep(tmp_path: Path, *overrides: str) -> Path:
-    result = subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), "-m", *overrides, *TINY,
-                             f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_hydra.py"), "-m", *overrides, *TINY, f"paths.log_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = tmp_path.glob("debug/multiruns/*")
     return sweep_dir
@@ -38,8 +43,12 @@ def test_a_2x2_sweep_with_a_failing_job_summarises_all_four(tmp_path):
     # z2_seam needs an even hidden_dim, so exactly one of the four jobs fails.
     sweep_dir = sweep(tmp_path, "model=z2_seam,lstm", "model.hidden_dim=7,8")
     # Only the swept overrides (TINY's are shared by every job), sorted by key as Hydra does.
-    job_dirs = ["0_model.hidden_dim=7,model=z2_seam", "1_model.hidden_dim=8,model=z2_seam",
-                "2_model.hidden_dim=7,model=lstm", "3_model.hidden_dim=8,model=lstm"]
+    job_dirs = [
+        "0_model.hidden_dim=7,model=z2_seam",
+        "1_model.hidden_dim=8,model=z2_seam",
+        "2_model.hidden_dim=7,model=lstm",
+        "3_model.hidden_dim=8,model=lstm",
+    ]
     assert sorted(path.name for path in sweep_dir.iterdir() if path.is_dir()) == sorted(job_dirs)
     # TensorBoard names each run by its path under the sweep dir: `<job dir>/tensorboard`.
     hydra_config = OmegaConf.load(sweep_dir / job_dirs[2] / ".hydra" / "hydra.yaml").hydra
@@ -49,8 +58,11 @@ def test_a_2x2_sweep_with_a_failing_job_summarises_all_four(tmp_path):
     rows = summary_rows(sweep_dir)
     assert [row["job"] for row in rows] == job_dirs
     assert [row["overrides"].split()[:2] for row in rows] == [
-        ["model=z2_seam", "model.hidden_dim=7"], ["model=z2_seam", "model.hidden_dim=8"],
-        ["model=lstm", "model.hidden_dim=7"], ["model=lstm", "model.hidden_dim=8"]]
+        ["model=z2_seam", "model.hidden_dim=7"],
+        ["model=z2_seam", "model.hidden_dim=8"],
+        ["model=lstm", "model.hidden_dim=7"],
+        ["model=lstm", "model.hidden_dim=8"],
+    ]
     assert [row["status"] for row in rows] == ["FAILED", "COMPLETED", "COMPLETED", "COMPLETED"]
     assert rows[0]["error"].startswith("ConfigError: model.hidden_dim=7 is not allowed for z2_seam")
     assert rows[0]["val/mse"] == "" and all(float(row["val/mse"]) > 0 for row in rows[1:])
@@ -63,7 +75,12 @@ def test_a_2x2_sweep_with_a_failing_job_summarises_all_four(tmp_path):
 def test_optuna_search_runs_three_trials_and_records_the_best(tmp_path):
     sweep_dir = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert set(results.best_params) == {"optim.learning_rate", "model.hidden_dim", "model.temperature", "model.delta_rank"}
+    assert set(results.best_params) == {
+        "optim.learning_rate",
+        "model.hidden_dim",
+        "model.temperature",
+        "model.delta_rank",
+    }
     rows = summary_rows(sweep_dir)
     assert len(rows) == 3 and all(row["status"] == "COMPLETED" for row in rows)
     assert results.best_value == min(float(row["val/mse"]) for row in rows)
@@ -81,7 +98,10 @@ def test_joblib_launcher_runs_two_jobs_in_parallel_processes(tmp_path):
 def test_job_dir_names_are_short_path_safe_and_deterministic():
     assert job_dir_name(3, "model=lstm,seed=43") == "3_model=lstm,seed=43"
     assert job_dir_name(0, "") == "0"  # no overrides: the job number alone
-    assert job_dir_name(1, "callbacks=[audit,heatmap],data.path=/a b/c.txt") == "1_callbacks=_audit,heatmap_,data.path=_a_b_c.txt"
+    assert (
+        job_dir_name(1, "callbacks=[audit,heatmap],data.path=/a b/c.txt")
+        == "1_callbacks=_audit,heatmap_,data.path=_a_b_c.txt"
+    )
     long_a, long_b = "model.hidden_dim=64," + "x" * 80 + "a", "model.hidden_dim=64," + "x" * 80 + "b"
     assert len(job_dir_name(5, long_a)) == len("5_") + JOB_DIR_NAME_LENGTH
     assert job_dir_name(5, long_a) != job_dir_name(5, long_b)  # cut names stay apart by their hash
@@ -92,15 +112,30 @@ def test_only_the_swept_command_line_overrides_name_the_jobs():
     argv = ["-m", "model=lstm,gru", "trainer=fast", "seed=42,43", "hydra/launcher=joblib"]
     (*kept, added) = name_jobs_by_what_they_sweep(argv)
     assert kept == argv
-    assert added == ("hydra.job.config.override_dirname.exclude_keys="
-                     "[paths.log_dir,paths.output_dir,ckpt_path,task_name,tags,trainer]")
+    assert added == (
+        "hydra.job.config.override_dirname.exclude_keys="
+        "[paths.log_dir,paths.output_dir,ckpt_path,task_name,tags,trainer]"
+    )
     chosen = [*argv, "hydra.job.config.override_dirname.exclude_keys=[seed]"]
     assert name_jobs_by_what_they_sweep(chosen) == chosen  # the user's own choice stays
 
 
 def test_a_multirun_without_tags_stops_at_its_first_job(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), "-m", "model=lstm,gru", "tags=[]", *TINY,
-                             f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train_hydra.py"),
+            "-m",
+            "model=lstm,gru",
+            "tags=[]",
+            *TINY,
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode != 0
     assert "tags is empty; a multirun needs tags to find its runs later, e.g. tags=[lstm_sweep]." in result.stderr
     assert not list(tmp_path.glob("debug/multiruns/*/*/metrics.json"))

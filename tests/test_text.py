@@ -7,16 +7,15 @@ import math
 
 import pytest
 import torch
+from conftest import train_like_the_cli
 from torch import nn
 
 from data.text import TextDataModule, generate_corpus
 from data.tokenization import CharVocabulary
 from lightning_module import SeamGatedLightningModule
-from visualization.sample_text import main as sample_main
 from models.generation import sample_tokens
 from train_hydra import ConfigError, compose_config, train
-
-from conftest import train_like_the_cli
+from visualization.sample_text import main as sample_main
 
 SMALL_TEXT = ["data=text", "data.corpus_characters=20000", "data.sequence_length=50"]
 
@@ -55,12 +54,15 @@ def test_targets_are_the_next_characters_and_no_window_leaves_its_split():
     assert datamodule.datasets["train"].starts[1] - datamodule.datasets["train"].starts[0] == 7
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (None, r"^data\.path=\S+ does not exist or is not a file; give a UTF-8 text file, or null"),
-    (b"", r"^data\.path=\S+ is empty; give a UTF-8 text file"),
-    (b"caf\xe9 latin-1 text " * 50, r"^data\.path=\S+ is not UTF-8 text \(byte 0xe9 at offset 3\)"),
-    (b"too short", r"^data\.sequence_length=100 is too long for path=\S+: a sample needs 101 char tokens"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"^data\.path=\S+ does not exist or is not a file; give a UTF-8 text file, or null"),
+        (b"", r"^data\.path=\S+ is empty; give a UTF-8 text file"),
+        (b"caf\xe9 latin-1 text " * 50, r"^data\.path=\S+ is not UTF-8 text \(byte 0xe9 at offset 3\)"),
+        (b"too short", r"^data\.sequence_length=100 is too long for path=\S+: a sample needs 101 char tokens"),
+    ],
+)
 def test_a_bad_text_file_fails_in_one_sentence_naming_it(make_config, tmp_path, content, message):
     path = tmp_path / "corpus.txt"
     if content is not None:
@@ -72,8 +74,15 @@ def test_a_bad_text_file_fails_in_one_sentence_naming_it(make_config, tmp_path, 
 
 def test_classification_loss_uses_label_smoothing_and_metrics_are_the_unsmoothed_truth():
     torch.manual_seed(0)
-    module = SeamGatedLightningModule("lstm", {"hidden_dim": 8}, task="classification", vocab_size=5, output_dim=5,
-                                      target_mode="next_step", objective_kwargs={"label_smoothing": 0.2})
+    module = SeamGatedLightningModule(
+        "lstm",
+        {"hidden_dim": 8},
+        task="classification",
+        vocab_size=5,
+        output_dim=5,
+        target_mode="next_step",
+        objective_kwargs={"label_smoothing": 0.2},
+    )
     batch = {"x": torch.randint(0, 5, (3, 7)), "y": torch.randint(0, 5, (3, 7))}
     logits = module.model(batch["x"]).reshape(-1, 5)
     target = batch["y"].reshape(-1)
@@ -96,8 +105,14 @@ def test_label_smoothing_is_refused_for_regression_data(make_config):
 @pytest.fixture(scope="module")
 def trained_text_run(tmp_path_factory):
     """An LSTM trained for 4 short epochs on the generated corpus, and the same model untrained."""
-    base = ["model=lstm", "data=text", "data.corpus_characters=60000", "callbacks.rich_progress_bar=null",
-            "trainer.enable_model_summary=false", "logger=csv"]
+    base = [
+        "model=lstm",
+        "data=text",
+        "data.corpus_characters=60000",
+        "callbacks.rich_progress_bar=null",
+        "trainer.enable_model_summary=false",
+        "logger=csv",
+    ]
     untrained_dir = tmp_path_factory.mktemp("untrained")
     untrained = train(compose_config([*base, "train=false"], untrained_dir))
     run_dir = tmp_path_factory.mktemp("trained")
@@ -121,8 +136,10 @@ def test_sampling_from_the_trained_checkpoint_yields_only_vocabulary_characters(
     vocabulary = set(generate_corpus(60000, 42))
     assert text.startswith("Th") and len(text) == 122 and set(text) <= vocabulary
     assert capsys.readouterr().out.strip() == text.strip()
-    greedy = [sample_main(["--experiment", str(run_dir), "--length", "40", "--temperature", "0", "--seed", str(seed)])
-              for seed in (1, 2)]
+    greedy = [
+        sample_main(["--experiment", str(run_dir), "--length", "40", "--temperature", "0", "--seed", str(seed)])
+        for seed in (1, 2)
+    ]
     assert greedy[0] == greedy[1]  # temperature 0 is deterministic
     with pytest.raises(SystemExit):
         sample_main(["--experiment", str(run_dir), "--prompt", "ZQ#"])  # characters outside the vocabulary
@@ -135,7 +152,9 @@ def test_sample_tokens_draws_from_the_temperature_scaled_distribution():
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return torch.tensor([0.0, 1.0, 2.0]).expand(*ids.shape, 3)
 
-    drawn = sample_tokens(FixedLogits(), torch.tensor([0]), 4000, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    drawn = sample_tokens(
+        FixedLogits(), torch.tensor([0]), 4000, temperature=2.0, generator=torch.Generator().manual_seed(0)
+    )
     frequencies = torch.bincount(drawn, minlength=3).float() / len(drawn)
     torch.testing.assert_close(frequencies, torch.softmax(torch.tensor([0.0, 0.5, 1.0]), 0), atol=0.03, rtol=0)
     assert torch.equal(sample_tokens(FixedLogits(), torch.tensor([0]), 5, temperature=0), torch.full((5,), 2))

@@ -91,10 +91,16 @@ def test_bits_per_character_is_loss_over_ln2_for_characters_and_counts_character
     assert "bits_per_character" not in metrics.compute_and_reset()
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("data.vocab_size=100", r"^data\.vocab_size=100 is for word and bpe tokens"),
-    ("data.tokenizer=sentencepiece", r"^data\.tokenizer='sentencepiece' is not allowed; choose one of: char, word, bpe\."),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.vocab_size=100", r"^data\.vocab_size=100 is for word and bpe tokens"),
+        (
+            "data.tokenizer=sentencepiece",
+            r"^data\.tokenizer='sentencepiece' is not allowed; choose one of: char, word, bpe\.",
+        ),
+    ],
+)
 def test_bad_tokenizer_settings_fail_in_one_sentence(make_config, override, message):
     from train_hydra import train
 
@@ -105,9 +111,22 @@ def test_bad_tokenizer_settings_fail_in_one_sentence(make_config, override, mess
 def test_a_bpe_run_saves_its_tokenizer_logs_bits_per_character_and_samples_with_it(tmp_path):
     run_dir = tmp_path / "run"
     record = train_like_the_cli(
-        ["model=lstm", "data=text", "data.tokenizer=bpe", "data.vocab_size=300", "data.corpus_characters=20000",
-         "data.sequence_length=32", "model.hidden_dim=16", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-         "logger=csv", "callbacks.rich_progress_bar=null", "trainer.enable_model_summary=false"], run_dir)
+        [
+            "model=lstm",
+            "data=text",
+            "data.tokenizer=bpe",
+            "data.vocab_size=300",
+            "data.corpus_characters=20000",
+            "data.sequence_length=32",
+            "model.hidden_dim=16",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "logger=csv",
+            "callbacks.rich_progress_bar=null",
+            "trainer.enable_model_summary=false",
+        ],
+        run_dir,
+    )
     metrics = record["metrics"]
     assert metrics["val/bits_per_character"] < metrics["val/loss"] / math.log(2)  # >1 character per token
     assert json.loads((run_dir / TOKENIZER_FILE).read_text())["model"]["type"] == "BPE"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.schedules import warmup_cosine
-from training.trainer import resolve_accelerator, resolve_precision
 from models import get_model_class, list_models
 from train_hydra import CONFIG_DIR, ConfigError, train
+from training.schedules import warmup_cosine
+from training.trainer import resolve_accelerator, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -37,7 +37,9 @@ def test_every_registered_model_has_a_config_and_every_config_a_registered_model
     names = {name: compose_config([f"model={name}"], tmp_path).model.name for name in MODEL_CONFIGS}
     assert set(list_models()) <= set(MODEL_CONFIGS)
     assert set(names.values()) == set(list_models())
-    assert names["z2_seam_kstar"] == "z2_seam" and compose_config(["model=z2_seam_kstar"], tmp_path).model.gate == "kstar"
+    assert (
+        names["z2_seam_kstar"] == "z2_seam" and compose_config(["model=z2_seam_kstar"], tmp_path).model.gate == "kstar"
+    )
 
 
 @pytest.mark.parametrize("target_mode", ["last", "next_step"])
@@ -55,8 +57,15 @@ def test_fast_dev_run_of_every_vector_model(make_config, model, target_mode):
 @pytest.mark.parametrize("target_mode", ["last", "next_step"])
 @pytest.mark.parametrize("model", model_configs_reading("fields"))
 def test_fast_dev_run_of_every_field_model(make_config, model, target_mode):
-    cfg = make_config([f"model={model}", f"data.target_mode={target_mode}", "debug=fdr", *SMALL_FIELD_DATA,
-                       "data.generator.p_switch=0.3"])
+    cfg = make_config(
+        [
+            f"model={model}",
+            f"data.target_mode={target_mode}",
+            "debug=fdr",
+            *SMALL_FIELD_DATA,
+            "data.generator.p_switch=0.3",
+        ]
+    )
     record = train(cfg)
     for key in ("val/mse", "test/mse", "val/mse_transition", "val/mse_zero", "test/loss"):
         assert torch.isfinite(torch.tensor(record["metrics"][key])), key
@@ -64,8 +73,16 @@ def test_fast_dev_run_of_every_field_model(make_config, model, target_mode):
 
 
 def test_a_run_writes_metrics_checkpoints_and_tensorboard_events(make_config):
-    cfg = make_config(["trainer.max_epochs=2", "trainer.limit_train_batches=5", "trainer.limit_val_batches=3",
-                       "trainer.limit_test_batches=3", "callbacks.rich_progress_bar=null", *SMALL_DATA])
+    cfg = make_config(
+        [
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=5",
+            "trainer.limit_val_batches=3",
+            "trainer.limit_test_batches=3",
+            "callbacks.rich_progress_bar=null",
+            *SMALL_DATA,
+        ]
+    )
     record = train(cfg)
     out = Path(cfg.paths.output_dir)
     saved = json.loads((out / "metrics.json").read_text())
@@ -82,8 +99,17 @@ def test_a_run_writes_metrics_checkpoints_and_tensorboard_events(make_config):
 def test_learning_rate_and_gradient_norm_are_logged(make_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = make_config(["trainer.max_epochs=1", "trainer.limit_train_batches=12", "trainer.limit_val_batches=2",
-                       "trainer.log_every_n_steps=1", "test=false", "callbacks=none", *SMALL_DATA])
+    cfg = make_config(
+        [
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=12",
+            "trainer.limit_val_batches=2",
+            "trainer.log_every_n_steps=1",
+            "test=false",
+            "callbacks=none",
+            *SMALL_DATA,
+        ]
+    )
     train(cfg)
     events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
@@ -139,18 +165,23 @@ def test_bad_config_values_raise_one_sentence_naming_the_key(make_config, overri
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train_hydra.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train_hydra.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model=nonexistent",
-         "Invalid config: model=nonexistent is not a registered model or model variant; choose one of: "
-         f"{', '.join(MODEL_CONFIGS)}."),
-        ("data.generator.p_switch=1.5",
-         "Invalid config: data.generator.p_switch=1.5 is outside the allowed range [0, 1]."),
+        (
+            "model=nonexistent",
+            "Invalid config: model=nonexistent is not a registered model or model variant; choose one of: "
+            f"{', '.join(MODEL_CONFIGS)}.",
+        ),
+        (
+            "data.generator.p_switch=1.5",
+            "Invalid config: data.generator.p_switch=1.5 is outside the allowed range [0, 1].",
+        ),
     ],
 )
 def test_cli_rejects_bad_input_in_one_sentence(tmp_path, override, expected):
@@ -183,6 +214,15 @@ def test_regression_metrics_split_by_transition_and_leave_out_empty_groups():
 
 
 def test_a_run_without_loggers_keeps_the_default_callbacks_that_work_without_one(make_config):
-    record = train(make_config(["logger=none", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                                "callbacks.rich_progress_bar=null", *SMALL_DATA]))
+    record = train(
+        make_config(
+            [
+                "logger=none",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=2",
+                "callbacks.rich_progress_bar=null",
+                *SMALL_DATA,
+            ]
+        )
+    )
     assert torch.isfinite(torch.tensor(record["metrics"]["val/mse"]))

@@ -11,9 +11,16 @@ from pytorch_lightning import Trainer
 from lightning_module import SeamGatedLightningModule
 from train_hydra import ConfigError, compose_config, train
 
-QUIET_CPU = ["data.generator.T=600", "data.batch_size=16", "print_config=false", "callbacks.rich_progress_bar=null",
-             "trainer.enable_model_summary=false", "trainer.enable_progress_bar=false", "logger=none",
-             "trainer.accelerator=cpu"]
+QUIET_CPU = [
+    "data.generator.T=600",
+    "data.batch_size=16",
+    "print_config=false",
+    "callbacks.rich_progress_bar=null",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "trainer.accelerator=cpu",
+]
 TINY = ["model=lstm", "model.hidden_dim=16", *QUIET_CPU]
 
 
@@ -23,8 +30,19 @@ def saved_checkpoint(run_dir, name="last.ckpt") -> dict:
 
 @pytest.mark.parametrize("accumulate, optimizer_steps", [(1, 6), (3, 2)])
 def test_gradient_accumulation_takes_one_optimizer_step_per_n_batches(tmp_path, accumulate, optimizer_steps):
-    train(compose_config([*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1",
-                          "test=false", f"trainer.accumulate_grad_batches={accumulate}"], tmp_path))
+    train(
+        compose_config(
+            [
+                *TINY,
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=6",
+                "trainer.limit_val_batches=1",
+                "test=false",
+                f"trainer.accumulate_grad_batches={accumulate}",
+            ],
+            tmp_path,
+        )
+    )
     assert saved_checkpoint(tmp_path)["global_step"] == optimizer_steps
 
 
@@ -57,8 +75,20 @@ def test_compile_runs_the_model_through_torch_compile_and_keeps_checkpoint_names
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     transformer = ["model=transformer", "model.d_model=16", "model.num_layers=1", "model.num_heads=2"]
-    train(compose_config([*QUIET_CPU, *transformer, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                          "trainer.limit_val_batches=1", "test=false", "compile=true"], tmp_path))
+    train(
+        compose_config(
+            [
+                *QUIET_CPU,
+                *transformer,
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=2",
+                "trainer.limit_val_batches=1",
+                "test=false",
+                "compile=true",
+            ],
+            tmp_path,
+        )
+    )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     assert all(not name.startswith("model._orig_mod") for name in saved_checkpoint(tmp_path)["state_dict"])
     torch._dynamo.reset()
@@ -68,10 +98,21 @@ def test_compile_runs_the_model_through_torch_compile_and_keeps_checkpoint_names
 
 
 def test_ema_checkpoints_hold_averaged_weights_and_the_run_is_evaluated_with_them(tmp_path):
-    record = train(compose_config([*TINY, "callbacks=ema", "callbacks.rich_progress_bar=null",
-                                   "callbacks.ema_weights.decay=0.9", "trainer.max_epochs=2",
-                                   "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
-                                   "trainer.limit_test_batches=2"], tmp_path))
+    record = train(
+        compose_config(
+            [
+                *TINY,
+                "callbacks=ema",
+                "callbacks.rich_progress_bar=null",
+                "callbacks.ema_weights.decay=0.9",
+                "trainer.max_epochs=2",
+                "trainer.limit_train_batches=5",
+                "trainer.limit_val_batches=2",
+                "trainer.limit_test_batches=2",
+            ],
+            tmp_path,
+        )
+    )
     checkpoint = torch.load(record["evaluated_checkpoint"], map_location="cpu", weights_only=True)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert averaged.keys() == raw.keys()
@@ -80,17 +121,29 @@ def test_ema_checkpoints_hold_averaged_weights_and_the_run_is_evaluated_with_the
     datamodule = instantiate(compose_config(TINY, tmp_path / "check").data)
     losses = {}
     for weights_name, weights in (("averaged", averaged), ("raw", raw)):
-        module = SeamGatedLightningModule.load_from_checkpoint(record["evaluated_checkpoint"], map_location="cpu",
-                                                               weights_only=True)
+        module = SeamGatedLightningModule.load_from_checkpoint(
+            record["evaluated_checkpoint"], map_location="cpu", weights_only=True
+        )
         module.load_state_dict(weights)
-        trainer = Trainer(accelerator="cpu", logger=False, limit_val_batches=2, enable_progress_bar=False,
-                          enable_model_summary=False)
+        trainer = Trainer(
+            accelerator="cpu", logger=False, limit_val_batches=2, enable_progress_bar=False, enable_model_summary=False
+        )
         (losses[weights_name],) = [result["val/loss"] for result in trainer.validate(module, datamodule, verbose=False)]
     assert record["metrics"]["val/loss"] == pytest.approx(losses["averaged"], rel=1e-5)
     assert losses["raw"] != pytest.approx(losses["averaged"], rel=1e-5)
 
 
 def test_without_ema_the_checkpoint_has_no_second_set_of_weights(tmp_path):
-    record = train(compose_config([*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                                   "trainer.limit_val_batches=1", "test=false"], tmp_path))
+    record = train(
+        compose_config(
+            [
+                *TINY,
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=2",
+                "trainer.limit_val_batches=1",
+                "test=false",
+            ],
+            tmp_path,
+        )
+    )
     assert "current_model_state" not in torch.load(record["evaluated_checkpoint"], weights_only=True)

@@ -10,9 +10,19 @@ import torch
 from train_hydra import check_group_choices, compose_config, train
 from visualization.training_curves import TrainingCurvesCallback
 
-RUN = ["callbacks=[default,training_curves]", "callbacks.rich_progress_bar=null", "logger=none", "test=false",
-       "trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
-       "trainer.log_every_n_steps=2", "data.generator.T=2000", "model=gru", "model.hidden_dim=8"]
+RUN = [
+    "callbacks=[default,training_curves]",
+    "callbacks.rich_progress_bar=null",
+    "logger=none",
+    "test=false",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=6",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=2",
+    "data.generator.T=2000",
+    "model=gru",
+    "model.hidden_dim=8",
+]
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,19 @@ from train_hydra import build_module
 
 # Tensor methods that copy a value to the host, which on a GPU waits for all queued work.
 HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"}
-RUN = ["model=z2_delta", "data.generator.T=1000", "data.batch_size=16", "trainer.max_epochs=1", "logger=none",
-       "callbacks=none", "test=false", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
-       "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1000"]
+RUN = [
+    "model=z2_delta",
+    "data.generator.T=1000",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+    "logger=none",
+    "callbacks=none",
+    "test=false",
+    "trainer.limit_val_batches=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1000",
+]
 
 
 class CountHostReads(TorchFunctionMode):
@@ -47,10 +57,19 @@ def _fit(make_config, callbacks: list[pl.Callback], wrap_hooks: CountHostReads |
             def counted(*args, original=original, **kwargs):
                 with wrap_hooks:
                     return original(*args, **kwargs)
+
             setattr(module, hook, counted)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=callbacks, limit_val_batches=0,
-                         log_every_n_steps=1000, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=callbacks,
+        limit_val_batches=0,
+        log_every_n_steps=1000,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, datamodule=datamodule)
     return trainer
 

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 import models.latent_transformer as latent_transformer
-from data.multiplication import MultiplicationDataModule, MultiplicationTokenizer
 from data.datamodule import IGNORE_INDEX
+from data.multiplication import MultiplicationDataModule, MultiplicationTokenizer
 from lightning_module import SeamGatedLightningModule
+from models import build_model
+from train_hydra import train
 from training.decoding import greedy_decode, mix_in_predictions, scheduled_sampling_rate
 from training.metrics import Seq2SeqMetrics
 from training.objectives import ClassificationObjective, RegressionObjective, Seq2SeqObjective
-from models import build_model
-from train_hydra import train
 
 TOKENIZER = MultiplicationTokenizer()
 VOCAB, SEPARATOR = len(TOKENIZER), TOKENIZER.separator_id
@@ -68,8 +68,19 @@ def test_vector_inputs_are_causal_too(name):
 
 @pytest.mark.parametrize("model", ["transformer", "latent_transformer"])
 def test_both_transformers_model_text(make_config, model):
-    record = train(make_config([f"model={model}", "data=text", "data.corpus_characters=20000", "data.sequence_length=50",
-                                "debug=fdr", "model.d_model=32", "model.num_heads=2"]))
+    record = train(
+        make_config(
+            [
+                f"model={model}",
+                "data=text",
+                "data.corpus_characters=20000",
+                "data.sequence_length=50",
+                "debug=fdr",
+                "model.d_model=32",
+                "model.num_heads=2",
+            ]
+        )
+    )
     assert {"val/loss", "val/perplexity", "val/accuracy", "test/perplexity"} <= set(record["metrics"])
     assert all(math.isfinite(value) for value in record["metrics"].values())
 
@@ -107,8 +118,14 @@ def test_latent_positions_carry_zero_loss():
     datamodule = MultiplicationDataModule(min_digits=1, max_digits=2, num_pairs=200, batch_size=16, seed=3)
     datamodule.setup()
     batch = next(iter(datamodule.train_dataloader()))
-    module = SeamGatedLightningModule("latent_transformer", {**SMALL, "num_latent_tokens": 4, "separator_token": SEPARATOR},
-                                      task="seq2seq", target_mode="next_step", vocab_size=VOCAB, output_dim=VOCAB)
+    module = SeamGatedLightningModule(
+        "latent_transformer",
+        {**SMALL, "num_latent_tokens": 4, "separator_token": SEPARATOR},
+        task="seq2seq",
+        target_mode="next_step",
+        vocab_size=VOCAB,
+        output_dim=VOCAB,
+    )
     k = module.model.num_latent_tokens
     captured: list[torch.Tensor] = []
 
@@ -127,8 +144,15 @@ def test_latent_positions_carry_zero_loss():
 
 def test_gpt_style_initialisation():
     torch.manual_seed(0)
-    model = build_model("latent_transformer", vocab_size=VOCAB, output_dim=VOCAB, d_model=256, num_layers=8,
-                        num_heads=4, num_latent_tokens=16)
+    model = build_model(
+        "latent_transformer",
+        vocab_size=VOCAB,
+        output_dim=VOCAB,
+        d_model=256,
+        num_layers=8,
+        num_heads=4,
+        num_latent_tokens=16,
+    )
     residual_std = 0.02 / math.sqrt(2 * 8)
     for block in model.blocks:
         assert block.attention.out.weight.std().item() == pytest.approx(residual_std, rel=0.05)
@@ -165,7 +189,10 @@ def test_gradient_checkpointing_recomputes_blocks_and_gives_the_same_gradients(n
         ({"num_layers": 0}, "num_layers=0 is not allowed; it must be a positive integer."),
         ({"dropout": 1.0}, "dropout=1.0 is not allowed; it must lie in [0, 1)."),
         ({"num_latent_tokens": -1}, "num_latent_tokens=-1 is not allowed; it must be >= 0."),
-        ({"num_latent_tokens": 40, "max_length": 40}, "num_latent_tokens=40 is not allowed; it must be below max_length=40"),
+        (
+            {"num_latent_tokens": 40, "max_length": 40},
+            "num_latent_tokens=40 is not allowed; it must be below max_length=40",
+        ),
         ({"separator_token": VOCAB}, f"separator_token={VOCAB} is not allowed; it must be an id in [0, {VOCAB})."),
     ],
 )
@@ -279,13 +306,24 @@ def test_seq2seq_metrics_score_exact_match_per_answer_and_accuracy_per_digit():
 
 def test_longer_operand_rows_are_reported_apart():
     objective = Seq2SeqObjective(VOCAB)
-    module = SeamGatedLightningModule("transformer", SMALL, task="seq2seq", target_mode="next_step", vocab_size=VOCAB, output_dim=VOCAB)
-    datamodule = MultiplicationDataModule(min_digits=1, max_digits=1, num_pairs=100, num_longer=20, batch_size=64, seed=0)
+    module = SeamGatedLightningModule(
+        "transformer", SMALL, task="seq2seq", target_mode="next_step", vocab_size=VOCAB, output_dim=VOCAB
+    )
+    datamodule = MultiplicationDataModule(
+        min_digits=1, max_digits=1, num_pairs=100, num_longer=20, batch_size=64, seed=0
+    )
     datamodule.setup()
     for batch in datamodule.test_dataloader():
         objective.update("test", module.scored_prediction, batch)
     values = objective.compute_and_reset("test")
-    assert {"loss", "exact_match", "digit_accuracy", "loss_longer", "exact_match_longer", "digit_accuracy_longer"} <= set(values)
+    assert {
+        "loss",
+        "exact_match",
+        "digit_accuracy",
+        "loss_longer",
+        "exact_match_longer",
+        "digit_accuracy_longer",
+    } <= set(values)
     objective.update("val", module.scored_prediction, next(iter(datamodule.val_dataloader())))
     assert "loss" in (values := objective.compute_and_reset("val")) and "loss_longer" not in values
 
@@ -293,17 +331,33 @@ def test_longer_operand_rows_are_reported_apart():
 @pytest.mark.parametrize(
     "objective, options, message",
     [
-        (RegressionObjective, {"scheduled_sampling": "linear"},
-         "scheduled_sampling=linear applies to seq2seq tasks only; leave it at none for regression data."),
-        (RegressionObjective, {"label_smoothing": 0.1},
-         "label_smoothing=0.1 applies to classification and seq2seq tasks only; leave it at 0.0 for regression data."),
-        (ClassificationObjective, {"sampling_max_rate": 0.5},
-         "sampling_max_rate=0.5 applies to seq2seq tasks only; leave it at 0.25 for classification data."),
+        (
+            RegressionObjective,
+            {"scheduled_sampling": "linear"},
+            "scheduled_sampling=linear applies to seq2seq tasks only; leave it at none for regression data.",
+        ),
+        (
+            RegressionObjective,
+            {"label_smoothing": 0.1},
+            "label_smoothing=0.1 applies to classification and seq2seq tasks only; leave it at 0.0 for regression data.",
+        ),
+        (
+            ClassificationObjective,
+            {"sampling_max_rate": 0.5},
+            "sampling_max_rate=0.5 applies to seq2seq tasks only; leave it at 0.25 for classification data.",
+        ),
         (ClassificationObjective, {"label_smothing": 0.1}, "label_smothing=0.1 is not an option of any objective"),
         (Seq2SeqObjective, {"scheduled_sampling": "exponential"}, "scheduled_sampling='exponential' is not allowed"),
-        (Seq2SeqObjective, {"sampling_max_rate": 0.5},
-         "sampling_max_rate=0.5 has no effect with scheduled_sampling='none'"),
-        (Seq2SeqObjective, {"scheduled_sampling": "linear", "sampling_start": 1.0}, "sampling_start=1.0 must lie in [0, 1)."),
+        (
+            Seq2SeqObjective,
+            {"sampling_max_rate": 0.5},
+            "sampling_max_rate=0.5 has no effect with scheduled_sampling='none'",
+        ),
+        (
+            Seq2SeqObjective,
+            {"scheduled_sampling": "linear", "sampling_start": 1.0},
+            "sampling_start=1.0 must lie in [0, 1).",
+        ),
     ],
 )
 def test_objective_options_of_other_tasks_or_without_effect_are_refused(objective, options, message):

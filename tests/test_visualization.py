@@ -54,18 +54,40 @@ def assert_png_not_blank(path: Path) -> None:
 
 def test_every_gate_plot_writes_a_non_blank_png_with_its_panels(planted, tmp_path):
     figures = {
-        "heatmap": (plot_gate_heatmap({"gate": planted["gate"], "update_gate": planted["energy"]}, planted["regime"],
-                                      planted["transition"], save_path=tmp_path / "heatmap.png"), 3),
+        "heatmap": (
+            plot_gate_heatmap(
+                {"gate": planted["gate"], "update_gate": planted["energy"]},
+                planted["regime"],
+                planted["transition"],
+                save_path=tmp_path / "heatmap.png",
+            ),
+            3,
+        ),
         "heatmap_alone": (plot_gate_heatmap(planted["gate"], save_path=tmp_path / "heatmap_alone.png"), 2),
-        "heatmap_transitions": (plot_gate_heatmap(planted["gate"], transition_mask=planted["transition"],
-                                                  save_path=tmp_path / "heatmap_transitions.png"), 3),
-        "parity": (plot_parity_energy_trajectory(planted["energy"], planted["gate"], regime_sequence=planted["regime"],
-                                                 transition_mask=planted["transition"],
-                                                 save_path=tmp_path / "parity.png"), 3),
-        "parity_alone": (plot_parity_energy_trajectory(planted["energy"], planted["gate"],
-                                                       save_path=tmp_path / "parity_alone.png"), 2),
-        "statistics": (plot_gate_statistics(planted["gate"], planted["transition"],
-                                            save_path=tmp_path / "statistics.png"), 3),
+        "heatmap_transitions": (
+            plot_gate_heatmap(
+                planted["gate"], transition_mask=planted["transition"], save_path=tmp_path / "heatmap_transitions.png"
+            ),
+            3,
+        ),
+        "parity": (
+            plot_parity_energy_trajectory(
+                planted["energy"],
+                planted["gate"],
+                regime_sequence=planted["regime"],
+                transition_mask=planted["transition"],
+                save_path=tmp_path / "parity.png",
+            ),
+            3,
+        ),
+        "parity_alone": (
+            plot_parity_energy_trajectory(planted["energy"], planted["gate"], save_path=tmp_path / "parity_alone.png"),
+            2,
+        ),
+        "statistics": (
+            plot_gate_statistics(planted["gate"], planted["transition"], save_path=tmp_path / "statistics.png"),
+            3,
+        ),
     }
     for name, (figure, axes) in figures.items():
         assert len(figure.axes) == axes, name
@@ -73,8 +95,9 @@ def test_every_gate_plot_writes_a_non_blank_png_with_its_panels(planted, tmp_pat
 
 
 def _spans(ax) -> list[tuple[float, float]]:
-    return sorted((patch.get_x(), patch.get_x() + patch.get_width())
-                  for patch in ax.patches if patch.get_gid() == "transition")
+    return sorted(
+        (patch.get_x(), patch.get_x() + patch.get_width()) for patch in ax.patches if patch.get_gid() == "transition"
+    )
 
 
 def _switch_lines(ax) -> list[float]:
@@ -97,9 +120,14 @@ def test_heatmap_regime_switches_line_up_with_the_transition_shading(planted):
 
 
 def test_time_range_selects_steps_on_the_time_axis(planted):
-    figure = plot_parity_energy_trajectory(planted["energy"], planted["gate"], regime_sequence=planted["regime"],
-                                           transition_mask=planted["transition"], first_step=FIRST_STEP,
-                                           time_range=(FIRST_STEP + 90, FIRST_STEP + 120))
+    figure = plot_parity_energy_trajectory(
+        planted["energy"],
+        planted["gate"],
+        regime_sequence=planted["regime"],
+        transition_mask=planted["transition"],
+        first_step=FIRST_STEP,
+        time_range=(FIRST_STEP + 90, FIRST_STEP + 120),
+    )
     energy_ax = figure.axes[0]
     assert energy_ax.get_xlim() == (FIRST_STEP + 89.5, FIRST_STEP + 119.5)
     assert _switch_lines(energy_ax) == [FIRST_STEP + 100.5, FIRST_STEP + 103.5]
@@ -183,17 +211,31 @@ def test_slice_diagnostics_are_consecutive_steps_each_read_through_its_own_windo
     assert model.training  # the mode is restored
 
 
-SHORT_RUN = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-             "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "callbacks.rich_progress_bar=null",
-             "data.generator.T=1000", "data.batch_size=16"]
+SHORT_RUN = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.rich_progress_bar=null",
+    "data.generator.T=1000",
+    "data.batch_size=16",
+]
 
 
 @pytest.fixture(scope="module")
 def heatmap_run(tmp_path_factory) -> Path:
     """A short z2_seam run with callbacks=heatmap (drawing every epoch), saved as the CLI would save it."""
     output = tmp_path_factory.mktemp("heatmap_run")
-    train_like_the_cli(["callbacks=heatmap", "callbacks.gate_heatmap.every_n_epochs=1",
-                        "callbacks.gate_heatmap.slice_length=120", *SHORT_RUN], output)
+    train_like_the_cli(
+        [
+            "callbacks=heatmap",
+            "callbacks.gate_heatmap.every_n_epochs=1",
+            "callbacks.gate_heatmap.slice_length=120",
+            *SHORT_RUN,
+        ],
+        output,
+    )
     return output
 
 
@@ -224,8 +266,9 @@ def test_heatmap_callback_does_not_change_training(heatmap_run, tmp_path):
 
 def test_posthoc_script_rebuilds_the_figures_of_a_run(heatmap_run, tmp_path):
     last = heatmap_run / "checkpoints" / "last.ckpt"
-    paths = gate_heatmaps_main(["--experiment", str(heatmap_run), "--checkpoint", str(last), "--length", "120",
-                                "--output", str(tmp_path)])
+    paths = gate_heatmaps_main(
+        ["--experiment", str(heatmap_run), "--checkpoint", str(last), "--length", "120", "--output", str(tmp_path)]
+    )
     assert sorted(paths) == ["gate_heatmap", "gate_statistics", "parity_energy"]
     for path in paths.values():
         assert_png_not_blank(path)
@@ -240,8 +283,14 @@ def test_posthoc_command_runs_as_documented(heatmap_run):
     # `make install` puts the checkout on the venv's path (an editable install); PYTHONPATH stands in for it
     # here, so the suite also runs in a venv that has only the requirements.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "visualization/gate_heatmaps.py", "--experiment", str(heatmap_run)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "visualization/gate_heatmaps.py", "--experiment", str(heatmap_run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     written = [Path(line) for line in result.stdout.split()]
     assert {path.name for path in written} == {"gate_heatmap.png", "parity_energy.png", "gate_statistics.png"}
@@ -282,8 +331,9 @@ def _fake_job(job: Path, model: str, seed: int, val_mse: float) -> None:
 
 def test_plot_runs_compares_the_jobs_of_a_sweep_by_their_swept_hyperparameters(tmp_path, capsys):
     sweep = tmp_path / "multiruns" / "2026-01-01_00-00-00-000000"
-    for number, (model, seed, mse) in enumerate([("z2_seam", 1, 0.0028), ("z2_seam", 2, 0.0029),
-                                                 ("lstm", 1, 0.0030), ("lstm", 2, 0.0031)]):
+    for number, (model, seed, mse) in enumerate(
+        [("z2_seam", 1, 0.0028), ("z2_seam", 2, 0.0029), ("lstm", 1, 0.0030), ("lstm", 2, 0.0031)]
+    ):
         _fake_job(sweep / str(number), model, seed, mse)
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     written = plot_runs.main([str(sweep)])

@@ -57,8 +57,12 @@ def seam_reference(model, x: torch.Tensor, gate_reads_new_even: bool = False):
 @pytest.mark.parametrize("gate, options", [(gate, {}) for gate in GATES] + [("fixed", {"fixed_gate": 0.8})])
 def test_fast_seam_loop_equals_the_plain_equations_in_float64(gate, options):
     torch.manual_seed(0)
-    model = _randomised(build_model("z2_seam", input_dim=3, output_dim=3, hidden_dim=12, gate=gate, temperature=0.3,
-                                    **options).double(), seed=1)
+    model = _randomised(
+        build_model(
+            "z2_seam", input_dim=3, output_dim=3, hidden_dim=12, gate=gate, temperature=0.3, **options
+        ).double(),
+        seed=1,
+    )
     x = torch.randn(4, 25, 3, dtype=torch.float64)
     out, diagnostics = model(x, return_diagnostics=True)
     expected, gates, energies = seam_reference(model, x)
@@ -74,8 +78,10 @@ def test_fast_seam_loop_equals_the_plain_equations_in_float64(gate, options):
 
 
 def test_the_reference_comparison_sees_a_gate_reading_the_wrong_even_state():
-    model = _randomised(build_model("z2_seam", input_dim=3, output_dim=3, hidden_dim=12, gate="learned",
-                                    temperature=0.3).double(), seed=1)
+    model = _randomised(
+        build_model("z2_seam", input_dim=3, output_dim=3, hidden_dim=12, gate="learned", temperature=0.3).double(),
+        seed=1,
+    )
     x = torch.randn(4, 25, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     wrong, _, _ = seam_reference(model, x, gate_reads_new_even=True)
     assert (model(x) - wrong).abs().max() > 1e-3
@@ -91,10 +97,13 @@ def _check_chunks_equal_whole(model, x, y, atol):
     first, state = model.forward_with_state(x[:, :half])
     second, _ = model.forward_with_state(x[:, half:], state)
     torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=0, atol=atol)
-    loss_chunks = (torch.nn.functional.mse_loss(first, y[:, :half]) + torch.nn.functional.mse_loss(second, y[:, half:])) / 2
+    loss_chunks = (
+        torch.nn.functional.mse_loss(first, y[:, :half]) + torch.nn.functional.mse_loss(second, y[:, half:])
+    ) / 2
     torch.testing.assert_close(loss_chunks, loss_whole, rtol=0, atol=atol)
-    for g, ref in zip(torch.autograd.grad(loss_chunks, params, retain_graph=True),
-                      torch.autograd.grad(loss_whole, params)):
+    for g, ref in zip(
+        torch.autograd.grad(loss_chunks, params, retain_graph=True), torch.autograd.grad(loss_whole, params)
+    ):
         torch.testing.assert_close(g, ref, rtol=1e-9, atol=atol)
     # Negative control: a chunk started from zeros differs, and so does its truncated gradient.
     assert (model.forward_with_state(x[:, half:])[0] - second).abs().max() > 1e-3
@@ -107,8 +116,9 @@ def _check_chunks_equal_whole(model, x, y, atol):
 
 @pytest.mark.parametrize("gate", ["learned", "kstar"])
 def test_z2_seam_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(gate):
-    model = _randomised(build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=12, gate=gate,
-                                    temperature=0.3).double(), seed=3)
+    model = _randomised(
+        build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=12, gate=gate, temperature=0.3).double(), seed=3
+    )
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(3, 30, 4, dtype=torch.float64, generator=generator)
     _check_chunks_equal_whole(model, x, torch.randn_like(x), atol=1e-12)
@@ -116,9 +126,20 @@ def test_z2_seam_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_leng
 
 @pytest.mark.parametrize("num_layers, use_parallel_scan", [(1, True), (2, True), (2, False)])
 def test_z2_delta_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(num_layers, use_parallel_scan):
-    model = _randomised(build_model("z2_delta", input_dim=4, output_dim=4, hidden_dim=16, delta_rank=3,
-                                    num_layers=num_layers, temperature=0.5, use_parallel_scan=use_parallel_scan).double(),
-                        seed=5, scale=0.5)
+    model = _randomised(
+        build_model(
+            "z2_delta",
+            input_dim=4,
+            output_dim=4,
+            hidden_dim=16,
+            delta_rank=3,
+            num_layers=num_layers,
+            temperature=0.5,
+            use_parallel_scan=use_parallel_scan,
+        ).double(),
+        seed=5,
+        scale=0.5,
+    )
     generator = torch.Generator().manual_seed(6)
     x = torch.randn(3, 40, 4, dtype=torch.float64, generator=generator)
     _check_chunks_equal_whole(model, x, torch.randn_like(x), atol=1e-10)
@@ -128,8 +149,11 @@ def test_z2_delta_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_len
 
 def test_z2_delta_chunks_need_the_previous_input_not_only_the_states():
     # The invariants at a chunk's first step read u_{t-1}: carrying only (h_odd, h_even) is not exact.
-    model = _randomised(build_model("z2_delta", input_dim=4, output_dim=4, hidden_dim=16, delta_rank=3,
-                                    temperature=0.5).double(), seed=5, scale=0.5)
+    model = _randomised(
+        build_model("z2_delta", input_dim=4, output_dim=4, hidden_dim=16, delta_rank=3, temperature=0.5).double(),
+        seed=5,
+        scale=0.5,
+    )
     x = torch.randn(2, 20, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     _, (h_odd, h_even, u_last) = model.forward_with_state(x[:, :10])
     second, _ = model.forward_with_state(x[:, 10:], (h_odd, h_even, torch.zeros_like(u_last)))
@@ -138,9 +162,20 @@ def test_z2_delta_chunks_need_the_previous_input_not_only_the_states():
 
 @pytest.mark.parametrize("model_name", ["z2_delta", "z2_seam"])
 def test_stateful_training_of_the_z2_models_runs_end_to_end(make_config, model_name):
-    cfg = make_config([f"model={model_name}", "data.generator.T=1000", "data.target_mode=next_step",
-                       "data.stateful=true", "data.batch_size=8", "data.history_length=10", "trainer.max_epochs=1",
-                       "logger=none", "callbacks=none", "test=false"])
+    cfg = make_config(
+        [
+            f"model={model_name}",
+            "data.generator.T=1000",
+            "data.target_mode=next_step",
+            "data.stateful=true",
+            "data.batch_size=8",
+            "data.history_length=10",
+            "trainer.max_epochs=1",
+            "logger=none",
+            "callbacks=none",
+            "test=false",
+        ]
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     module = build_module(cfg, datamodule)

@@ -54,19 +54,26 @@ def _cpu_has_bf16() -> bool:
 
 def device_report() -> str:
     """The available devices, their bf16 support, and what `auto` picks for accelerator and precision."""
-    lines = [f"torch {torch.__version__}", "available devices:",
-             f"  cpu: {torch.get_num_threads()} threads, vector ISA {torch.backends.cpu.get_cpu_capability()}"]
+    lines = [
+        f"torch {torch.__version__}",
+        "available devices:",
+        f"  cpu: {torch.get_num_threads()} threads, vector ISA {torch.backends.cpu.get_cpu_capability()}",
+    ]
     for index in range(torch.cuda.device_count()):
         properties = torch.cuda.get_device_properties(index)
-        lines.append(f"  cuda:{index}: {properties.name}, {properties.total_memory / 2**30:.1f} GiB, "
-                     f"compute capability {properties.major}.{properties.minor}")
+        lines.append(
+            f"  cuda:{index}: {properties.name}, {properties.total_memory / 2**30:.1f} GiB, "
+            f"compute capability {properties.major}.{properties.minor}"
+        )
     if torch.backends.mps.is_available():
         lines.append("  mps: Apple GPU (Metal Performance Shaders)")
     lines.append("bf16 support: " + ", ".join(f"{kind} {'yes' if ok else 'no'}" for kind, ok in bf16_support().items()))
     device = get_best_device()
     lines.append(f"trainer.accelerator=auto picks: {device.type}")
-    lines.append(f"trainer.precision=auto picks: {resolve_precision('auto', device.type)} "
-                 f"(mixed precision: {'yes' if should_use_mixed_precision(device) else 'no'})")
+    lines.append(
+        f"trainer.precision=auto picks: {resolve_precision('auto', device.type)} "
+        f"(mixed precision: {'yes' if should_use_mixed_precision(device) else 'no'})"
+    )
     return "\n".join(lines)
 
 

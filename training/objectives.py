@@ -67,8 +67,10 @@ class ClassificationObjective(nn.Module):
 
     def smoothed_cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-            label_smoothing=self.label_smoothing, ignore_index=IGNORE_INDEX,
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1),
+            label_smoothing=self.label_smoothing,
+            ignore_index=IGNORE_INDEX,
         )
 
     def update(self, stage: str, predict: Predict, batch: Batch) -> None:
@@ -97,13 +99,23 @@ class Seq2SeqObjective(ClassificationObjective):
         sampling_max_rate: the rate at the end of training, in (0, 1].
     """
 
-    def __init__(self, output_dim: int, label_smoothing: float = 0.0, scheduled_sampling: str = "none",
-                 sampling_start: float = 0.0, sampling_max_rate: float = 0.25, **other_task_options: Any) -> None:
+    def __init__(
+        self,
+        output_dim: int,
+        label_smoothing: float = 0.0,
+        scheduled_sampling: str = "none",
+        sampling_start: float = 0.0,
+        sampling_max_rate: float = 0.25,
+        **other_task_options: Any,
+    ) -> None:
         reject_options_of_other_tasks("seq2seq", other_task_options)
         super().__init__(output_dim, label_smoothing)
         if scheduled_sampling not in SAMPLING_SCHEDULES:
-            raise OptionError("scheduled_sampling", f"scheduled_sampling={scheduled_sampling!r} is not allowed; choose one of: "
-                             f"{', '.join(SAMPLING_SCHEDULES)}.")
+            raise OptionError(
+                "scheduled_sampling",
+                f"scheduled_sampling={scheduled_sampling!r} is not allowed; choose one of: "
+                f"{', '.join(SAMPLING_SCHEDULES)}.",
+            )
         if not 0.0 <= sampling_start < 1.0:
             raise OptionError("sampling_start", f"sampling_start={sampling_start} must lie in [0, 1).")
         if not 0.0 < sampling_max_rate <= 1.0:
@@ -112,13 +124,20 @@ class Seq2SeqObjective(ClassificationObjective):
             defaults = inspect.signature(Seq2SeqObjective).parameters
             for name, value in (("sampling_start", sampling_start), ("sampling_max_rate", sampling_max_rate)):
                 if value != defaults[name].default:
-                    raise OptionError(name, f"{name}={value} has no effect with scheduled_sampling='none'; choose a schedule "
-                                     f"({', '.join(SAMPLING_SCHEDULES[1:])}) or leave it at {defaults[name].default}.")
+                    raise OptionError(
+                        name,
+                        f"{name}={value} has no effect with scheduled_sampling='none'; choose a schedule "
+                        f"({', '.join(SAMPLING_SCHEDULES[1:])}) or leave it at {defaults[name].default}.",
+                    )
         self.scheduled_sampling, self.sampling_start, self.sampling_max_rate = (
-            scheduled_sampling, sampling_start, sampling_max_rate)
+            scheduled_sampling,
+            sampling_start,
+            sampling_max_rate,
+        )
         # Replaces the classification metrics: answers are scored by decoding, not token by token.
         self.stage_metrics = nn.ModuleDict(
-            {f"{stage}{suffix}": Seq2SeqMetrics() for stage in STAGES for suffix in ("", "_longer")})
+            {f"{stage}{suffix}": Seq2SeqMetrics() for stage in STAGES for suffix in ("", "_longer")}
+        )
 
     def sampling_rate(self, progress: float) -> float:
         """The scheduled-sampling rate at training `progress` (share of all steps; NaN when the
@@ -126,8 +145,11 @@ class Seq2SeqObjective(ClassificationObjective):
         if self.scheduled_sampling == "none":
             return 0.0
         if not math.isfinite(progress):
-            raise OptionError("scheduled_sampling", f"scheduled_sampling={self.scheduled_sampling!r} follows training progress, so it needs "
-                             "a finite number of steps; set trainer.max_epochs or trainer.max_steps.")
+            raise OptionError(
+                "scheduled_sampling",
+                f"scheduled_sampling={self.scheduled_sampling!r} follows training progress, so it needs "
+                "a finite number of steps; set trainer.max_epochs or trainer.max_steps.",
+            )
         return scheduled_sampling_rate(self.scheduled_sampling, progress, self.sampling_start, self.sampling_max_rate)
 
     def training_loss(self, predict: Predict, batch: Batch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
@@ -165,11 +187,18 @@ def reject_options_of_other_tasks(task: str, options: dict[str, Any]) -> None:
     for name, value in options.items():
         owners = [owner for owner, objective in OBJECTIVES.items() if name in inspect.signature(objective).parameters]
         if not owners:
-            known = sorted({option for objective in OBJECTIVES.values()
-                            for option in inspect.signature(objective).parameters
-                            if option not in ("output_dim", "other_task_options")})
+            known = sorted(
+                {
+                    option
+                    for objective in OBJECTIVES.values()
+                    for option in inspect.signature(objective).parameters
+                    if option not in ("output_dim", "other_task_options")
+                }
+            )
             raise OptionError(name, f"{name}={value} is not an option of any objective; options: {', '.join(known)}.")
         default = inspect.signature(OBJECTIVES[owners[0]]).parameters[name].default
         if value != default:
-            raise OptionError(name, f"{name}={value} applies to {' and '.join(owners)} tasks only; "
-                             f"leave it at {default} for {task} data.")
+            raise OptionError(
+                name,
+                f"{name}={value} applies to {' and '.join(owners)} tasks only; leave it at {default} for {task} data.",
+            )

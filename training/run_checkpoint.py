@@ -53,7 +53,10 @@ class RunCheckpoint(ModelCheckpoint):
         carried: dict[str, Any] = {}
         for old_path, score in (state_dict.get("best_k_models") or {}).items():
             if not Path(old_path).is_file():
-                warnings.warn(f"the best checkpoint {old_path} of the resumed run is gone; its score is not carried.")
+                warnings.warn(
+                    f"the best checkpoint {old_path} of the resumed run is gone; its score is not carried.",
+                    stacklevel=2,
+                )
                 continue
             new_path = Path(self.dirpath) / Path(old_path).name
             new_path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,12 +64,28 @@ class RunCheckpoint(ModelCheckpoint):
             shutil.copyfile(old_path, temporary)
             os.replace(temporary, new_path)
             carried[str(new_path)] = score
-        super().load_state_dict({**state_dict, "dirpath": self.dirpath, "best_k_models": carried,
-                                 "last_model_path": "", **self._best_of(carried)})
+        super().load_state_dict(
+            {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_k_models": carried,
+                "last_model_path": "",
+                **self._best_of(carried),
+            }
+        )
 
     def _best_of(self, models: dict[str, Any]) -> dict[str, Any]:
         if not models:
-            return {"best_model_path": "", "best_model_score": None, "kth_best_model_path": "", "kth_value": self.kth_value}
+            return {
+                "best_model_path": "",
+                "best_model_score": None,
+                "kth_best_model_path": "",
+                "kth_value": self.kth_value,
+            }
         ordered = sorted(models, key=lambda path: float(models[path]), reverse=self.mode == "max")
-        return {"best_model_path": ordered[0], "best_model_score": models[ordered[0]],
-                "kth_best_model_path": ordered[-1], "kth_value": models[ordered[-1]]}
+        return {
+            "best_model_path": ordered[0],
+            "best_model_score": models[ordered[0]],
+            "kth_best_model_path": ordered[-1],
+            "kth_value": models[ordered[-1]],
+        }

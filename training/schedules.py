@@ -21,10 +21,17 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_scheduler_config(optimizer: torch.optim.Optimizer, scheduler: str, learning_rate: float,
-                        warmup_fraction: float, total_steps: float | None = None, cycle_momentum: bool = True,
-                        plateau_factor: float = 0.5, plateau_patience: int = 3,
-                        min_lr: float = 0.0) -> dict[str, Any] | None:
+def lr_scheduler_config(
+    optimizer: torch.optim.Optimizer,
+    scheduler: str,
+    learning_rate: float,
+    warmup_fraction: float,
+    total_steps: float | None = None,
+    cycle_momentum: bool = True,
+    plateau_factor: float = 0.5,
+    plateau_patience: int = 3,
+    min_lr: float = 0.0,
+) -> dict[str, Any] | None:
     """Lightning's `lr_scheduler` entry for `scheduler` (one of SCHEDULERS), or None for `none`.
 
     `total_steps` (the trainer's estimated stepping batches) is needed by STEP_SCHEDULERS only;
@@ -35,19 +42,25 @@ def lr_scheduler_config(optimizer: torch.optim.Optimizer, scheduler: str, learni
         return None
     if scheduler == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=plateau_factor, patience=plateau_patience, min_lr=min_lr)
+            optimizer, factor=plateau_factor, patience=plateau_patience, min_lr=min_lr
+        )
         return {"scheduler": plateau, "monitor": "val/loss"}
     total_steps = schedule_length(scheduler, total_steps)
     if scheduler == "onecycle":
         warmup_share = min(max(warmup_fraction, 2.0 / total_steps), 0.5)
         start_lr = learning_rate / 25.0  # OneCycleLR's div_factor
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=learning_rate, total_steps=total_steps, pct_start=warmup_share,
-            cycle_momentum=cycle_momentum, final_div_factor=start_lr / min_lr if min_lr else 1e4,
+            optimizer,
+            max_lr=learning_rate,
+            total_steps=total_steps,
+            pct_start=warmup_share,
+            cycle_momentum=cycle_momentum,
+            final_div_factor=start_lr / min_lr if min_lr else 1e4,
         )
     else:
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, WarmupCosine(int(warmup_fraction * total_steps), total_steps, min_lr / learning_rate))
+            optimizer, WarmupCosine(int(warmup_fraction * total_steps), total_steps, min_lr / learning_rate)
+        )
     return {"scheduler": schedule, "interval": "step"}
 
 
@@ -55,8 +68,9 @@ def schedule_length(scheduler: str, total_steps: float | None) -> int:
     """Optimizer steps a step schedule spans: all steps of the fit (trainer.max_epochs/max_steps)."""
     if total_steps is None or not math.isfinite(total_steps):
         raise OptionError(
-            "scheduler", f"scheduler={scheduler!r} needs a finite number of steps; set trainer.max_epochs or "
-            "trainer.max_steps, or use scheduler=plateau or none."
+            "scheduler",
+            f"scheduler={scheduler!r} needs a finite number of steps; set trainer.max_epochs or "
+            "trainer.max_steps, or use scheduler=plateau or none.",
         )
     # OneCycleLR divides by the length of each phase, so both phases need at least two steps.
     return max(int(total_steps), 4)
@@ -119,7 +133,8 @@ def stretch_remaining_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, 
         phases[0].update(resume)  # the phase it stopped in continues from where it stopped
         phases[-1]["end_step"] = float(new_last)
     # A phase ending at the resume step makes every later step start counting from there.
-    scheduler._schedule_phases = [{**hold, "end_step": float(resumed_at)}, *(phases or [{**hold, "end_step": float(new_last)}])]
+    scheduler._schedule_phases = [
+        {**hold, "end_step": float(resumed_at)},
+        *(phases or [{**hold, "end_step": float(new_last)}]),
+    ]
     scheduler.total_steps = total_steps
-
-

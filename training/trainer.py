@@ -18,12 +18,18 @@ GPU_ACCELERATORS = {"gpu": "a CUDA or Apple MPS GPU", "cuda": "a CUDA GPU", "mps
 def resolve_accelerator(accelerator: str) -> str:
     """`auto` picks CUDA, then MPS, then CPU; a GPU that this machine lacks is refused in one
     sentence; anything else is passed to Lightning unchanged."""
-    available = {"gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
-                 "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available = {
+        "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
     if not available.get(accelerator, True):
-        raise OptionError("accelerator", f"accelerator={accelerator!r} needs {GPU_ACCELERATORS[accelerator]}, and this "
-                          "machine has none; use accelerator='auto' (the GPU when there is one, else the CPU) or "
-                          "'cpu' (trainer.accelerator=... on the command line).")
+        raise OptionError(
+            "accelerator",
+            f"accelerator={accelerator!r} needs {GPU_ACCELERATORS[accelerator]}, and this "
+            "machine has none; use accelerator='auto' (the GPU when there is one, else the CPU) or "
+            "'cpu' (trainer.accelerator=... on the command line).",
+        )
     if accelerator != "auto":
         return accelerator
     if torch.cuda.is_available():

@@ -28,8 +28,14 @@ LR_PLOT_FILE = "lr_find.png"
 log = logging.getLogger(__name__)
 
 
-def tune(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
-         options: dict[str, Any], run_dir: Path, resuming: bool) -> dict[str, float]:
+def tune(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    options: dict[str, Any],
+    run_dir: Path,
+    resuming: bool,
+) -> dict[str, float]:
     """Run the finders that `options` (the `tuner` config) switches on and apply their results to
     `module.hparams.learning_rate` and `datamodule.batch_size`; return what was applied."""
     if not (options.get("lr_find") or options.get("batch_size_find")):
@@ -51,8 +57,13 @@ def tune(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightni
     return found
 
 
-def find(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
-         options: dict[str, Any], run_dir: Path) -> dict[str, float]:
+def find(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    options: dict[str, Any],
+    run_dir: Path,
+) -> dict[str, float]:
     tuner = Tuner(trainer)
     found: dict[str, float] = {}
     if options.get("batch_size_find"):
@@ -61,8 +72,12 @@ def find(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightni
         scheduler, module.hparams.scheduler = module.hparams.scheduler, "none"
         try:
             batch_size = tuner.scale_batch_size(
-                module, datamodule=datamodule, mode="power", init_val=datamodule.batch_size,
-                steps_per_trial=options["batch_size_steps_per_trial"], max_val=options["batch_size_max"],
+                module,
+                datamodule=datamodule,
+                mode="power",
+                init_val=datamodule.batch_size,
+                steps_per_trial=options["batch_size_steps_per_trial"],
+                max_val=options["batch_size_max"],
             )
         finally:
             module.hparams.scheduler = scheduler
@@ -71,14 +86,20 @@ def find(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightni
         log.info(f"tuner: batch-size finder picked data.batch_size={batch_size}.")
     if options.get("lr_find"):
         finder = tuner.lr_find(
-            module, datamodule=datamodule, min_lr=options["lr_find_min_lr"], max_lr=options["lr_find_max_lr"],
-            num_training=options["lr_find_num_training"], update_attr=False,
+            module,
+            datamodule=datamodule,
+            min_lr=options["lr_find_min_lr"],
+            max_lr=options["lr_find_max_lr"],
+            num_training=options["lr_find_num_training"],
+            update_attr=False,
         )
         suggestion = finder.suggestion() if finder is not None else None
         if suggestion is None:
-            raise ValueError("tuner.lr_find stopped after too few steps to suggest a learning rate; its "
-                             "tuner.lr_find_num_training steps must fit in trainer.max_epochs epochs of training "
-                             "batches, and it stops early where the loss diverges (lower tuner.lr_find_max_lr).")
+            raise ValueError(
+                "tuner.lr_find stopped after too few steps to suggest a learning rate; its "
+                "tuner.lr_find_num_training steps must fit in trainer.max_epochs epochs of training "
+                "batches, and it stops early where the loss diverges (lower tuner.lr_find_max_lr)."
+            )
         figure = finder.plot(suggest=True)
         figure.savefig(run_dir / LR_PLOT_FILE, dpi=100)
         plt.close(figure)

@@ -1,6 +1,6 @@
 """`GateHeatmapCallback`: gate figures of a fixed validation slice while a model trains.
 
-    python train_hydra.py callbacks=heatmap    # the default callbacks plus this one
+python train_hydra.py callbacks=heatmap    # the default callbacks plus this one
 """
 
 from __future__ import annotations
@@ -43,8 +43,14 @@ class GateHeatmapCallback(pl.Callback):
             the gradient map; drawn for models without gates too.
     """
 
-    def __init__(self, dirpath: str | Path | None = None, every_n_epochs: int = 5, slice_length: int = 500,
-                 slice_offset: int = 0, influence_maps: bool = False) -> None:
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        every_n_epochs: int = 5,
+        slice_length: int = 500,
+        slice_offset: int = 0,
+        influence_maps: bool = False,
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 1.")
         if slice_length < 1:
@@ -66,8 +72,10 @@ class GateHeatmapCallback(pl.Callback):
             self.dirpath = Path(trainer.default_root_dir) / "figures"
         datamodule = trainer.datamodule
         if not all(hasattr(datamodule, name) for name in ("sequence", "bounds", "history_length")):
-            raise ValueError(f"GateHeatmapCallback needs a DataModule that generates its sequence (data=antipodal); "
-                             f"{type(datamodule).__name__} has no sequence, bounds and history_length.")
+            raise ValueError(
+                f"GateHeatmapCallback needs a DataModule that generates its sequence (data=antipodal); "
+                f"{type(datamodule).__name__} has no sequence, bounds and history_length."
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -87,19 +95,25 @@ class GateHeatmapCallback(pl.Callback):
             return
         if self.influence_maps:
             maps = influence_maps(pl_module.model, sample_window(trainer.datamodule).to(pl_module.device))
-            figure = plot_influence_maps(maps, self.dirpath / tag / "influence_maps.png",
-                                         f"{pl_module.hparams.model_type}, {label}: first validation window")
+            figure = plot_influence_maps(
+                maps,
+                self.dirpath / tag / "influence_maps.png",
+                f"{pl_module.hparams.model_type}, {label}: first validation window",
+            )
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_figure("gates/influence_maps", figure, global_step=trainer.global_step,
-                                                  close=False)
+                    logger.experiment.add_figure(
+                        "gates/influence_maps", figure, global_step=trainer.global_step, close=False
+                    )
         if not self._has_gates:
             return
         data = collect_slice_diagnostics(pl_module, trainer.datamodule, self.slice_length, self.slice_offset)
         if not gate_series(data.diagnostics):
             self._has_gates = False
-            rank_zero_warn(f"GateHeatmapCallback: model {pl_module.hparams.model_type} returns no gate diagnostics; "
-                           "no gate figures are drawn for this run.")
+            rank_zero_warn(
+                f"GateHeatmapCallback: model {pl_module.hparams.model_type} returns no gate diagnostics; "
+                "no gate figures are drawn for this run."
+            )
             return
         figures = draw_slice_figures(data, self.dirpath / tag, f"{pl_module.hparams.model_type}, {label}")
         for logger in trainer.loggers:
@@ -108,8 +122,10 @@ class GateHeatmapCallback(pl.Callback):
                     logger.experiment.add_figure(f"gates/{name}", figure, global_step=trainer.global_step, close=False)
         if "gate_statistics" in figures:
             statistics = gate_transition_statistics(data.diagnostics["gate"], data.transition)
-            metrics = {f"gates/{name}": getattr(statistics, name)
-                       for name in ("welch_t", "welch_p", "cohens_d", "auroc", "mean_transition", "mean_stable")}
+            metrics = {
+                f"gates/{name}": getattr(statistics, name)
+                for name in ("welch_t", "welch_p", "cohens_d", "auroc", "mean_transition", "mean_stable")
+            }
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
         self._save_diagnostics(tag, data.to_dict())

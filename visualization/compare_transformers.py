@@ -34,8 +34,14 @@ COLUMNS = {
 
 def evaluate_run(run: TrainedRun, accelerator: str = "cpu") -> dict[str, float]:
     """Val and test metrics of a rebuilt run, its parameter count and test exact match per million parameters."""
-    trainer = create_trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[],
-                             enable_progress_bar=False, enable_model_summary=False)
+    trainer = create_trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
     metrics = run_metrics(trainer)
     trainer.test(run.module, datamodule=run.datamodule, verbose=False)
@@ -48,6 +54,7 @@ def evaluate_run(run: TrainedRun, accelerator: str = "cpu") -> dict[str, float]:
 
 def comparison_table(names: list[str], rows: list[dict[str, float]]) -> str:
     """A markdown table, one row per run; metrics a run does not have are shown as n/a."""
+
     def cell(row: dict[str, float], key: str) -> str:
         if key not in row:
             return "n/a"
@@ -74,14 +81,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         except ConfigError as error:
             parser.error(str(error))
         except (ValueError, yaml.YAMLError) as error:  # metrics.json or .hydra/config.yaml that does not parse
-            parser.error(f"run directory {run_dir} holds a metrics.json or .hydra/config.yaml that cannot be parsed "
-                         f"({type(error).__name__}); pass a run made by train_hydra.py.")
+            parser.error(
+                f"run directory {run_dir} holds a metrics.json or .hydra/config.yaml that cannot be parsed "
+                f"({type(error).__name__}); pass a run made by train_hydra.py."
+            )
     data_configs = [OmegaConf.to_container(run.config.data, resolve=True) for run in runs]
     for run_dir, data in zip(args.runs[1:], data_configs[1:]):
-        differing = sorted(key for key in data.keys() | data_configs[0].keys() if data.get(key) != data_configs[0].get(key))
+        differing = sorted(
+            key for key in data.keys() | data_configs[0].keys() if data.get(key) != data_configs[0].get(key)
+        )
         if differing:
-            parser.error(f"runs {args.runs[0]} and {run_dir} were trained on different data (data.{differing[0]}: "
-                         f"{data_configs[0].get(differing[0])} vs {data.get(differing[0])}); compare runs of the same data.")
+            parser.error(
+                f"runs {args.runs[0]} and {run_dir} were trained on different data (data.{differing[0]}: "
+                f"{data_configs[0].get(differing[0])} vs {data.get(differing[0])}); compare runs of the same data."
+            )
 
     lightning_log = logging.getLogger("pytorch_lightning")
     level = lightning_log.level

@@ -47,14 +47,23 @@ __all__ = [
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     """Rebuild a finished run's gate figures from its checkpoint and .hydra config; returns the PNG paths."""
     parser = argparse.ArgumentParser(description="Rebuild the gate figures of a finished run.")
-    parser.add_argument("--experiment", type=Path, default=None,
-                        help="run directory (holds .hydra/config.yaml; default: the one --checkpoint lies in)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)")
+    parser.add_argument(
+        "--experiment",
+        type=Path,
+        default=None,
+        help="run directory (holds .hydra/config.yaml; default: the one --checkpoint lies in)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="figure directory (default: <run>/figures/posthoc)")
     parser.add_argument("--length", type=int, default=500, help="validation steps to draw (default 500)")
-    parser.add_argument("--offset", type=int, default=0,
-                        help="steps after the first full validation window (default 0)")
+    parser.add_argument(
+        "--offset", type=int, default=0, help="steps after the first full validation window (default 0)"
+    )
     args = parser.parse_args(argv)
     if args.experiment is None and args.checkpoint is None:
         parser.error("pass --experiment RUN, --checkpoint CKPT or both.")

@@ -22,8 +22,10 @@ class GateActivationHook:
 
     def __init__(self, model: nn.Module) -> None:
         if "return_diagnostics" not in inspect.signature(model.forward).parameters:
-            raise ValueError(f"model {type(model).__name__} has no return_diagnostics argument; GateActivationHook "
-                             "needs the model contract forward(x, return_diagnostics=False).")
+            raise ValueError(
+                f"model {type(model).__name__} has no return_diagnostics argument; GateActivationHook "
+                "needs the model contract forward(x, return_diagnostics=False)."
+            )
         self.model = model
         self._stored: dict[str, list[torch.Tensor]] = {}
         self._asked: list[bool] = []
@@ -31,8 +33,10 @@ class GateActivationHook:
 
     def attach(self) -> GateActivationHook:
         if not self._handles:
-            self._handles = [self.model.register_forward_pre_hook(self._before, with_kwargs=True),
-                             self.model.register_forward_hook(self._after, with_kwargs=True)]
+            self._handles = [
+                self.model.register_forward_pre_hook(self._before, with_kwargs=True),
+                self.model.register_forward_hook(self._after, with_kwargs=True),
+            ]
         return self
 
     def remove(self) -> None:
@@ -62,8 +66,10 @@ class GateActivationHook:
         result = {}
         for name, parts in self._stored.items():
             if len({part.shape[1:] for part in parts}) > 1:
-                raise ValueError(f"diagnostic {name!r} was collected with different sequence lengths "
-                                 f"{sorted({tuple(part.shape[1:]) for part in parts})}; clear() between them.")
+                raise ValueError(
+                    f"diagnostic {name!r} was collected with different sequence lengths "
+                    f"{sorted({tuple(part.shape[1:]) for part in parts})}; clear() between them."
+                )
             result[name] = torch.cat(parts)
         return result
 

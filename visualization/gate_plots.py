@@ -57,8 +57,9 @@ def _time_window(length: int, first_step: int, time_range: tuple[int, int] | Non
     start, stop = (int(v) - first_step for v in time_range)
     start, stop = max(start, 0), min(stop, length)
     if start >= stop:
-        raise ValueError(f"time_range={tuple(time_range)} holds none of the steps "
-                         f"{first_step}..{first_step + length - 1}.")
+        raise ValueError(
+            f"time_range={tuple(time_range)} holds none of the steps {first_step}..{first_step + length - 1}."
+        )
     return slice(start, stop)
 
 
@@ -80,8 +81,14 @@ def _mark_transitions(ax, steps: np.ndarray, transition: np.ndarray | None, regi
     """
     if transition is not None:
         for start, stop in _runs(transition):
-            ax.axvspan(steps[start] - 0.5, steps[stop - 1] + 0.5, color=TRANSITION_COLOR, alpha=0.25, linewidth=0,
-                       gid="transition")
+            ax.axvspan(
+                steps[start] - 0.5,
+                steps[stop - 1] + 0.5,
+                color=TRANSITION_COLOR,
+                alpha=0.25,
+                linewidth=0,
+                gid="transition",
+            )
     if regime is not None:
         for index in _switch_indices(regime):
             ax.axvline(steps[index] + 0.5, gid="switch", **SWITCH_STYLE)
@@ -164,14 +171,27 @@ def plot_gate_heatmap(
 
     panels = 2 if regime is not None or transition is not None else 1
     fig = Figure(figsize=(14, 1.6 + 0.55 * len(rows) + 1.3 * (panels - 1)), layout="constrained")
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False,
-                        gridspec_kw={"height_ratios": [max(1.5, 0.55 * len(rows) + 0.6)] + [1.1] * (panels - 1)})[:, 0]
+    axes = fig.subplots(
+        panels,
+        1,
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [max(1.5, 0.55 * len(rows) + 0.6)] + [1.1] * (panels - 1)},
+    )[:, 0]
     heat = axes[0]
-    image = heat.imshow(rows, aspect="auto", cmap=GATE_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest",
-                        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(rows) - 0.5, -0.5))
+    image = heat.imshow(
+        rows,
+        aspect="auto",
+        cmap=GATE_CMAP,
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(rows) - 0.5, -0.5),
+    )
     # The colour scale is the gate's full range [0, 1]; the label gives each row's actual range.
-    heat.set_yticks(range(len(rows)),
-                    [f"{label}\n[{row.min():.3g}, {row.max():.3g}]" for label, row in zip(labels, rows)])
+    heat.set_yticks(
+        range(len(rows)), [f"{label}\n[{row.min():.3g}, {row.max():.3g}]" for label, row in zip(labels, rows)]
+    )
     heat.set_ylabel("gate")
     # Switch lines only: shading would change the colours that encode the gate value.
     _mark_transitions(heat, steps, None, regime)
@@ -228,10 +248,19 @@ def plot_parity_energy_trajectory(
     lines = [f"above k*: {above.mean():.1%} of steps"]
     if transition is not None and transition.any() and (~transition).any():
         lines.append(f"in transition windows: {above[transition].mean():.1%}, outside: {above[~transition].mean():.1%}")
-        lines.append(f"mean $\\alpha_-$: {energy[transition].mean():.3f} in transitions, "
-                     f"{energy[~transition].mean():.3f} outside")
-    ax_energy.text(0.005, 0.97, "\n".join(lines), transform=ax_energy.transAxes, va="top", fontsize=8,
-                   bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
+        lines.append(
+            f"mean $\\alpha_-$: {energy[transition].mean():.3f} in transitions, "
+            f"{energy[~transition].mean():.3f} outside"
+        )
+    ax_energy.text(
+        0.005,
+        0.97,
+        "\n".join(lines),
+        transform=ax_energy.transAxes,
+        va="top",
+        fontsize=8,
+        bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
+    )
     ax_gate.plot(steps, gate, color="#8172B3", linewidth=1.2, label="seam gate $g_t$")
     ax_gate.set_ylim(-0.02, 1.02)
     ax_gate.set_ylabel("seam gate $g_t$")
@@ -267,24 +296,55 @@ def plot_gate_statistics(
     grid = fig.add_gridspec(2, 2, width_ratios=[1, 1.4], height_ratios=[5, 1])
     ax_violin, ax_hist = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     ax_text = fig.add_subplot(grid[1, :])
-    sns.violinplot(x=groups, y=gate, hue=groups, order=order, hue_order=order, palette=palette, cut=0,
-                   inner="quart", density_norm="width", legend=False, ax=ax_violin)
-    ax_violin.set_xticks([0, 1], [f"stable\n(n = {statistics.n_stable})",
-                                  f"transition\n(n = {statistics.n_transition})"])
+    sns.violinplot(
+        x=groups,
+        y=gate,
+        hue=groups,
+        order=order,
+        hue_order=order,
+        palette=palette,
+        cut=0,
+        inner="quart",
+        density_norm="width",
+        legend=False,
+        ax=ax_violin,
+    )
+    ax_violin.set_xticks(
+        [0, 1], [f"stable\n(n = {statistics.n_stable})", f"transition\n(n = {statistics.n_transition})"]
+    )
     ax_violin.set_xlabel("step kind")
     ax_violin.set_ylabel("gate value")
     ax_violin.set_title("Gate by step kind (lines: quartiles)")
     span = float(gate.max() - gate.min())
     bins = np.linspace(gate.min(), gate.max() + max(span, 1e-6) * 1e-3, 31)
-    sns.histplot(x=gate, hue=groups, hue_order=order, palette=palette, bins=bins, stat="density", common_norm=False,
-                 element="step", alpha=0.35, ax=ax_hist)
+    sns.histplot(
+        x=gate,
+        hue=groups,
+        hue_order=order,
+        palette=palette,
+        bins=bins,
+        stat="density",
+        common_norm=False,
+        element="step",
+        alpha=0.35,
+        ax=ax_hist,
+    )
     ax_hist.get_legend().set_title("step kind")
     ax_hist.set_xlabel("gate value")
     ax_hist.set_ylabel("density (each kind normalised)")
     ax_hist.set_title("Gate distributions")
     # A row of its own, so the layout engine keeps the statistics on the canvas.
     ax_text.axis("off")
-    ax_text.text(0.5, 0.5, statistics.summary(), ha="center", va="center", fontsize=10, family="monospace",
-                 transform=ax_text.transAxes, bbox={"boxstyle": "round", "facecolor": "#F7F7F7", "edgecolor": "0.6"})
+    ax_text.text(
+        0.5,
+        0.5,
+        statistics.summary(),
+        ha="center",
+        va="center",
+        fontsize=10,
+        family="monospace",
+        transform=ax_text.transAxes,
+        bbox={"boxstyle": "round", "facecolor": "#F7F7F7", "edgecolor": "0.6"},
+    )
     fig.suptitle(title or "Does the gate fire at regime transitions?")
     return _finish(fig, save_path)

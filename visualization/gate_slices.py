@@ -37,19 +37,28 @@ class SliceDiagnostics:
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain numbers only, so `torch.load(..., weights_only=True)` reads it back."""
-        return {"steps": torch.as_tensor(self.steps), "regime": torch.as_tensor(self.regime),
-                "transition": torch.as_tensor(self.transition), "history_length": self.history_length,
-                "k_star": K_STAR, "diagnostics": {k: torch.as_tensor(v) for k, v in self.diagnostics.items()},
-                **self.seed_names()}
+        return {
+            "steps": torch.as_tensor(self.steps),
+            "regime": torch.as_tensor(self.regime),
+            "transition": torch.as_tensor(self.transition),
+            "history_length": self.history_length,
+            "k_star": K_STAR,
+            "diagnostics": {k: torch.as_tensor(v) for k, v in self.diagnostics.items()},
+            **self.seed_names(),
+        }
 
     def seed_names(self) -> dict[str, torch.Tensor]:
         """The regime and gate under the names the seed's "Visualize Results" snippet reads."""
         gate = self.diagnostics.get("gate")
-        return {"regimes": torch.as_tensor(self.regime), **({} if gate is None else {"gate_activation": torch.as_tensor(gate)})}
+        return {
+            "regimes": torch.as_tensor(self.regime),
+            **({} if gate is None else {"gate_activation": torch.as_tensor(gate)}),
+        }
 
 
-def collect_slice_diagnostics(module: nn.Module, datamodule: Any, length: int = 500, offset: int = 0,
-                              split: str = "val", batch_size: int = 256) -> SliceDiagnostics:
+def collect_slice_diagnostics(
+    module: nn.Module, datamodule: Any, length: int = 500, offset: int = 0, split: str = "val", batch_size: int = 256
+) -> SliceDiagnostics:
     """Run `module` on `length` consecutive steps of a split, from `offset` steps after its first full window.
 
     Needs a set-up DataModule with a generated `sequence`, `bounds` and `history_length`
@@ -59,8 +68,10 @@ def collect_slice_diagnostics(module: nn.Module, datamodule: Any, length: int = 
         raise ValueError(f"length={length} must be >= 1 and offset={offset} >= 0.")
     sequence, bounds = getattr(datamodule, "sequence", None), getattr(datamodule, "bounds", None)
     if sequence is None or bounds is None or not hasattr(datamodule, "history_length"):
-        raise ValueError(f"datamodule {type(datamodule).__name__} exposes no generated sequence, bounds and "
-                         "history_length (set it up first; data=antipodal has them).")
+        raise ValueError(
+            f"datamodule {type(datamodule).__name__} exposes no generated sequence, bounds and "
+            "history_length (set it up first; data=antipodal has them)."
+        )
     if split not in bounds:
         raise ValueError(f"split={split!r} is not one of {', '.join(bounds)}.")
     history = datamodule.history_length
@@ -68,8 +79,10 @@ def collect_slice_diagnostics(module: nn.Module, datamodule: Any, length: int = 
     first = start + history - 1 + offset  # the first step whose window lies inside the split
     last = min(first + length, stop)
     if first >= last:
-        raise ValueError(f"offset={offset} leaves no steps in the {split} segment, which has "
-                         f"{stop - start - history + 1} steps with a full window.")
+        raise ValueError(
+            f"offset={offset} leaves no steps in the {split} segment, which has "
+            f"{stop - start - history + 1} steps with a full window."
+        )
     x = torch.as_tensor(sequence.x[first - history + 1 : last], dtype=torch.float32)
     # (steps, history, *step): window t ends at step t; a step is a vector or a (C, H, W) field.
     windows = x.unfold(0, history, 1).movedim(-1, 1)
@@ -114,15 +127,28 @@ def draw_slice_figures(data: SliceDiagnostics, output_dir: str | Path, title: st
     figures: dict[str, Figure] = {}
     if gates:
         figures["gate_heatmap"] = plot_gate_heatmap(
-            gates, data.regime, data.transition, save_path=output_dir / "gate_heatmap.png",
-            first_step=int(data.steps[0]), title=f"{title}: gate activations, {steps}")
+            gates,
+            data.regime,
+            data.transition,
+            save_path=output_dir / "gate_heatmap.png",
+            first_step=int(data.steps[0]),
+            title=f"{title}: gate activations, {steps}",
+        )
     if "gate" in gates and "parity_energy" in data.diagnostics:
         figures["parity_energy"] = plot_parity_energy_trajectory(
-            data.diagnostics["parity_energy"], gates["gate"], regime_sequence=data.regime,
-            transition_mask=data.transition, save_path=output_dir / "parity_energy.png",
-            first_step=int(data.steps[0]), title=f"{title}: parity energy and seam gate, {steps}")
+            data.diagnostics["parity_energy"],
+            gates["gate"],
+            regime_sequence=data.regime,
+            transition_mask=data.transition,
+            save_path=output_dir / "parity_energy.png",
+            first_step=int(data.steps[0]),
+            title=f"{title}: parity energy and seam gate, {steps}",
+        )
     if "gate" in gates and min(data.transition.sum(), (~data.transition).sum()) >= 2:
         figures["gate_statistics"] = plot_gate_statistics(
-            gates["gate"], data.transition, save_path=output_dir / "gate_statistics.png",
-            title=f"{title}: seam gate at transition vs stable steps, {steps}")
+            gates["gate"],
+            data.transition,
+            save_path=output_dir / "gate_statistics.png",
+            title=f"{title}: seam gate at transition vs stable steps, {steps}",
+        )
     return figures

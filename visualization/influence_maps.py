@@ -48,14 +48,19 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
         def hook(module: CausalSelfAttention, args: tuple) -> None:
             h = args[0]
             batch, length, width = h.shape
-            q, k, _ = module.qkv(h).view(batch, length, 3, module.num_heads, width // module.num_heads).permute(2, 0, 3, 1, 4)
+            q, k, _ = (
+                module.qkv(h).view(batch, length, 3, module.num_heads, width // module.num_heads).permute(2, 0, 3, 1, 4)
+            )
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
             causal = torch.ones(length, length, dtype=torch.bool, device=h.device).tril()
             maps[name] = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1).cpu()
+
         return hook
 
-    handles = [module.register_forward_pre_hook(record(f"attention_layer{index}"))
-               for index, module in enumerate(modules, start=1)]
+    handles = [
+        module.register_forward_pre_hook(record(f"attention_layer{index}"))
+        for index, module in enumerate(modules, start=1)
+    ]
     try:
         _evaluate(model, lambda: model(x))
     finally:
@@ -92,8 +97,10 @@ def delta_influence(model: Z2GatedDeltaRNN, x: torch.Tensor) -> dict[str, torch.
 def gradient_influence(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """||d y_t / d x_s||_F (T, T) for one sample x (T, ...) of float inputs, in eval mode."""
     if not torch.is_floating_point(x):
-        raise ValueError("gradient_influence needs float inputs (vectors or fields); token ids have no gradient, "
-                         "use attention_maps for the transformers.")
+        raise ValueError(
+            "gradient_influence needs float inputs (vectors or fields); token ids have no gradient, "
+            "use attention_maps for the transformers."
+        )
     was_training = model.training
     model.eval()
     # Callers may sit inside Lightning's validation loop, which runs under inference mode.
@@ -109,8 +116,10 @@ def _jacobian_norms(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """||d y_t / d x_s||_F from one backward pass per output value of the sample x (requires grad)."""
     outputs = model(x.unsqueeze(0))[0].flatten(1)  # (T, output values)
     if outputs.numel() > MAX_JACOBIAN_PASSES:
-        raise ValueError(f"a gradient map of {outputs.shape[0]} steps x {outputs.shape[1]} output values needs "
-                         f"{outputs.numel()} backward passes (at most {MAX_JACOBIAN_PASSES}); pass a shorter sample.")
+        raise ValueError(
+            f"a gradient map of {outputs.shape[0]} steps x {outputs.shape[1]} output values needs "
+            f"{outputs.numel()} backward passes (at most {MAX_JACOBIAN_PASSES}); pass a shorter sample."
+        )
     squared = x.new_zeros(outputs.shape[0], x.shape[0], dtype=torch.float64)
     for t in range(outputs.shape[0]):
         for value in outputs[t]:
@@ -139,14 +148,20 @@ def _evaluate(model: nn.Module, compute):
         model.train(was_training)
 
 
-TITLES = {"influence": "exact influence mean_c |prod a_k|", "signed_influence": "signed mean_c prod a_k",
-          "gradient_influence": "gradient influence ||d y_t / d x_s||"}
+TITLES = {
+    "influence": "exact influence mean_c |prod a_k|",
+    "signed_influence": "signed mean_c prod a_k",
+    "gradient_influence": "gradient influence ||d y_t / d x_s||",
+}
 
 
 def plot_influence_maps(maps: dict[str, torch.Tensor], save_path: str | Path | None = None, title: str = "") -> Figure:
     """One heatmap per map (rows: layers, columns: heads for attention), t down, s across."""
-    panels = [(name, values[head] if values.dim() == 3 else values, head if values.dim() == 3 else None)
-              for name, values in maps.items() for head in range(values.shape[0] if values.dim() == 3 else 1)]
+    panels = [
+        (name, values[head] if values.dim() == 3 else values, head if values.dim() == 3 else None)
+        for name, values in maps.items()
+        for head in range(values.shape[0] if values.dim() == 3 else 1)
+    ]
     columns = max(values.shape[0] if values.dim() == 3 else 1 for values in maps.values())
     rows = -(-len(panels) // columns)
     fig = Figure(figsize=(3.2 * columns + 1, 3.0 * rows + 0.6), layout="constrained")
@@ -154,14 +169,19 @@ def plot_influence_maps(maps: dict[str, torch.Tensor], save_path: str | Path | N
     for ax, (name, values, head) in zip(axes, panels):
         signed = name == "signed_influence"
         limit = float(values.abs().max()) or 1.0
-        image = ax.imshow(values.numpy(), cmap="RdBu_r" if signed else "magma", vmin=-limit if signed else 0.0,
-                          vmax=limit, interpolation="nearest")
+        image = ax.imshow(
+            values.numpy(),
+            cmap="RdBu_r" if signed else "magma",
+            vmin=-limit if signed else 0.0,
+            vmax=limit,
+            interpolation="nearest",
+        )
         label = TITLES.get(name, name.replace("attention_", "attention, "))
         ax.set_title(f"{label}, head {head + 1}" if head is not None else label, fontsize=8)
         ax.set_xlabel("input step s")
         ax.set_ylabel("step t")
         fig.colorbar(image, ax=ax, shrink=0.8)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
@@ -184,10 +204,18 @@ def main(argv: list[str] | None = None) -> Path:
     from train_hydra import ConfigError, load_run, run_dir_of
 
     parser = argparse.ArgumentParser(description="Draw the influence maps of a finished run on one window.")
-    parser.add_argument("--experiment", type=Path, default=None,
-                        help="run directory (holds .hydra/config.yaml; default: the one --checkpoint lies in)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)")
+    parser.add_argument(
+        "--experiment",
+        type=Path,
+        default=None,
+        help="run directory (holds .hydra/config.yaml; default: the one --checkpoint lies in)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)",
+    )
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="split of the window")
     parser.add_argument("--index", type=int, default=0, help="window index in that split (default 0)")
     parser.add_argument("--output", type=Path, default=None, help="figure directory (default: <run>/figures/posthoc)")

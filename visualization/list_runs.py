@@ -101,7 +101,9 @@ def run_row(run_dir: Path, root: Path) -> dict[str, Any]:
     return row
 
 
-def list_runs(root: str | Path, sort: str = "date", limit: int | None = None, rescan: bool = False) -> list[dict[str, Any]]:
+def list_runs(
+    root: str | Path, sort: str = "date", limit: int | None = None, rescan: bool = False
+) -> list[dict[str, Any]]:
     """The rows of every run under `root`, sorted (date: newest first; step: most first; loss:
     lowest first, runs without one last) and cut to `limit`; cached rows are reused unless `rescan`."""
     root = Path(root)
@@ -119,8 +121,11 @@ def list_runs(root: str | Path, sort: str = "date", limit: int | None = None, re
         fresh_index[run_id] = {"fingerprint": marks, "row": row}
         rows.append(row)
     index_path.write_text(json.dumps(fresh_index, indent=1))
-    keys = {"date": lambda row: row["date"], "step": lambda row: row["step"] or 0,
-            "loss": lambda row: row["best_val_loss"] if row["best_val_loss"] is not None else float("inf")}
+    keys = {
+        "date": lambda row: row["date"],
+        "step": lambda row: row["step"] or 0,
+        "loss": lambda row: row["best_val_loss"] if row["best_val_loss"] is not None else float("inf"),
+    }
     rows.sort(key=lambda row: row["id"])  # ties keep a stable order
     rows.sort(key=keys[sort], reverse=sort != "loss")
     return rows[:limit] if limit is not None else rows
@@ -149,10 +154,13 @@ def find_run(root: str | Path, run_id: str) -> Path:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise ValueError(f"no run under {root} has the id {run_id!r}; `python -m visualization.list_runs "
-                         f"--root {root}` lists them.")
-    raise ValueError(f"the id {run_id!r} fits {len(matches)} runs under {root} "
-                     f"({', '.join(sorted(str(m.relative_to(root)) for m in matches))}); give more of it.")
+        raise ValueError(
+            f"no run under {root} has the id {run_id!r}; `python -m visualization.list_runs --root {root}` lists them."
+        )
+    raise ValueError(
+        f"the id {run_id!r} fits {len(matches)} runs under {root} "
+        f"({', '.join(sorted(str(m.relative_to(root)) for m in matches))}); give more of it."
+    )
 
 
 def run_details(run_dir: Path, root: Path) -> str:
@@ -198,14 +206,18 @@ def resume_run(run_dir: Path, overrides: list[str] = (), force: bool = False) ->
         for override in parsed:
             key, value = override.key_or_group, override.value()
             if (CONFIG_DIR / key.split("/")[0]).is_dir() and "." not in key:
-                raise ConfigError(f"{key}={value} picks another config group, which a resumed run cannot change; "
-                                  "start a new run for it.")
+                raise ConfigError(
+                    f"{key}={value} picks another config group, which a resumed run cannot change; "
+                    "start a new run for it."
+                )
             current = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
             if current == value:
                 continue
             if not force:
-                raise ConfigError(f"run {run_dir.name} was trained with {key}={current}; resuming keeps the saved "
-                                  f"config, so pass --force to replace it with {key}={value}.")
+                raise ConfigError(
+                    f"run {run_dir.name} was trained with {key}={current}; resuming keeps the saved "
+                    f"config, so pass --force to replace it with {key}={value}."
+                )
             OmegaConf.update(cfg, key, value, force_add=True)
             replaced.append(f"{key}: {current} -> {value}")
         cfg.ckpt_path = "auto"
@@ -227,13 +239,19 @@ def resume_run(run_dir: Path, overrides: list[str] = (), force: bool = False) ->
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description="List, show and resume the runs under a log dir.")
     parser.add_argument("--root", type=Path, default=Path("logs"), help="the log dir (paths.log_dir; default logs)")
-    parser.add_argument("--sort", choices=SORTS, default="date", help="date (newest first), step or loss (lowest first)")
+    parser.add_argument(
+        "--sort", choices=SORTS, default="date", help="date (newest first), step or loss (lowest first)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="show at most this many runs")
     parser.add_argument("--id", dest="run_id", default=None, help="show this run in detail")
     parser.add_argument("--rescan", action="store_true", help="re-read every run instead of the cached rows")
-    parser.add_argument("--resume", default=None, metavar="RUN", help="continue this run in its dir with its saved config")
+    parser.add_argument(
+        "--resume", default=None, metavar="RUN", help="continue this run in its dir with its saved config"
+    )
     parser.add_argument("--force", action="store_true", help="with --resume: let the overrides replace saved values")
-    parser.add_argument("overrides", nargs="*", help="with --resume: key=value overrides (need --force where they differ)")
+    parser.add_argument(
+        "overrides", nargs="*", help="with --resume: key=value overrides (need --force where they differ)"
+    )
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit {args.limit} must be a positive integer.")

@@ -121,13 +121,16 @@ def _smooth(values: np.ndarray) -> np.ndarray:
     return smoothed
 
 
-def plot_training_curves(runs: list[Run], save_path: Path | None = None,
-                         curves: list[tuple[str, str, bool]] = CURVES) -> Figure:
+def plot_training_curves(
+    runs: list[Run], save_path: Path | None = None, curves: list[tuple[str, str, bool]] = CURVES
+) -> Figure:
     """One panel per logged curve of `curves` ((tag, title, log-scale y)), every run overlaid in its own colour."""
     panels = [curve for curve in curves if any(curve[0] in run.scalars for run in runs)]
     if not panels:
-        raise ValueError(f"none of the runs logged any of {', '.join(tag for tag, _, _ in curves)}; "
-                         "was TensorBoard logging on (logger=tensorboard)?")
+        raise ValueError(
+            f"none of the runs logged any of {', '.join(tag for tag, _, _ in curves)}; "
+            "was TensorBoard logging on (logger=tensorboard)?"
+        )
     columns = min(2, len(panels))
     rows = -(-len(panels) // columns)
     fig = Figure(figsize=(7 * columns, 3.4 * rows + 0.4 + 0.25 * len(runs)), layout="constrained")
@@ -155,7 +158,7 @@ def plot_training_curves(runs: list[Run], save_path: Path | None = None,
         if log_scale:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=color, linewidth=2, label=run.label) for run, color in zip(runs, colors)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(runs), 3), fontsize=8, frameon=False)
@@ -167,8 +170,9 @@ def plot_training_curves(runs: list[Run], save_path: Path | None = None,
 
 def sweep_table(runs: list[Run], swept: list[str]) -> pd.DataFrame:
     """One row per job: job dir, swept hyperparameters and final metrics (NaN where a job has none)."""
-    rows = [{"job": run.path.name, **run.swept, **{m: run.metrics.get(m, np.nan) for m in SWEEP_METRICS}}
-            for run in runs]
+    rows = [
+        {"job": run.path.name, **run.swept, **{m: run.metrics.get(m, np.nan) for m in SWEEP_METRICS}} for run in runs
+    ]
     table = pd.DataFrame(rows)
     return table.drop(columns=[m for m in SWEEP_METRICS if table[m].isna().all()])
 
@@ -199,12 +203,24 @@ def plot_sweep(runs: list[Run], swept: list[str], name: str, save_path: Path | N
     # Points, not bars: metrics of competing models differ by percent, which bars from 0 would hide.
     colors = {"palette": "tab10"} if hue else {"color": "#4C72B0"}
     for ax, metric in zip(axes, metrics):
-        sns.pointplot(data=table, x=x, y=metric, hue=hue, errorbar="sd" if replicates else None,
-                      dodge=0.3 if hue else False, linestyle="none", marker="D", markersize=7, capsize=0.1, ax=ax,
-                      **colors)
+        sns.pointplot(
+            data=table,
+            x=x,
+            y=metric,
+            hue=hue,
+            errorbar="sd" if replicates else None,
+            dodge=0.3 if hue else False,
+            linestyle="none",
+            marker="D",
+            markersize=7,
+            capsize=0.1,
+            ax=ax,
+            **colors,
+        )
         if replicates:
-            sns.stripplot(data=table, x=x, y=metric, hue=hue, dodge=bool(hue), alpha=0.45, size=5, legend=False, ax=ax,
-                          **colors)
+            sns.stripplot(
+                data=table, x=x, y=metric, hue=hue, dodge=bool(hue), alpha=0.45, size=5, legend=False, ax=ax, **colors
+            )
         zero = "val/mse_zero" if metric.startswith("val/") else "test/mse_zero"
         reference = [run.metrics[zero] for run in runs if zero in run.metrics]
         if metric.endswith("/mse") and reference:
@@ -225,15 +241,21 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Plot the runs and sweeps named on the command line; returns the PNG paths written."""
     parser = argparse.ArgumentParser(description="Plot training curves of runs and compare the jobs of sweeps.")
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run or sweep (multirun) directories")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="figure directory (default: DIR/figures for one DIR, else figures/ in their "
-                             "common parent)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="figure directory (default: DIR/figures for one DIR, else figures/ in their common parent)",
+    )
     args = parser.parse_args(argv)
     for directory in args.dirs:
         if not directory.is_dir():
             parser.error(f"DIR {directory} is not a directory; pass run or sweep directories.")
-    output = args.output or (args.dirs[0] / "figures" if len(args.dirs) == 1
-                             else Path(os.path.commonpath([d.resolve() for d in args.dirs])) / "figures")
+    output = args.output or (
+        args.dirs[0] / "figures"
+        if len(args.dirs) == 1
+        else Path(os.path.commonpath([d.resolve() for d in args.dirs])) / "figures"
+    )
 
     every_run, figures = [], {}
     try:

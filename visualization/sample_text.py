@@ -21,11 +21,19 @@ def main(argv: list[str] | None = None) -> str:
     """Print (and return) text sampled from the model of a finished `data=text` run; `--length` counts tokens."""
     parser = argparse.ArgumentParser(description="Sample text from a trained language model (data=text).")
     parser.add_argument("--experiment", type=Path, required=True, help="run directory of a data=text run")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)",
+    )
     parser.add_argument("--length", type=int, default=300, help="tokens to generate (default 300)")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="softmax temperature; lower is more conservative, 0 is greedy (default 0.8)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="softmax temperature; lower is more conservative, 0 is greedy (default 0.8)",
+    )
     parser.add_argument("--prompt", default=None, help="text to continue (default: the first token of the corpus)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling RNG (default 0)")
     args = parser.parse_args(argv)
@@ -35,11 +43,14 @@ def main(argv: list[str] | None = None) -> str:
         parser.error(str(error))
     vocabulary = getattr(run.datamodule, "vocabulary", None)
     if vocabulary is None:
-        parser.error(f"--experiment {args.experiment} was not trained on text (data=text); there is no vocabulary to sample.")
+        parser.error(
+            f"--experiment {args.experiment} was not trained on text (data=text); there is no vocabulary to sample."
+        )
     try:
         prompt = vocabulary.encode(args.prompt) if args.prompt is not None else run.datamodule.ids[:1]
-        generated = sample_tokens(run.module.model, prompt, args.length, args.temperature,
-                                  torch.Generator().manual_seed(args.seed))
+        generated = sample_tokens(
+            run.module.model, prompt, args.length, args.temperature, torch.Generator().manual_seed(args.seed)
+        )
     except ValueError as error:
         parser.error(str(error))
     text = vocabulary.decode(prompt) + vocabulary.decode(generated)

@@ -31,8 +31,10 @@ def _ci(result: dict | None, digits: int = 3, percent: bool = False) -> str:
     if not result or not math.isfinite(result.get("estimate", math.nan)):
         return "n/a"
     scale, unit = (100.0, " %") if percent else (1.0, "")
-    return (f"{scale * result['estimate']:.{digits}g}{unit} [{scale * result['ci_low']:.{digits}g}, "
-            f"{scale * result['ci_high']:.{digits}g}]")
+    return (
+        f"{scale * result['estimate']:.{digits}g}{unit} [{scale * result['ci_low']:.{digits}g}, "
+        f"{scale * result['ci_high']:.{digits}g}]"
+    )
 
 
 def _p(test: dict | None) -> str:
@@ -50,38 +52,68 @@ def _mean_sd(values: list[float]) -> str:
 
 def results_markdown(report: dict[str, dict]) -> str:
     """results.md: per setting, the MSE table, H1-H4 and the paper's P1-P3 (intervals: 95 % block bootstrap)."""
-    lines = ["# Seam experiment", "",
-             ("Test split. Intervals: 95 % circular block bootstrap (block length in results.json), seeds "
-             "resampled separately; p: Holm-adjusted over every model x hypothesis of this report, `*` = "
-             "significant at 0.05. Definitions: docs/seam_experiment.md."), ""]
+    lines = [
+        "# Seam experiment",
+        "",
+        (
+            "Test split. Intervals: 95 % circular block bootstrap (block length in results.json), seeds "
+            "resampled separately; p: Holm-adjusted over every model x hypothesis of this report, `*` = "
+            "significant at 0.05. Definitions: docs/seam_experiment.md."
+        ),
+        "",
+    ]
     for label, entry in report.items():
         filt = entry["filter"]
-        lines += [f"## {label}", "", (f"Seeds {entry['seeds']}, max {entry['epochs']} epochs. Filter MSE "
-                  f"{_mean_sd(entry['filter_per_seed_mse'])}, predicting 0 {_mean_sd(entry['zero_per_seed_mse'])} "
-                  f"(mean ± s.d. over seeds). Filter regime tracking: AUROC {_ci(filt['H1']['auroc'])}; switch "
-                  f"detection: delay {filt['H2']['operating_point']['mean_delay']:.2f} steps at "
-                  f"{filt['H2']['operating_point']['false_alarms_per_1000']:.1f} false alarms / 1000 steps."), "",
-                  ("| model | test MSE (seeds) | gap to filter | H1 AUROC vs d=-1 (source) | H1 r with filter posterior "
-                  "| H1 p | H2 delay [CI] (false alarms / 1000) | H2 p | H3 gap transition - stable | H3 p "
-                  "| H4 energy d=+1 / d=-1 / transition - stable | H4 p |"),
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {label}",
+            "",
+            (
+                f"Seeds {entry['seeds']}, max {entry['epochs']} epochs. Filter MSE "
+                f"{_mean_sd(entry['filter_per_seed_mse'])}, predicting 0 {_mean_sd(entry['zero_per_seed_mse'])} "
+                f"(mean ± s.d. over seeds). Filter regime tracking: AUROC {_ci(filt['H1']['auroc'])}; switch "
+                f"detection: delay {filt['H2']['operating_point']['mean_delay']:.2f} steps at "
+                f"{filt['H2']['operating_point']['false_alarms_per_1000']:.1f} false alarms / 1000 steps."
+            ),
+            "",
+            (
+                "| model | test MSE (seeds) | gap to filter | H1 AUROC vs d=-1 (source) | H1 r with filter posterior "
+                "| H1 p | H2 delay [CI] (false alarms / 1000) | H2 p | H3 gap transition - stable | H3 p "
+                "| H4 energy d=+1 / d=-1 / transition - stable | H4 p |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, m in entry["models"].items():
             h1, h2, h4 = m.get("H1"), m.get("H2"), m.get("H4")
             h1_cell = f"{_ci(h1['auroc'])} ({m['h1_source']})" if h1 else m["h1_source"]
-            h2_cell = (f"{_ci(h2.get('mean_delay'))} ({h2['operating_point']['false_alarms_per_1000']:.1f})"
-                       if h2 else "n/a")
-            h4_cell = (f"{h4['mean_positive']:.3f} / {h4['mean_negative']:.3f} / {_ci(h4['transition_minus_stable'])}"
-                       if h4 else "n/a")
-            lines.append(f"| {name} | {_mean_sd(m['per_seed_mse'])} | {_ci(m['gap_to_filter'], percent=True)} | "
-                         f"{h1_cell} | {_ci(h1.get('filter_correlation')) if h1 else 'n/a'} | {_p(h1)} | {h2_cell} | "
-                         f"{_p(h2)} | {_ci(m['H3']['difference'])} | {_p(m['H3'])} | {h4_cell} | {_p(h4)} |")
-        lines += ["", "The seed paper's predictions (its symmetric window s-w .. s+w-1, one-sided):", "",
-                  ("| model | P1 parity energy in window - outside | P1 p | P2 gate AUROC vs window | P2 p "
-                  "| P3 gap in window - outside | P3 p |"), "|---|---|---|---|---|---|---|"]
+            h2_cell = (
+                f"{_ci(h2.get('mean_delay'))} ({h2['operating_point']['false_alarms_per_1000']:.1f})" if h2 else "n/a"
+            )
+            h4_cell = (
+                f"{h4['mean_positive']:.3f} / {h4['mean_negative']:.3f} / {_ci(h4['transition_minus_stable'])}"
+                if h4
+                else "n/a"
+            )
+            lines.append(
+                f"| {name} | {_mean_sd(m['per_seed_mse'])} | {_ci(m['gap_to_filter'], percent=True)} | "
+                f"{h1_cell} | {_ci(h1.get('filter_correlation')) if h1 else 'n/a'} | {_p(h1)} | {h2_cell} | "
+                f"{_p(h2)} | {_ci(m['H3']['difference'])} | {_p(m['H3'])} | {h4_cell} | {_p(h4)} |"
+            )
+        lines += [
+            "",
+            "The seed paper's predictions (its symmetric window s-w .. s+w-1, one-sided):",
+            "",
+            (
+                "| model | P1 parity energy in window - outside | P1 p | P2 gate AUROC vs window | P2 p "
+                "| P3 gap in window - outside | P3 p |"
+            ),
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, m in entry["models"].items():
             p1, p2, p3 = m.get("P1"), m.get("P2"), m.get("P3")
-            lines.append(f"| {name} | {_ci(p1['difference']) if p1 else 'n/a'} | {_p(p1)} | "
-                         f"{_ci(p2['auroc']) if p2 else 'n/a'} | {_p(p2)} | {_ci(p3['difference'])} | {_p(p3)} |")
+            lines.append(
+                f"| {name} | {_ci(p1['difference']) if p1 else 'n/a'} | {_p(p1)} | "
+                f"{_ci(p2['auroc']) if p2 else 'n/a'} | {_p(p2)} | {_ci(p3['difference'])} | {_p(p3)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -94,11 +126,15 @@ def draw_sweep_figures(report: dict[str, dict], output_dir: Path) -> list[Path]:
     if len(levels) < 2:
         return []
     by_level = {entry["setting"].get("sigma_epsilon"): entry for entry in report.values()}
-    models = sorted({name for entry in report.values() for name in entry["models"]},
-                    key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    models = sorted(
+        {name for entry in report.values() for name in entry["models"]},
+        key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n),
+    )
     paths = []
-    panels = [("gap_to_filter", "test MSE gap to the filter (%)", "snr_gap_to_filter.png", 100.0),
-              ("H1", "H1: AUROC of the gate (or probe) against d = -1", "snr_h1_auroc.png", 1.0)]
+    panels = [
+        ("gap_to_filter", "test MSE gap to the filter (%)", "snr_gap_to_filter.png", 100.0),
+        ("H1", "H1: AUROC of the gate (or probe) against d = -1", "snr_h1_auroc.png", 1.0),
+    ]
     output_dir.mkdir(parents=True, exist_ok=True)
     for key, ylabel, filename, scale in panels:
         fig = Figure(figsize=(7, 4.5), layout="constrained")

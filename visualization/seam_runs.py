@@ -99,18 +99,24 @@ def seed_data(datamodule) -> SeedData:
     start, stop = datamodule.bounds["test"]
     steps = np.arange(start + datamodule.history_length - 1, stop)
     regime = sequence.regime
-    posterior = hamilton_imm_filter(sequence.x, sequence.A, sequence.C, process.sigma_epsilon, process.sigma_eta,
-                                    process.p_switch).regime_probability
+    posterior = hamilton_imm_filter(
+        sequence.x, sequence.A, sequence.C, process.sigma_epsilon, process.sigma_eta, process.p_switch
+    ).regime_probability
     x, y, targets = _windows(datamodule, "test")
     reference = HamiltonIMMReference(datamodule.input_dim, datamodule.output_dim, datamodule.reference_process())
     predictions = torch.cat([reference(chunk)[:, -1] for chunk in x.split(256)])
     w = process.window_radius
     return SeedData(
-        steps=steps, regime=regime[steps], negative=regime[steps - 1] == -1,
+        steps=steps,
+        regime=regime[steps],
+        negative=regime[steps - 1] == -1,
         observable=transition_mask(regime, w, "observable")[steps],
         symmetric=transition_mask(regime, w, "symmetric")[steps],
-        filter_negative=1.0 - posterior[steps], targets=targets,
-        filter_errors=(predictions - y).pow(2).mean(-1).numpy(), zero_mse=float(y.pow(2).mean()))
+        filter_negative=1.0 - posterior[steps],
+        targets=targets,
+        filter_errors=(predictions - y).pow(2).mean(-1).numpy(),
+        zero_mse=float(y.pow(2).mean()),
+    )
 
 
 def _last_step_diagnostics(module, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -180,8 +186,9 @@ def analyse_model(seeds: list[SeedData], arrays: list[SeedArrays], resamples_see
 
     out: dict[str, Any] = {
         "mse": float(errors.mean()),
-        "gap_to_filter": hypotheses.result_dict(block_bootstrap(
-            relative_gap, [errors, filter_errors], groups=target_groups, seed=resamples_seed)),
+        "gap_to_filter": hypotheses.result_dict(
+            block_bootstrap(relative_gap, [errors, filter_errors], groups=target_groups, seed=resamples_seed)
+        ),
         "H3": hypotheses.h3_boundary_gain(gap, target_observable, target_groups, seed=resamples_seed + 10),
     }
     score = _pooled([a.gate for a in arrays])
@@ -196,8 +203,16 @@ def analyse_model(seeds: list[SeedData], arrays: list[SeedArrays], resamples_see
     energy = _pooled([a.parity_energy for a in arrays])
     if energy is not None:
         out["H4"] = hypotheses.h4_parity_energy(energy, negative, observable, groups, seed=resamples_seed + 40)
-    paper = hypotheses.paper_predictions(energy, _pooled([a.gate for a in arrays]), symmetric, gap, target_symmetric,
-                                         groups, target_groups, seed=resamples_seed + 50)
+    paper = hypotheses.paper_predictions(
+        energy,
+        _pooled([a.gate for a in arrays]),
+        symmetric,
+        gap,
+        target_symmetric,
+        groups,
+        target_groups,
+        seed=resamples_seed + 50,
+    )
     out.update(paper)
     return out
 
@@ -207,14 +222,18 @@ def filter_reference(seeds: list[SeedData]) -> dict:
     groups = np.concatenate([np.full(len(d.steps), i) for i, d in enumerate(seeds)])
     negative = np.concatenate([d.negative for d in seeds])
     posterior = np.concatenate([d.filter_negative for d in seeds])
-    return {"mse": float(np.concatenate([d.filter_errors for d in seeds]).mean()),
-            "H1": hypotheses.h1_regime_tracking(posterior, negative, groups=groups),
-            "H2": hypotheses.h2_switch_detection(posterior, negative, groups)}
+    return {
+        "mse": float(np.concatenate([d.filter_errors for d in seeds]).mean()),
+        "H1": hypotheses.h1_regime_tracking(posterior, negative, groups=groups),
+        "H2": hypotheses.h2_switch_detection(posterior, negative, groups),
+    }
 
 
 def slug(setting: dict[str, Any]) -> str:
     """A short directory name of a setting: its noise level, context length and target mode."""
-    return f"sigma_epsilon-{setting.get('sigma_epsilon')}_H-{setting.get('history_length')}_{setting.get('target_mode')}"
+    return (
+        f"sigma_epsilon-{setting.get('sigma_epsilon')}_H-{setting.get('history_length')}_{setting.get('target_mode')}"
+    )
 
 
 def draw_gate_figures(arrays: SeedArrays, data: SeedData, output_dir: Path, name: str, length: int = 400) -> None:
@@ -222,8 +241,13 @@ def draw_gate_figures(arrays: SeedArrays, data: SeedData, output_dir: Path, name
     if not gate_series(arrays.diagnostics):
         return
     window = slice(0, length)
-    shown = SliceDiagnostics(steps=data.steps[window], regime=data.regime[window], transition=data.observable[window],
-                             diagnostics={k: v[window] for k, v in arrays.diagnostics.items()}, history_length=0)
+    shown = SliceDiagnostics(
+        steps=data.steps[window],
+        regime=data.regime[window],
+        transition=data.observable[window],
+        diagnostics={k: v[window] for k, v in arrays.diagnostics.items()},
+        history_length=0,
+    )
     for figure in draw_slice_figures(shown, output_dir, f"{name} (test split)").values():
         figure.clear()
 
@@ -239,8 +263,9 @@ def collect(run_dirs: list[Path], figures_dir: Path | None = None) -> dict[str, 
         if name == REFERENCE:
             continue  # the filter is evaluated below, on every seed's data, for every setting
         setting = setting_of(cfg)
-        entry = grouped.setdefault(setting_label(setting), {"setting": setting, "data": {}, "runs": {},
-                                                            "epochs": int(cfg.trainer.max_epochs)})
+        entry = grouped.setdefault(
+            setting_label(setting), {"setting": setting, "data": {}, "runs": {}, "epochs": int(cfg.trainer.max_epochs)}
+        )
         seed = int(cfg.seed)
         if seed not in entry["data"]:
             datamodule = instantiate_from(cfg, "data")
@@ -262,10 +287,16 @@ def collect(run_dirs: list[Path], figures_dir: Path | None = None) -> dict[str, 
             models[name]["seeds"] = used
             models[name]["per_seed_mse"] = [float(a.errors.mean()) for a in arrays]
         data = [entry["data"][s] for s in seeds]
-        report[label] = {"setting": entry["setting"], "seeds": seeds, "epochs": entry["epochs"],
-                         "filter": filter_reference(data),
-                         "filter_per_seed_mse": [float(d.filter_errors.mean()) for d in data],
-                         "zero_per_seed_mse": [d.zero_mse for d in data], "models": models}
-    hypotheses.apply_holm({f"{label} / {name}": tests for label, entry in report.items()
-                           for name, tests in entry["models"].items()})
+        report[label] = {
+            "setting": entry["setting"],
+            "seeds": seeds,
+            "epochs": entry["epochs"],
+            "filter": filter_reference(data),
+            "filter_per_seed_mse": [float(d.filter_errors.mean()) for d in data],
+            "zero_per_seed_mse": [d.zero_mse for d in data],
+            "models": models,
+        }
+    hypotheses.apply_holm(
+        {f"{label} / {name}": tests for label, entry in report.items() for name, tests in entry["models"].items()}
+    )
     return report

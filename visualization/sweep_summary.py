@@ -62,8 +62,10 @@ def job_order(job_dir: Path) -> tuple[bool, int, str]:
 
 def job_summary(job_dir: Path) -> dict[str, Any]:
     """One summary row for a job dir: overrides, status, wall time, final metrics and error."""
-    row: dict[str, Any] = {"job": job_dir.name,
-                           "overrides": " ".join(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))}
+    row: dict[str, Any] = {
+        "job": job_dir.name,
+        "overrides": " ".join(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")),
+    }
     if (job_dir / "metrics.json").is_file():
         record = json.loads((job_dir / "metrics.json").read_text())
         row.update(status="COMPLETED", wall_time_s=round(record["wall_time_s"], 2), **record["metrics"], error="")

@@ -53,8 +53,9 @@ class TrainingCurvesCallback(pl.Callback):
     def _record(self, tag: str, step: int, value: Any) -> None:
         self.scalars.setdefault(tag, []).append((step, float(value)))
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         # Every log_every_n_steps steps, as the loggers get them: a norm costs a pass over all gradients.
         if trainer.global_step % trainer.log_every_n_steps == 0:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -62,8 +63,9 @@ class TrainingCurvesCallback(pl.Callback):
                 self._record("train/grad_norm", trainer.global_step, torch.nn.utils.get_total_norm(grads))
             self._record("train/lr", trainer.global_step, optimizer.param_groups[0]["lr"])
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._record("train/loss", trainer.global_step, loss.detach())
@@ -79,8 +81,10 @@ class TrainingCurvesCallback(pl.Callback):
 
     def draw(self, title_model: str = "") -> Path:
         """Redraw the PNG from the curves collected so far; returns its path."""
-        scalars = {tag: (np.array([s for s, _ in points]), np.array([v for _, v in points]))
-                   for tag, points in self.scalars.items()}
+        scalars = {
+            tag: (np.array([s for s, _ in points]), np.array([v for _, v in points]))
+            for tag, points in self.scalars.items()
+        }
         curves = CURVES if "val/mse" in scalars else [CURVES[0], VALIDATION_LOSS, *CURVES[1:]]
         run = Run(path=self.dirpath, scalars=scalars, metrics={}, overrides={}, label=title_model or "this run")
         figure = plot_training_curves([run], curves=curves)

@@ -8,5 +8,5 @@ model = Z2GatedDeltaRNN(
     input_dim=4,
     hidden_dim=64,
     delta_rank=8,  # Low-rank approximation
-    use_parallel_scan=True  # Enable parallel processing
+    use_parallel_scan=True,  # Enable parallel processing
 )

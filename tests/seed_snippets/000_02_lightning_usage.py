@@ -6,15 +6,15 @@
 from lightning_module import SeamGatedLightningModule, create_trainer
 
 model = SeamGatedLightningModule(
-    model_type='z2_delta',
+    model_type="z2_delta",
     learning_rate=1e-3,
-    use_amp=True  # Enable mixed precision
+    use_amp=True,  # Enable mixed precision
 )
 
 trainer = create_trainer(
     max_epochs=50,
-    accelerator='gpu',
-    precision='16-mixed'  # FP16 training
+    accelerator="gpu",
+    precision="16-mixed",  # FP16 training
 )
 
 trainer.fit(model, datamodule=datamodule)

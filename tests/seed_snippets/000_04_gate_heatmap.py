@@ -5,9 +5,9 @@
 from visualization.gate_heatmaps import plot_gate_heatmap
 
 plot_gate_heatmap(
-    gate_activations,      # (batch, seq_len)
+    gate_activations,  # (batch, seq_len)
     regime_sequence=regimes,
     transition_mask=mask,
     time_range=(0, 500),
-    save_path='gates.png'
+    save_path="gates.png",
 )

@@ -4,7 +4,4 @@
 
 from audit.performance_audit import run_full_audit
 
-run_full_audit(
-    model, dataloader, device,
-    sample_batch=(x, y)
-)
+run_full_audit(model, dataloader, device, sample_batch=(x, y))

@@ -5,11 +5,7 @@
 from visualization.gate_heatmaps import plot_gate_heatmap
 
 # Load saved diagnostics
-diagnostics = torch.load('results/diagnostics.pt')
+diagnostics = torch.load("results/diagnostics.pt")
 
 # Plot
-plot_gate_heatmap(
-    diagnostics['gate_activation'],
-    regime_sequence=diagnostics['regimes'],
-    save_path='gate_heatmap.png'
-)
+plot_gate_heatmap(diagnostics["gate_activation"], regime_sequence=diagnostics["regimes"], save_path="gate_heatmap.png")
