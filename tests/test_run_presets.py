@@ -23,6 +23,8 @@ TINY = [*QUIET, "model=lstm", "model.hidden_dim=16", "data.generator.T=600", "da
 # Smaller data for the experiments' fast dev runs; each experiment keeps its own model and data group.
 SMALL_DATA = {
     "text_char": ["data.corpus_characters=5000"],
+    "text_word": ["data.corpus_characters=5000"],
+    "text_bpe": ["data.corpus_characters=5000", "data.vocab_size=300"],
     "multiplication_2x2": ["data.num_pairs=500", "data.num_longer=50"],
     "multiplication_3x3": ["data.num_pairs=500", "data.num_longer=50"],
     "convgru_field": ["data.generator.T=300", "data.batch_size=8", "model.hidden_channels=4"],
@@ -33,6 +35,8 @@ EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.y
 def test_an_experiment_for_every_data_set_and_optimiser_preset():
     assert {
         "text_char",
+        "text_word",
+        "text_bpe",
         "multiplication_2x2",
         "multiplication_3x3",
         "convgru_field",
