@@ -37,7 +37,10 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_unless_saved(trainer)
 
     def _save_last_unless_saved(self, trainer: Any) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+        # A run stopped by a guard (NonFiniteGuard's stop_reason) keeps the last.ckpt from before the
+        # bad steps; the guard writes its own emergency checkpoint.
+        stopped_by_guard = any(getattr(callback, "stop_reason", None) for callback in trainer.callbacks)
+        if self.save_last and not stopped_by_guard and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
