@@ -79,8 +79,8 @@ def test_each_row_shows_task_model_overrides_step_loss_and_status(log_dir):
 
 
 def test_sort_and_limit(log_dir):
-    by_date = [row["id"][-6:] for row in list_runs(log_dir, sort="date")]
-    assert by_date[0] in ("000003", "000004")  # newest first (the copied run and the failed one are the newest)
+    dates = [row["date"] for row in list_runs(log_dir, sort="date")]
+    assert len(dates) == 4 and dates == sorted(dates, reverse=True)  # newest first
     assert list_runs(log_dir, sort="step")[0]["id"].endswith("000002")
     losses = [row["best_val_loss"] for row in list_runs(log_dir, sort="loss")]
     assert losses[-1] is None and losses[:-1] == sorted(losses[:-1])  # lowest first, runs without one last
