@@ -2,7 +2,7 @@
 
     models/, data/, analysis/            the bottom: no project imports above them
     training/, lightning_module.py       the training layer
-    train_hydra.py                       the entry point
+    train_hydra.py, hydra_plugins/       the entry point and its Hydra sweeper
     visualization/, audit/, main.py, benchmarks/   the scripts
 
 A module may import its own layer and the layers below it, never one above, not even lazily
@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "training": 1,
     "lightning_module": 1,
     "train_hydra": 2,
+    "hydra_plugins": 2,
     "visualization": 3,
     "audit": 3,
     "main": 3,
