@@ -20,6 +20,7 @@ from audit.gradient_flow import EXPLODING_GRAD_NORM, VANISHING_GRAD_NORM, Gradie
 from audit.initialization import InitializationAuditor
 from audit.memory import MemoryProfiler
 from audit.performance_audit import AuditReport, batch_to_device, run_full_audit, write_report
+from training.run_checkpoint import RunCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,9 @@ class NonFiniteGuard(pl.Callback):
         path = self.dirpath / f"emergency_step_{trainer.global_step:06d}.ckpt"
         trainer.save_checkpoint(path)
         self.emergency_checkpoint = str(path)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, RunCheckpoint):
+                callback.keep_last()  # last.ckpt stays the state from before the bad steps
         learning_rate = trainer.optimizers[0].param_groups[0]["lr"]
         kinds = " or ".join(sorted({step["kind"].replace("_", "-") for step in self.bad_steps[-self.patience :]}))
         self.stop_reason = (

@@ -259,20 +259,18 @@ class ConvGRUModel(SequenceModel):
             raise ValueError(f"grad_clip_val={grad_clip_val} must be > 0, or null to leave the state unclamped.")
         self.input_shape = input_shape
         self.predicts_field = output_dim == channels * height * width
-        self.layers = nn.ModuleList(
-            ConvGRUCell(
-                channels if layer == 0 else hidden_channels,
-                hidden_channels,
-                (height, width),
-                kernel_size,
-                use_layer_norm,
-                learnable_h0,
-                use_depthwise,
-                num_groups if use_grouped else 1,
-                use_residual,
-                grad_clip_val,
-            )
-            for layer in range(num_layers)
+        self.layers = stack_cells(
+            channels,
+            hidden_channels,
+            num_layers,
+            (height, width),
+            kernel_size,
+            use_layer_norm,
+            learnable_h0,
+            use_depthwise,
+            recurrent_groups=num_groups if use_grouped else 1,
+            use_residual=use_residual,
+            grad_clip_val=grad_clip_val,
         )
         self.head = prediction_head(hidden_channels, input_shape, output_dim)
 
@@ -291,6 +289,37 @@ class ConvGRUModel(SequenceModel):
             )
         output, diagnostics = run_stack(self.layers, self.head, x)
         return (output, diagnostics) if return_diagnostics else output
+
+
+def stack_cells(
+    in_channels: int,
+    hidden_channels: int,
+    num_layers: int,
+    grid: tuple[int, int],
+    kernel_size: int,
+    use_layer_norm: bool,
+    learnable_h0: bool,
+    use_depthwise: bool,
+    recurrent_groups: int = 1,
+    use_residual: bool = False,
+    grad_clip_val: float | None = None,
+) -> nn.ModuleList:
+    """`num_layers` ConvGRU cells of one configuration, the first reading `in_channels`."""
+    return nn.ModuleList(
+        ConvGRUCell(
+            in_channels if layer == 0 else hidden_channels,
+            hidden_channels,
+            grid,
+            kernel_size,
+            use_layer_norm,
+            learnable_h0,
+            use_depthwise,
+            recurrent_groups,
+            use_residual,
+            grad_clip_val,
+        )
+        for layer in range(num_layers)
+    )
 
 
 def prediction_head(hidden_channels: int, field_shape: tuple[int, int, int], output_dim: int) -> nn.Module:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from models.contract import SequenceModel
-from models.convgru import ConvGRUCell, make_conv, prediction_head, run_stack
+from models.convgru import make_conv, prediction_head, run_stack, stack_cells
 from models.registry import register_model
 
 CONV_TYPES = ("standard", "depthwise")
@@ -226,20 +226,15 @@ class ResNetConvGRU(SequenceModel):
             kaiming_silu_init,
             zero_init_residual,
         )
-        self.layers = nn.ModuleList(
-            ConvGRUCell(
-                channels[-1] if layer == 0 else hidden_channels,
-                hidden_channels,
-                (height, width),
-                kernel_size,
-                use_layer_norm,
-                learnable_h0,
-                use_depthwise,
-                1,
-                False,
-                None,
-            )
-            for layer in range(num_layers)
+        self.layers = stack_cells(
+            channels[-1],
+            hidden_channels,
+            num_layers,
+            (height, width),
+            kernel_size,
+            use_layer_norm,
+            learnable_h0,
+            use_depthwise,
         )
         self.head = prediction_head(hidden_channels, input_shape, output_dim)
 

@@ -1,10 +1,12 @@
-"""Shared fixtures: the real Hydra config, composed the way train_hydra.py composes it."""
+"""Shared fixtures and checks: the real Hydra config, composed the way train_hydra.py composes it, and
+the two-chunk check of a model that carries its state."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from train_hydra import compose_config, config_without_hydra, train
@@ -22,3 +24,36 @@ def train_like_the_cli(overrides: list[str], output_dir: Path) -> dict:
 def make_config(tmp_path):
     """compose_config with the run writing into this test's tmp dir."""
     return lambda overrides=(): compose_config(list(overrides), tmp_path)
+
+
+def detach_state(state):
+    """A carried state (a tensor, or a tuple of them) cut from its graph, as truncated BPTT cuts it."""
+    return state.detach() if isinstance(state, torch.Tensor) else tuple(part.detach() for part in state)
+
+
+def check_chunks_equal_whole(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, atol: float) -> None:
+    """Two chunks chained by `forward_with_state` give the whole chunk's outputs, loss and (through the
+    undetached state) gradients. With the state detached (truncated BPTT) the first chunk's gradient
+    is still exact and the second's leaves out exactly the paths through the boundary, which are not
+    zero; a chunk started from zeros differs (negative control)."""
+    params = list(model.parameters())
+    half = x.shape[1] // 2
+    mse = torch.nn.functional.mse_loss
+    whole = model(x)
+    first, state = model.forward_with_state(x[:, :half])
+    second, _ = model.forward_with_state(x[:, half:], state)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=0, atol=atol)
+    loss_chunks = (mse(first, y[:, :half]) + mse(second, y[:, half:])) / 2
+    torch.testing.assert_close(loss_chunks, mse(whole, y), rtol=0, atol=atol)
+    grads_whole = torch.autograd.grad(mse(whole, y), params, retain_graph=True)
+    for grad, reference in zip(torch.autograd.grad(loss_chunks, params, retain_graph=True), grads_whole):
+        torch.testing.assert_close(grad, reference, rtol=1e-9, atol=atol)
+    grads_first = torch.autograd.grad(mse(first, y[:, :half]), params, retain_graph=True)
+    for grad, reference in zip(grads_first, torch.autograd.grad(mse(whole[:, :half], y[:, :half]), params)):
+        torch.testing.assert_close(grad, reference, rtol=1e-9, atol=atol)
+    assert (model.forward_with_state(x[:, half:])[0] - second).abs().max() > 1e-3
+    detached, _ = model.forward_with_state(x[:, half:], detach_state(state))
+    torch.testing.assert_close(detached, second, rtol=0, atol=atol)
+    truncated = torch.autograd.grad(mse(detached, y[:, half:]), params)
+    through = torch.autograd.grad(mse(second, y[:, half:]), params)
+    assert max((a - b).abs().max() for a, b in zip(through, truncated)) > 1e-6

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import check_chunks_equal_whole
 from hydra.utils import instantiate
 
 from data.antipodal import AntipodalDataModule
@@ -85,38 +86,9 @@ def test_bad_stride_and_stateful_options_fail_in_one_sentence(options, message):
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
 def test_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(name):
     torch.manual_seed(0)
-    model = build_model(name, input_dim=4, output_dim=4, hidden_dim=16, num_layers=2)
-    x, y = torch.randn(3, 40, 4), torch.randn(3, 40, 4)
-    whole = model(x)
-    loss_whole = torch.nn.functional.mse_loss(whole, y)
-    grads_whole = torch.autograd.grad(loss_whole, list(model.parameters()))
-
-    first, state = model.forward_with_state(x[:, :20])
-    loss_first = torch.nn.functional.mse_loss(first, y[:, :20])
-    grads_first = torch.autograd.grad(loss_first, list(model.parameters()), retain_graph=True)
-
-    # Forward: identical predictions, hence the same loss (mean of the two equal-size chunk losses).
-    second, _ = model.forward_with_state(x[:, 20:], state)
-    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-6)
-    loss_second = torch.nn.functional.mse_loss(second, y[:, 20:])
-    torch.testing.assert_close((loss_first + loss_second) / 2, loss_whole)
-    # Gradients through the undetached state equal the whole chunk's exactly.
-    grads_through = torch.autograd.grad((loss_first + loss_second) / 2, list(model.parameters()), retain_graph=True)
-    for g, ref in zip(grads_through, grads_whole):
-        torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6)
-
-    # Truncated BPTT (state detached, as the training module carries it): the same forward; the
-    # first chunk's gradient is the whole run's gradient of its own loss terms; the second chunk's
-    # gradient leaves out exactly the paths through the boundary, which are not zero.
-    detached = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-    second_detached, _ = model.forward_with_state(x[:, 20:], detached)
-    torch.testing.assert_close(second_detached, second)
-    whole_first_terms = torch.nn.functional.mse_loss(model(x)[:, :20], y[:, :20])
-    for g, ref in zip(grads_first, torch.autograd.grad(whole_first_terms, list(model.parameters()))):
-        torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-7)
-    truncated = torch.autograd.grad(torch.nn.functional.mse_loss(second_detached, y[:, 20:]), list(model.parameters()))
-    through_boundary = torch.autograd.grad(loss_second, list(model.parameters()))
-    assert max((full - own).abs().max() for full, own in zip(through_boundary, truncated)) > 1e-4
+    model = build_model(name, input_dim=4, output_dim=4, hidden_dim=16, num_layers=2).double()
+    x = torch.randn(3, 40, 4, dtype=torch.float64)
+    check_chunks_equal_whole(model, x, torch.randn_like(x), atol=1e-10)
 
 
 def test_the_training_module_carries_a_detached_state_and_resets_it_each_epoch(make_config):

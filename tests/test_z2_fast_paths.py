@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import check_chunks_equal_whole
 from hydra.utils import instantiate
 
 from models import build_model
@@ -87,33 +88,6 @@ def test_the_reference_comparison_sees_a_gate_reading_the_wrong_even_state():
     assert (model(x) - wrong).abs().max() > 1e-3
 
 
-def _check_chunks_equal_whole(model, x, y, atol):
-    """Two chunks chained by the carried state give the whole chunk's outputs, loss and (through the
-    undetached state) gradients; detaching the state (truncated BPTT) changes the second chunk's gradient."""
-    params = list(model.parameters())
-    half = x.shape[1] // 2
-    whole = model(x)
-    loss_whole = torch.nn.functional.mse_loss(whole, y)
-    first, state = model.forward_with_state(x[:, :half])
-    second, _ = model.forward_with_state(x[:, half:], state)
-    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=0, atol=atol)
-    loss_chunks = (
-        torch.nn.functional.mse_loss(first, y[:, :half]) + torch.nn.functional.mse_loss(second, y[:, half:])
-    ) / 2
-    torch.testing.assert_close(loss_chunks, loss_whole, rtol=0, atol=atol)
-    for g, ref in zip(
-        torch.autograd.grad(loss_chunks, params, retain_graph=True), torch.autograd.grad(loss_whole, params)
-    ):
-        torch.testing.assert_close(g, ref, rtol=1e-9, atol=atol)
-    # Negative control: a chunk started from zeros differs, and so does its truncated gradient.
-    assert (model.forward_with_state(x[:, half:])[0] - second).abs().max() > 1e-3
-    detached, _ = model.forward_with_state(x[:, half:], tuple(s.detach() for s in state))
-    torch.testing.assert_close(detached, second, rtol=0, atol=atol)
-    truncated = torch.autograd.grad(torch.nn.functional.mse_loss(detached, y[:, half:]), params)
-    through = torch.autograd.grad(torch.nn.functional.mse_loss(second, y[:, half:]), params)
-    assert max((a - b).abs().max() for a, b in zip(through, truncated)) > 1e-6
-
-
 @pytest.mark.parametrize("gate", ["learned", "kstar"])
 def test_z2_seam_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(gate):
     model = _randomised(
@@ -121,7 +95,7 @@ def test_z2_seam_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_leng
     )
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(3, 30, 4, dtype=torch.float64, generator=generator)
-    _check_chunks_equal_whole(model, x, torch.randn_like(x), atol=1e-12)
+    check_chunks_equal_whole(model, x, torch.randn_like(x), atol=1e-12)
 
 
 @pytest.mark.parametrize("num_layers, use_parallel_scan", [(1, True), (2, True), (2, False)])
@@ -142,7 +116,7 @@ def test_z2_delta_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_len
     )
     generator = torch.Generator().manual_seed(6)
     x = torch.randn(3, 40, 4, dtype=torch.float64, generator=generator)
-    _check_chunks_equal_whole(model, x, torch.randn_like(x), atol=1e-10)
+    check_chunks_equal_whole(model, x, torch.randn_like(x), atol=1e-10)
     _, state = model.forward_with_state(x)
     assert len(state) == 3 * num_layers  # (h_odd, h_even, u_last) per block
 

@@ -3,13 +3,14 @@ new checkpoint dir (configs/callbacks/model_checkpoint.yaml)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
+
+from training.checkpoint_io import atomic_write
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -23,8 +24,17 @@ class RunCheckpoint(ModelCheckpoint):
 
     It also writes last.ckpt after every validation: Lightning 2.6 writes it only when a top-k
     checkpoint was saved at the same step, so after an epoch without improvement a resume would
-    start from an older state than the run reached.
+    start from an older state than the run reached. A callback that stops the run because its latest
+    state is bad (NonFiniteGuard) calls `keep_last()`, so last.ckpt stays the state from before.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_kept = False
+
+    def keep_last(self) -> None:
+        """Write no more last.ckpt in this run: the state the run ends in is not one to resume from."""
+        self._last_kept = True
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -37,10 +47,7 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_unless_saved(trainer)
 
     def _save_last_unless_saved(self, trainer: Any) -> None:
-        # A run stopped by a guard (NonFiniteGuard's stop_reason) keeps the last.ckpt from before the
-        # bad steps; the guard writes its own emergency checkpoint.
-        stopped_by_guard = any(getattr(callback, "stop_reason", None) for callback in trainer.callbacks)
-        if self.save_last and not stopped_by_guard and not self._should_skip_saving_checkpoint(trainer):
+        if self.save_last and not self._last_kept and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -62,10 +69,8 @@ class RunCheckpoint(ModelCheckpoint):
                 )
                 continue
             new_path = Path(self.dirpath) / Path(old_path).name
-            new_path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = new_path.with_name(f".{new_path.name}.{os.getpid()}.tmp")
-            shutil.copyfile(old_path, temporary)
-            os.replace(temporary, new_path)
+            with open(old_path, "rb") as source:
+                atomic_write(new_path, lambda target, source=source: shutil.copyfileobj(source, target))
             carried[str(new_path)] = score
         super().load_state_dict(
             {

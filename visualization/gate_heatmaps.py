@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from analysis.statistics import SIGNIFICANCE, GateTransitionStatistics, gate_transition_statistics
-from train_hydra import ConfigError, load_run, run_dir_of
 from visualization.gate_hooks import GateActivationHook
 from visualization.gate_plots import plot_gate_heatmap, plot_gate_statistics, plot_parity_energy_trajectory
 from visualization.gate_slices import SliceDiagnostics, collect_slice_diagnostics, draw_slice_figures, gate_series
+from visualization.run_arguments import add_run_arguments, load_chosen_run
 
 __all__ = [
     "SIGNIFICANCE",
@@ -47,32 +47,14 @@ __all__ = [
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     """Rebuild a finished run's gate figures from its checkpoint and .hydra config; returns the PNG paths."""
     parser = argparse.ArgumentParser(description="Rebuild the gate figures of a finished run.")
-    parser.add_argument(
-        "--experiment",
-        type=Path,
-        default=None,
-        help="run directory (holds .hydra/config.yaml; default: the one --checkpoint lies in)",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)",
-    )
+    add_run_arguments(parser)
     parser.add_argument("--output", type=Path, default=None, help="figure directory (default: <run>/figures/posthoc)")
     parser.add_argument("--length", type=int, default=500, help="validation steps to draw (default 500)")
     parser.add_argument(
         "--offset", type=int, default=0, help="steps after the first full validation window (default 0)"
     )
     args = parser.parse_args(argv)
-    if args.experiment is None and args.checkpoint is None:
-        parser.error("pass --experiment RUN, --checkpoint CKPT or both.")
-
-    try:
-        args.experiment = args.experiment or run_dir_of(args.checkpoint)
-        run = load_run(args.experiment, args.checkpoint)
-    except ConfigError as error:
-        parser.error(str(error))
+    run = load_chosen_run(parser, args)
     module, checkpoint = run.module, run.checkpoint
     data = collect_slice_diagnostics(module, run.datamodule, length=args.length, offset=args.offset)
     if not gate_series(data.diagnostics):

@@ -63,6 +63,32 @@ def _time_window(length: int, first_step: int, time_range: tuple[int, int] | Non
     return slice(start, stop)
 
 
+def _shown_steps(
+    length: int,
+    regime_sequence: ArrayLike | None,
+    transition_mask: ArrayLike | None,
+    first_step: int,
+    time_range: tuple[int, int] | None,
+) -> tuple[slice, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """What a time-series figure shows: (the window into `length` values, its step numbers, and the
+    regime and transition mask in that window, each None where not given)."""
+    regime = None if regime_sequence is None else _series(regime_sequence, "regime_sequence", length, int)
+    transition = None if transition_mask is None else _series(transition_mask, "transition_mask", length, bool)
+    window = _time_window(length, first_step, time_range)
+    steps = first_step + np.arange(length)[window]
+    return (
+        window,
+        steps,
+        None if regime is None else regime[window],
+        None if transition is None else transition[window],
+    )
+
+
+def _label_time_axis(ax, steps: np.ndarray) -> None:
+    ax.set_xlabel("time step t")
+    ax.set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) index pairs of the runs of True in `mask`."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
@@ -160,14 +186,10 @@ def plot_gate_heatmap(
             raise ValueError(f"gate_activations has shape {rows.shape}; pass (T,), (N, T) or a dict of (T,) series.")
         rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
         labels = ["gate"] if len(rows) == 1 else [f"gate {i}" for i in range(len(rows))]
-    length = rows.shape[1]
-    regime = None if regime_sequence is None else _series(regime_sequence, "regime_sequence", length, int)
-    transition = None if transition_mask is None else _series(transition_mask, "transition_mask", length, bool)
-    window = _time_window(length, first_step, time_range)
-    steps = first_step + np.arange(length)[window]
+    window, steps, regime, transition = _shown_steps(
+        rows.shape[1], regime_sequence, transition_mask, first_step, time_range
+    )
     rows = rows[:, window]
-    regime = None if regime is None else regime[window]
-    transition = None if transition is None else transition[window]
 
     panels = 2 if regime is not None or transition is not None else 1
     fig = Figure(figsize=(14, 1.6 + 0.55 * len(rows) + 1.3 * (panels - 1)), layout="constrained")
@@ -203,8 +225,7 @@ def plot_gate_heatmap(
     handles = _legend_handles(regime, transition)
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    axes[-1].set_xlabel("time step t")
-    axes[-1].set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
+    _label_time_axis(axes[-1], steps)
     heat.set_title(title or "Gate activations over time")
     return _finish(fig, save_path)
 
@@ -227,13 +248,10 @@ def plot_parity_energy_trajectory(
     """
     energy = _series(parity_energies, "parity_energies")
     gate = _series(gate_activations, "gate_activations", len(energy))
-    regime = None if regime_sequence is None else _series(regime_sequence, "regime_sequence", len(energy), int)
-    transition = None if transition_mask is None else _series(transition_mask, "transition_mask", len(energy), bool)
-    window = _time_window(len(energy), first_step, time_range)
-    steps = first_step + np.arange(len(energy))[window]
+    window, steps, regime, transition = _shown_steps(
+        len(energy), regime_sequence, transition_mask, first_step, time_range
+    )
     energy, gate = energy[window], gate[window]
-    regime = None if regime is None else regime[window]
-    transition = None if transition is None else transition[window]
 
     panels = 3 if regime is not None else 2
     fig = Figure(figsize=(14, 2.6 * panels), layout="constrained")
@@ -270,8 +288,7 @@ def plot_parity_energy_trajectory(
         _draw_regime(axes[2], steps, regime, transition)
     handles = ax_energy.get_legend_handles_labels()[0] + [ax_gate.lines[0]] + _legend_handles(regime, transition)
     ax_energy.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    axes[-1].set_xlabel("time step t")
-    axes[-1].set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
+    _label_time_axis(axes[-1], steps)
     ax_energy.set_title(title or "Parity energy and seam gate over time")
     return _finish(fig, save_path)
 

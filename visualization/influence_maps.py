@@ -201,33 +201,20 @@ def sample_window(datamodule, split: str = "val", index: int = 0) -> torch.Tenso
 
 def main(argv: list[str] | None = None) -> Path:
     """Draw the influence maps of a finished run on one window; returns the PNG path."""
-    from train_hydra import ConfigError, load_run, run_dir_of
+    # Here, not at the top: the heatmap callback imports this module while train_hydra builds a run.
+    from visualization.run_arguments import add_run_arguments, load_chosen_run
 
     parser = argparse.ArgumentParser(description="Draw the influence maps of a finished run on one window.")
-    parser.add_argument(
-        "--experiment",
-        type=Path,
-        default=None,
-        help="run directory (holds .hydra/config.yaml; default: the one --checkpoint lies in)",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)",
-    )
+    add_run_arguments(parser)
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="split of the window")
     parser.add_argument("--index", type=int, default=0, help="window index in that split (default 0)")
     parser.add_argument("--output", type=Path, default=None, help="figure directory (default: <run>/figures/posthoc)")
     args = parser.parse_args(argv)
-    if args.experiment is None and args.checkpoint is None:
-        parser.error("pass --experiment RUN, --checkpoint CKPT or both.")
+    run = load_chosen_run(parser, args)
     try:
-        args.experiment = args.experiment or run_dir_of(args.checkpoint)
-        run = load_run(args.experiment, args.checkpoint)
         x = sample_window(run.datamodule, args.split, args.index)
         maps = influence_maps(run.module.model, x)
-    except (ConfigError, ValueError) as error:
+    except ValueError as error:
         parser.error(str(error))
     output = args.output or args.experiment / "figures" / "posthoc"
     path = output / "influence_maps.png"

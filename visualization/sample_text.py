@@ -9,24 +9,17 @@ saved), so the sample uses exactly the tokens the model was trained on.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from models.generation import sample_tokens
-from train_hydra import ConfigError, load_run
+from visualization.run_arguments import add_run_arguments, load_chosen_run
 
 
 def main(argv: list[str] | None = None) -> str:
     """Print (and return) text sampled from the model of a finished `data=text` run; `--length` counts tokens."""
     parser = argparse.ArgumentParser(description="Sample text from a trained language model (data=text).")
-    parser.add_argument("--experiment", type=Path, required=True, help="run directory of a data=text run")
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint to load (default: the one metrics.json evaluated, else checkpoints/last.ckpt)",
-    )
+    add_run_arguments(parser)
     parser.add_argument("--length", type=int, default=300, help="tokens to generate (default 300)")
     parser.add_argument(
         "--temperature",
@@ -37,10 +30,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--prompt", default=None, help="text to continue (default: the first token of the corpus)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling RNG (default 0)")
     args = parser.parse_args(argv)
-    try:
-        run = load_run(args.experiment, args.checkpoint)
-    except ConfigError as error:
-        parser.error(str(error))
+    run = load_chosen_run(parser, args)
     vocabulary = getattr(run.datamodule, "vocabulary", None)
     if vocabulary is None:
         parser.error(
