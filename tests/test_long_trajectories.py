@@ -91,10 +91,11 @@ def test_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(name)
     check_chunks_equal_whole(model, x, torch.randn_like(x), atol=1e-10)
 
 
-def test_the_training_module_carries_a_detached_state_and_resets_it_each_epoch(make_config):
+@pytest.mark.parametrize("model_name", ["lstm", "z2_delta", "z2_seam"])
+def test_the_training_module_carries_a_detached_state_and_resets_it_each_epoch(make_config, model_name):
     cfg = make_config(
         [
-            "model=lstm",
+            f"model={model_name}",
             "data.generator.T=1000",
             "data.target_mode=next_step",
             "data.stateful=true",

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import check_chunks_equal_whole
-from hydra.utils import instantiate
 
 from models import build_model
 from models.parity import K_STAR, parity_energy
-from train_hydra import build_module, train
 
 GATES = ["kstar", "learned", "fixed", "none"]
 
@@ -132,32 +130,3 @@ def test_z2_delta_chunks_need_the_previous_input_not_only_the_states():
     _, (h_odd, h_even, u_last) = model.forward_with_state(x[:, :10])
     second, _ = model.forward_with_state(x[:, 10:], (h_odd, h_even, torch.zeros_like(u_last)))
     assert (second[:, 0] - model(x)[:, 10]).abs().max() > 1e-6
-
-
-@pytest.mark.parametrize("model_name", ["z2_delta", "z2_seam"])
-def test_stateful_training_of_the_z2_models_runs_end_to_end(make_config, model_name):
-    cfg = make_config(
-        [
-            f"model={model_name}",
-            "data.generator.T=1000",
-            "data.target_mode=next_step",
-            "data.stateful=true",
-            "data.batch_size=8",
-            "data.history_length=10",
-            "trainer.max_epochs=1",
-            "logger=none",
-            "callbacks=none",
-            "test=false",
-        ]
-    )
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    module = build_module(cfg, datamodule)
-    batches = list(datamodule.train_dataloader())[:2]
-    module.train()
-    first, second = (module.scored_prediction(batch["x"]) for batch in batches)
-    whole = module.model(torch.cat([batches[0]["x"], batches[1]["x"]], dim=1))
-    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-6)
-    assert all(not s.requires_grad for s in module.carried_state)
-    record = train(cfg)
-    assert torch.isfinite(torch.tensor(record["metrics"]["val/mse"]))
