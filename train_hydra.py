@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -23,10 +21,8 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -41,16 +37,15 @@ from data.text import TOKENIZER_FILE
 from lightning_module import SeamGatedLightningModule
 from models import OptionError, check_task, get_model_class, list_models
 from models.contract import INPUT_KINDS
+from training.command_line import check_group_choices, name_jobs_by_what_they_sweep
 from training.config_tree import CONFIG_TREE_FILE, check_tags, print_config_tree
+from training.errors import ConfigError
 from training.run_files import JOB_ERROR_FILE
+from training.sweep_jobs import claim_sweep_job, optimized_value
 from training.tuning import tune
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message is one sentence naming the key."""
 
 
 def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
@@ -427,34 +422,6 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Train
     return TrainedRun(cfg, datamodule, module.eval(), checkpoint)
 
 
-def metric_direction(metric_name: str) -> str:
-    """`maximize` for accuracy-like metrics, `minimize` for losses and errors (for sweepers)."""
-    leaf = metric_name.rsplit("/", 1)[-1]
-    return "maximize" if leaf.startswith(("acc", "exact_match", "auroc", "r2")) else "minimize"
-
-
-OmegaConf.register_new_resolver("metric_direction", metric_direction, replace=True)
-
-JOB_DIR_NAME_LENGTH = 64  # longer override lists are cut and end in a hash of the whole list
-
-
-def job_dir_name(job_num: int, override_dirname: str) -> str:
-    """A sweep job's dir name: its number, then its overrides (`3_model=lstm,seed=43`).
-
-    The number keeps two jobs with the same overrides apart (Optuna may repeat a trial) and sorts
-    the dirs; characters that are awkward in paths become `_`. Nothing but the job number and the
-    overrides enters the name, so the same sweep command gives the same dirs again.
-    """
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname)
-    if len(name) > JOB_DIR_NAME_LENGTH:
-        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
-        name = f"{name[: JOB_DIR_NAME_LENGTH - 9]}-{digest}"
-    return f"{job_num}_{name}" if name else str(job_num)
-
-
-OmegaConf.register_new_resolver("job_dir_name", job_dir_name, replace=True)
-
-
 def record_failure(output_dir: Path, error: Exception, wall_time_s: float) -> None:
     """Leave the error in the run dir (JOB_ERROR_FILE), where the sweep summary and list_runs read it."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -495,104 +462,7 @@ def main(cfg: DictConfig) -> float | None:
     return optimized_value(record, cfg.optimized_metric)
 
 
-SWEEP_JOB_FILE = "sweep_job.json"  # the overrides a sweep job dir belongs to
-
-
-def claim_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
-    """Let a re-run of the same multirun command (same hydra.sweep.dir) continue where it stopped.
-
-    A job dir holding a metrics.json of these overrides is complete: its record is returned and
-    nothing is retrained. A job dir that was started but not finished resumes from its last.ckpt
-    (ckpt_path=auto). A job dir started by other overrides fails in one sentence instead of being
-    overwritten.
-    """
-    output_dir = Path(cfg.paths.output_dir)
-    overrides = list(HydraConfig.get().overrides.task)
-    claim = output_dir / SWEEP_JOB_FILE
-    if claim.is_file():
-        claimed = json.loads(claim.read_text())["overrides"]
-        if claimed != overrides:
-            raise ConfigError(
-                f"sweep job dir {output_dir} belongs to the overrides {' '.join(claimed)}, not "
-                f"{' '.join(overrides)}; continue a sweep with its own command or pass a new hydra.sweep.dir."
-            )
-        metrics = output_dir / "metrics.json"
-        if metrics.is_file():
-            log.info(f"job {HydraConfig.get().job.num} is complete ({metrics}); its metrics are reused, not retrained.")
-            return json.loads(metrics.read_text())
-        if cfg.ckpt_path is None:
-            with open_dict(cfg):
-                cfg.ckpt_path = "auto"
-    else:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        claim.write_text(json.dumps({"overrides": overrides}, indent=2))
-    (output_dir / JOB_ERROR_FILE).unlink(missing_ok=True)  # a failure of an earlier attempt is history now
-    return None
-
-
-def optimized_value(record: dict[str, Any], metric: str) -> float | None:
-    """The value a sweeper gets for `metric`: a non-finite one becomes the worst value in the metric's
-    direction (+inf when minimised, -inf when maximised), so a diverged job is never the best trial."""
-    if metric in record["non_finite_metrics"]:
-        return float("-inf") if metric_direction(metric) == "maximize" else float("inf")
-    value = record["metrics"].get(metric)
-    if value is None:
-        log.warning(f"optimized_metric={metric} was not logged; logged: {sorted(record['metrics'])}.")
-    return value
-
-
-def check_group_choices(argv: list[str]) -> None:
-    """Fail in one sentence when a command-line override picks a config that does not exist.
-
-    Hydra would report it too, but as a multi-line listing of config files; for `model=` the
-    useful answer is the list of registered models.
-    """
-    try:
-        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
-    except Exception:  # malformed overrides: Hydra's own parser explains those
-        return
-    for override in overrides:
-        group = override.key_or_group
-        # hydra/* groups also hold plugin configs that live outside configs/: Hydra checks those.
-        if override.package is not None or group.split("/")[0] == "hydra" or not (CONFIG_DIR / group).is_dir():
-            continue
-        available = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
-        chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        # A list picks several configs of the group at once: `"callbacks=[default,training_curves]"`.
-        chosen = [item for choice in chosen for item in (choice if isinstance(choice, list) else [choice])]
-        for choice in chosen:
-            if choice is not None and str(choice) not in available:
-                kind = "registered model or model variant" if group == "model" else f"config in configs/{group}"
-                sys.exit(f"Invalid config: {group}={choice} is not a {kind}; choose one of: {', '.join(available)}.")
-
-
-EXCLUDE_KEYS_OVERRIDE = "hydra.job.config.override_dirname.exclude_keys"
-
-
-def name_jobs_by_what_they_sweep(argv: list[str]) -> list[str]:
-    """`argv` plus an override that leaves the command-line overrides every job shares out of the job
-    dir names, so `-m model=lstm,gru trainer=fast` names its jobs `0_model=lstm` and `1_model=gru`.
-
-    Only the command line says which overrides are swept; the jobs' configs no longer do.
-    """
-    try:
-        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
-    except Exception:  # malformed overrides: Hydra's own parser explains those
-        return argv
-    if any(override.key_or_group == EXCLUDE_KEYS_OVERRIDE for override in overrides):
-        return argv  # the user chose the excluded keys
-    shared = [
-        override.key_or_group
-        for override in overrides
-        if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")
-    ]
-    if not shared:
-        return argv
-    defaults = OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys
-    return [*argv, f"{EXCLUDE_KEYS_OVERRIDE}=[{','.join(dict.fromkeys([*defaults, *shared]))}]"]
-
-
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:])
-    sys.argv[1:] = name_jobs_by_what_they_sweep(sys.argv[1:])
+    check_group_choices(sys.argv[1:], CONFIG_DIR)
+    sys.argv[1:] = name_jobs_by_what_they_sweep(sys.argv[1:], CONFIG_DIR)
     main()

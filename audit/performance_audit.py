@@ -216,13 +216,14 @@ def main(argv: list[str] | None = None) -> AuditReport:
     from omegaconf import OmegaConf
 
     from train_hydra import (
+        CONFIG_DIR,
         ConfigError,
         build_module,
-        check_group_choices,
         compose_config,
         config_without_hydra,
         instantiate_from,
     )
+    from training.command_line import check_group_choices
     from training.trainer import resolve_accelerator
 
     parser = argparse.ArgumentParser(
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> AuditReport:
     args = parser.parse_args(argv)
     if args.n_batches < 1:
         parser.error(f"--n-batches {args.n_batches} must be >= 1.")
-    check_group_choices(args.overrides)
+    check_group_choices(args.overrides, CONFIG_DIR)
     output = args.output or Path("logs") / "audit" / "runs" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     try:
         cfg = compose_config(args.overrides, output)

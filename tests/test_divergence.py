@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lightning_module import SeamGatedLightningModule
-from train_hydra import ConfigError, optimized_value, train
+from train_hydra import ConfigError, train
+from training.sweep_jobs import optimized_value
 
 QUICK = [
     "data.generator.T=600",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from train_hydra import check_group_choices, compose_config, train
+from train_hydra import CONFIG_DIR, compose_config, train
+from training.command_line import check_group_choices
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -69,9 +70,9 @@ def test_wandb_writes_an_offline_run_into_the_run_dir(tmp_path):
 
 
 def test_several_loggers_can_be_chosen_on_the_command_line(tmp_path):
-    check_group_choices(["logger=[tensorboard,mlflow]"])  # passes the early check
+    check_group_choices(["logger=[tensorboard,mlflow]"], CONFIG_DIR)  # passes the early check
     with pytest.raises(SystemExit, match=r"logger=nope is not a config in configs/logger"):
-        check_group_choices(["logger=[tensorboard,nope]"])
+        check_group_choices(["logger=[tensorboard,nope]"], CONFIG_DIR)
     cfg = compose_config(["logger=[tensorboard,mlflow,wandb]"], tmp_path)
     assert set(cfg.logger) == {"tensorboard", "mlflow", "wandb"}
     assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"

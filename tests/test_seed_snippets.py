@@ -25,7 +25,8 @@ from data.antipodal import AntipodalDataModule
 from lightning_module import SeamGatedLightningModule, create_trainer
 from models import build_model
 from models.contract import OptionError
-from train_hydra import check_group_choices, compose_config
+from train_hydra import CONFIG_DIR, compose_config
+from training.command_line import check_group_choices
 from visualization import gate_heatmaps
 
 SNIPPETS = Path(__file__).parent / "seed_snippets"
@@ -269,7 +270,7 @@ def compose_command(command: str, output_dir: Path, every_combination: bool = Fa
     A -m sweep composes every value of every swept key (job i takes value i of each, cycling), or
     with `every_combination` the whole product."""
     arguments = [argument for argument in shlex.split(command)[2:] if argument != "-m"]
-    check_group_choices(arguments)
+    check_group_choices(arguments, CONFIG_DIR)
     keys = [argument.split("=", 1)[0] for argument in arguments]
     choices = [argument.split("=", 1)[1].split(",") for argument in arguments]
     if every_combination:

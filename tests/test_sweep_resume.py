@@ -73,7 +73,8 @@ def test_a_killed_four_job_sweep_rerun_with_the_same_command_finishes_without_re
 def test_a_sweep_job_dir_of_other_overrides_is_refused_not_overwritten(tmp_path):
     from hydra.core.hydra_config import HydraConfig
 
-    from train_hydra import SWEEP_JOB_FILE, ConfigError, claim_sweep_job, compose_config
+    from train_hydra import ConfigError, compose_config
+    from training.sweep_jobs import SWEEP_JOB_FILE, claim_sweep_job
 
     cfg = compose_config(["model.hidden_dim=8"], tmp_path)
     (tmp_path / SWEEP_JOB_FILE).write_text(json.dumps({"overrides": ["model.hidden_dim=16"]}))
@@ -137,13 +138,13 @@ def test_a_killed_optuna_search_rerun_with_the_same_command_finishes_its_study(t
     process.send_signal(signal.SIGKILL)  # while trial 2 trains
     process.wait()
     finished = {job.name: job_files(job) for job in sweep_dir.glob("[01]_*")}
-    assert len(finished) == 2 and all("metrics.json" in files for files in finished.values())
+    assert len(finished) == 2 and all("metrics.json" in files for files in finished.values()), finished
 
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="train", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     states = [trial.state for trial in study.trials]
-    assert states == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    assert states == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 2, result.stderr[-3000:]
     assert study.trials[3].params == study.trials[2].params  # the interrupted trial ran again
     # The re-run's own draw is not the first run's first draw again (the sampler is re-seeded).
     assert study.trials[4].params not in (study.trials[0].params, study.trials[1].params)

@@ -9,13 +9,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from train_hydra import (
-    JOB_DIR_NAME_LENGTH,
-    compose_config,
-    job_dir_name,
-    metric_direction,
-    name_jobs_by_what_they_sweep,
-)
+from train_hydra import CONFIG_DIR, compose_config
+from training.command_line import name_jobs_by_what_they_sweep
+from training.sweep_jobs import JOB_DIR_NAME_LENGTH, job_dir_name, metric_direction
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["debug=fdr", "data.generator.T=600", "data.batch_size=16"]
@@ -110,14 +106,14 @@ def test_job_dir_names_are_short_path_safe_and_deterministic():
 
 def test_only_the_swept_command_line_overrides_name_the_jobs():
     argv = ["-m", "model=lstm,gru", "trainer=fast", "seed=42,43", "hydra/launcher=joblib"]
-    (*kept, added) = name_jobs_by_what_they_sweep(argv)
+    (*kept, added) = name_jobs_by_what_they_sweep(argv, CONFIG_DIR)
     assert kept == argv
     assert added == (
         "hydra.job.config.override_dirname.exclude_keys="
         "[paths.log_dir,paths.output_dir,ckpt_path,task_name,tags,trainer]"
     )
     chosen = [*argv, "hydra.job.config.override_dirname.exclude_keys=[seed]"]
-    assert name_jobs_by_what_they_sweep(chosen) == chosen  # the user's own choice stays
+    assert name_jobs_by_what_they_sweep(chosen, CONFIG_DIR) == chosen  # the user's own choice stays
 
 
 def test_a_multirun_without_tags_stops_at_its_first_job(tmp_path):

@@ -7,7 +7,8 @@ import matplotlib.image
 import pytest
 import torch
 
-from train_hydra import check_group_choices, compose_config, train
+from train_hydra import CONFIG_DIR, compose_config, train
+from training.command_line import check_group_choices
 from visualization.training_curves import TrainingCurvesCallback
 
 RUN = [
@@ -74,6 +75,6 @@ def test_a_filename_that_is_not_a_png_is_refused():
 
 
 def test_the_command_line_accepts_a_list_of_callback_configs_and_names_a_bad_one():
-    check_group_choices(["callbacks=[default,training_curves]"])  # as the README documents it
+    check_group_choices(["callbacks=[default,training_curves]"], CONFIG_DIR)  # as the README documents it
     with pytest.raises(SystemExit, match=r"callbacks=nope is not a config in configs/callbacks"):
-        check_group_choices(["callbacks=[default,nope]"])
+        check_group_choices(["callbacks=[default,nope]"], CONFIG_DIR)
