@@ -174,24 +174,24 @@ void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, con
 
 template <typename S>
 struct Gradients {
-  S* x;           // (B, T, D): through x.y only; the other uses of x are torch ops outside the kernel
-  S* state;       // (3 + E, C)
-  S* static_part; // (B, T, C)
-  S* drive;       // (B, T, O)
-  S* odd;         // (O, O)
-  S* modulation;  // (O, E)
-  S* bias;        // (O)
-  S* readout;     // (D, O)
-  S* h_even0;     // (B, E)
-  S* h_odd0;      // (B, O)
+  S* x;            // (B, T, D): through x.y only; the other uses of x are torch ops outside the kernel
+  S* state;        // (3 + E, C)
+  S* static_part;  // (B, T, C)
+  S* drive;        // (B, T, O)
+  S* odd;          // (O, O)
+  S* modulation;   // (O, E)
+  S* bias;         // (O)
+  S* readout;      // (D, O)
+  S* h_even0;      // (B, E)
+  S* h_odd0;       // (B, O)
 };
 
 // Reverse-mode through the whole recurrence. Upstream: grad_y (B, T, D) of the predictions
 // y_1..y_T; grad_h_even / grad_h_odd of the final state, grad_gate (B, T) and grad_alpha (B, T)
 // of the diagnostics: each may be null (zero).
 template <typename S>
-void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y, const S* grad_h_even, const S* grad_h_odd,
-              const S* grad_gate, const S* grad_alpha, Gradients<S> grad, const Shape& s) {
+void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y, const S* grad_h_even,
+              const S* grad_h_odd, const S* grad_gate, const S* grad_alpha, Gradients<S> grad, const Shape& s) {
   const int64_t T = s.steps, D = s.input, E = s.even, O = s.odd;
   const int64_t C = E + (s.gate == kLearned ? 1 : 0), even_column = C - E, F = kFeatures + E;
   // Backward mat-vecs run over output rows: (output, input) layouts, which are the given ones
@@ -331,27 +331,27 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
 // weight, static part, odd drive, odd weight, modulation weight and bias, readout weight, initial
 // h_even and h_odd. The forward then writes the states; the backward reads x, the four weights and
 // the states, then the upstream gradients, and writes the gradients of every input.
-#define SEAM_FORWARD(NAME, S)                                                                               \
-  void NAME(const S* x, const S* state_weight, const S* static_part, const S* drive, const S* odd_weight,   \
-            const S* modulation_weight, const S* modulation_bias, const S* readout_weight, const S* h_even0, \
-            const S* h_odd0, S* h_even, S* h_odd, S* modulation, S* y, S* alpha, S* gate, const Shape* shape) { \
-    forward<S>(x, static_part, drive, {state_weight, odd_weight, modulation_weight, modulation_bias, readout_weight}, \
-               h_even0, h_odd0, {h_even, h_odd, modulation, y, alpha, gate}, *shape);                      \
+#define SEAM_FORWARD(NAME, S)                                                                                          \
+  void NAME(const S* x, const S* state_weight, const S* static_part, const S* drive, const S* odd_weight,              \
+            const S* modulation_weight, const S* modulation_bias, const S* readout_weight, const S* h_even0,           \
+            const S* h_odd0, S* h_even, S* h_odd, S* modulation, S* y, S* alpha, S* gate, const Shape* shape) {        \
+    forward<S>(x, static_part, drive,                                                                                  \
+               {state_weight, odd_weight, modulation_weight, modulation_bias, readout_weight}, h_even0, h_odd0,        \
+               {h_even, h_odd, modulation, y, alpha, gate}, *shape);                                                   \
   }
 
-#define SEAM_BACKWARD(NAME, S)                                                                                 \
-  void NAME(const S* x, const S* state_weight, const S* odd_weight, const S* modulation_weight,               \
-            const S* readout_weight, const S* h_even, const S* h_odd, const S* modulation, const S* y,        \
-            const S* alpha, const S* gate, const S* grad_y, const S* grad_h_even, const S* grad_h_odd,        \
-            const S* grad_gate, const S* grad_alpha, S* grad_x, S* grad_state, S* grad_static, S* grad_drive, \
-            S* grad_odd, S* grad_modulation, S* grad_bias, S* grad_readout, S* grad_h_even0, S* grad_h_odd0,  \
-            const Shape* shape) {                                                                              \
-    backward<S>(x, {state_weight, odd_weight, modulation_weight, nullptr, readout_weight},                    \
-                {h_even, h_odd, modulation, y, alpha, gate}, grad_y, grad_h_even, grad_h_odd, grad_gate,       \
-                grad_alpha,                                                                                    \
-                {grad_x, grad_state, grad_static, grad_drive, grad_odd, grad_modulation, grad_bias,           \
-                 grad_readout, grad_h_even0, grad_h_odd0},                                                     \
-                *shape);                                                                                       \
+#define SEAM_BACKWARD(NAME, S)                                                                                         \
+  void NAME(const S* x, const S* state_weight, const S* odd_weight, const S* modulation_weight,                        \
+            const S* readout_weight, const S* h_even, const S* h_odd, const S* modulation, const S* y,                 \
+            const S* alpha, const S* gate, const S* grad_y, const S* grad_h_even, const S* grad_h_odd,                 \
+            const S* grad_gate, const S* grad_alpha, S* grad_x, S* grad_state, S* grad_static, S* grad_drive,          \
+            S* grad_odd, S* grad_modulation, S* grad_bias, S* grad_readout, S* grad_h_even0, S* grad_h_odd0,           \
+            const Shape* shape) {                                                                                      \
+    backward<S>(x, {state_weight, odd_weight, modulation_weight, nullptr, readout_weight},                             \
+                {h_even, h_odd, modulation, y, alpha, gate}, grad_y, grad_h_even, grad_h_odd, grad_gate, grad_alpha,   \
+                {grad_x, grad_state, grad_static, grad_drive, grad_odd, grad_modulation, grad_bias, grad_readout,      \
+                 grad_h_even0, grad_h_odd0},                                                                           \
+                *shape);                                                                                               \
   }
 
 extern "C" {
