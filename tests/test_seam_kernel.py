@@ -1,6 +1,6 @@
 """The fused CPU z2_seam kernel: equal to the model's eager step loop in value, diagnostics, final state
-and every gradient, a correct autograd Function (gradcheck), float32 under autocast, invisible to
-no torch function mode, and replaced by the eager loop where it is switched off or cannot be built."""
+and every gradient, a correct autograd Function (gradcheck), float32 under autocast, and replaced by
+the eager loop under a torch function mode, where it is switched off and where it cannot be built."""
 
 from __future__ import annotations
 
