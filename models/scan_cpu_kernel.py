@@ -1,34 +1,25 @@
-"""Build, load and self-check the fused CPU scan kernel of models/scan_kernel.cpp.
+"""Load and self-check the fused CPU scan kernel of models/scan_kernel.cpp.
 
-The kernel is plain C++ behind a C ABI (no torch headers), so it compiles in about a second with
-the system's C++ compiler the first time a process needs it. The library is cached per machine in
-a user cache directory (``$SEAM_SCAN_CACHE``, else ``$XDG_CACHE_HOME/seam-gated-rnn``, else
-``~/.cache/seam-gated-rnn``), named by a hash of the source, compiler and flags, so an edit
-rebuilds it and concurrent processes never read a half-written file. ``kernel()`` returns None,
-after one logged line, wherever the kernel cannot be built or disagrees with the reference; the
-caller then uses the eager scan. ``SEAM_SCAN_KERNEL=eager`` skips the kernel on purpose.
+models/cpu_kernel_build.py compiles it at first use and caches it per machine. ``kernel()``
+returns None, after one logged line, wherever the kernel cannot be built or disagrees with the
+reference; the caller then uses the eager scan. ``SEAM_SCAN_KERNEL=eager`` skips the kernel on purpose.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from models.cpu_kernel_build import load_checked
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("scan_kernel.cpp")
-FLAGS = ("-O3", "-std=c++14", "-shared", "-fPIC", "-pthread")
 _POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -85,43 +76,6 @@ def _pointer(x: Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
-def cache_dir() -> Path:
-    if os.environ.get("SEAM_SCAN_CACHE"):
-        return Path(os.environ["SEAM_SCAN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seam-gated-rnn"
-
-
-def compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-
-
-def build_library() -> Path:
-    """Compile the kernel into the cache (once per source, compiler and flags) and return its path."""
-    cxx = compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler found (set CXX or install g++/clang++)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + cxx.encode() + " ".join(FLAGS).encode() + sys.platform.encode()).hexdigest()[:16]
-    target = cache_dir() / f"scan_kernel-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build under a unique name and rename into place, so a reader never sees a partial file.
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(handle)
-    try:
-        result = subprocess.run(
-            [cxx, *FLAGS, str(SOURCE), "-o", partial], check=False, capture_output=True, text=True, timeout=300
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {result.stderr.strip()[-500:]}")
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    return target
-
-
 def _self_check(candidate: ScanKernel) -> None:
     """The kernel must reproduce the float64 reference loop (values and gradients) before it is used."""
     from models.scan import linear_scan_reference
@@ -144,13 +98,6 @@ def _self_check(candidate: ScanKernel) -> None:
 @cache
 def kernel() -> ScanKernel | None:
     """The fused CPU kernel, or None (logged once) where it cannot be built or is switched off."""
-    if os.environ.get("SEAM_SCAN_KERNEL", "").lower() == "eager":
-        return None
-    try:
-        candidate = ScanKernel(ctypes.CDLL(str(build_library())))
-        _self_check(candidate)
-    # Any build, load or check failure means: use the eager scan.
-    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
-        log.warning("linear_scan: fused CPU kernel unavailable (%s); using the eager chunked scan.", error)
-        return None
-    return candidate
+    return load_checked(
+        SOURCE, ScanKernel, _self_check, "SEAM_SCAN_KERNEL", log, "linear_scan", "the eager chunked scan"
+    )

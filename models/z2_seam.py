@@ -14,6 +14,11 @@ in which the sign convention of the dynamics flips. Per step (equations and reas
 
 y_t is the model's own prediction of x_t. The readout lets the even state scale each odd channel,
 so the even half of the state reaches the output: every parameter counted in num_parameters is used.
+
+On CPU, for float32/float64 inputs, the time loop runs in the fused kernel of
+models/seam_cpu_kernel.py (forward and backward through time in C++); elsewhere, where the kernel
+cannot be built, or with SEAM_SEAM_KERNEL=eager, it runs as the per-step torch loop `_run_eager`,
+which defines what the kernel computes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models import seam_cpu_kernel
 from models.contract import SequenceModel
 from models.parity import K_STAR, parity_energy, split_hidden_dim
 from models.registry import register_model
@@ -154,17 +160,47 @@ class Z2SeamRNN(SequenceModel):
         output, _, final_state = self._run(x, state, False)
         return output, final_state
 
+    @property
+    def _constant_gate(self) -> float:
+        """The gate of `fixed` and `none` (0: no flip); unused by the state-dependent gates."""
+        return 0.0 if self.gate_type == "none" else self.fixed_gate
+
     def _run(self, x: torch.Tensor, state, return_diagnostics: bool):
-        batch, steps, _ = x.shape
         if state is None:
-            h_even = x.new_zeros(batch, self.even_recurrent.in_features)
-            h_odd = x.new_zeros(batch, self.odd_recurrent.in_features)
+            h_even = x.new_zeros(x.shape[0], self.even_recurrent.in_features)
+            h_odd = x.new_zeros(x.shape[0], self.odd_recurrent.in_features)
         else:
             h_even, h_odd = state
+        # A torch function mode (the audit's gate recorder) must see the per-step ops, which the kernel hides.
+        if seam_cpu_kernel.supports(x) and not torch.overrides._is_torch_function_mode_enabled():
+            fused = seam_cpu_kernel.kernel()
+            if fused is not None:
+                return self._run_fused(x, h_even, h_odd, return_diagnostics, fused)
+        return self._run_eager(x, h_even, h_odd, return_diagnostics)
+
+    def _run_fused(self, x, h_even, h_odd, return_diagnostics: bool, kernel):
+        """The time loop in one call of the fused CPU kernel; its maps in full precision under autocast."""
+        with torch.autocast(x.device.type, enabled=False):
+            maps = self._step_maps(x)
+        weights = (
+            self.odd_recurrent.weight,
+            self.readout_modulation.weight,
+            self.readout_modulation.bias,
+            self.readout.weight,
+        )
+        output, final_state, gates, energies = seam_cpu_kernel.seam_recurrence(
+            kernel, x, maps, weights, (h_even, h_odd), self.gate_type, self.temperature, self._constant_gate
+        )
+        diagnostics = {"gate": gates, "parity_energy": energies} if return_diagnostics else None
+        return output, diagnostics, final_state
+
+    def _run_eager(self, x, h_even, h_odd, return_diagnostics: bool):
+        """The time loop as per-step torch ops: any device and dtype, and the kernel's reference."""
+        batch, steps, _ = x.shape
         state_weight, static, odd_drive = self._step_maps(x)
         odd_weight = self.odd_recurrent.weight.t()
         learned = self.gate_type == "learned"
-        constant_gate = 0.0 if self.gate_type == "none" else self.fixed_gate
+        constant_gate = self._constant_gate
         prediction = self._readout(h_even, h_odd)  # y_t: the model's own odd prediction of x_t
         alpha = parity_energy(h_even, h_odd)
         predictions, gates, energies = [], [], []

@@ -1,5 +1,5 @@
-"""Shared fixtures and checks: the real Hydra config, composed the way train_hydra.py composes it, and
-the two-chunk check of a model that carries its state."""
+"""Shared fixtures and checks: the real Hydra config, composed the way train_hydra.py composes it, the
+two paths of z2_seam's time loop, and the two-chunk check of a model that carries its state."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from models import cpu_kernel_build, seam_cpu_kernel
 from train_hydra import compose_config, config_without_hydra, train
 
 
@@ -24,6 +25,18 @@ def train_like_the_cli(overrides: list[str], output_dir: Path) -> dict:
 def make_config(tmp_path):
     """compose_config with the run writing into this test's tmp dir."""
     return lambda overrides=(): compose_config(list(overrides), tmp_path)
+
+
+@pytest.fixture(params=["fused", "eager"])
+def seam_path(request, monkeypatch):
+    """Run the test once through each path of z2_seam's time loop on CPU: the fused kernel and the eager loop."""
+    if request.param == "fused":
+        if cpu_kernel_build.compiler() is None:
+            pytest.skip("no C++ compiler on this machine: the fused seam kernel cannot be built")
+        assert seam_cpu_kernel.kernel() is not None, "a compiler exists but the seam kernel did not load (see the log)"
+    else:
+        monkeypatch.setattr(seam_cpu_kernel, "kernel", lambda: None)
+    return request.param
 
 
 def detach_state(state):

@@ -52,7 +52,7 @@ def _randomise(model: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("gate, options", [(gate, {}) for gate in GATES] + [("fixed", {"fixed_gate": 0.8})])
-def test_z2_seam_is_exactly_equivariant(gate, options):
+def test_z2_seam_is_exactly_equivariant(gate, options, seam_path):
     torch.manual_seed(0)
     model = build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=32, gate=gate, temperature=0.3, **options)
     _randomise(model)

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from models import scan, scan_cpu_kernel
+from models import cpu_kernel_build, scan, scan_cpu_kernel
 from models.scan import EagerScan, linear_scan, linear_scan_reference
 
 
@@ -16,7 +16,7 @@ from models.scan import EagerScan, linear_scan, linear_scan_reference
 def backend(request, monkeypatch):
     """Run the test once through each backend that linear_scan can dispatch to on CPU."""
     if request.param == "fused":
-        if scan_cpu_kernel.compiler() is None:
+        if cpu_kernel_build.compiler() is None:
             pytest.skip("no C++ compiler on this machine: the fused kernel cannot be built")
         fused = scan_cpu_kernel.kernel()
         assert fused is not None, "a compiler exists but the fused kernel did not build (see the logged line)"
@@ -232,7 +232,7 @@ def _fallback_lines(caplog) -> list[str]:
 
 
 def test_failed_build_falls_back_to_the_eager_scan_with_one_logged_line(fresh_kernel, monkeypatch, caplog):
-    monkeypatch.setattr(scan_cpu_kernel, "compiler", lambda: "/nonexistent/c++")
+    monkeypatch.setattr(cpu_kernel_build, "compiler", lambda: "/nonexistent/c++")
     generator = torch.Generator().manual_seed(0)
     a = (2 * torch.rand(2, 100, 3, generator=generator) - 1).requires_grad_()
     b = torch.randn(2, 100, 3, generator=generator)
@@ -250,7 +250,7 @@ def test_failed_build_falls_back_to_the_eager_scan_with_one_logged_line(fresh_ke
 
 
 def test_missing_compiler_falls_back(fresh_kernel, monkeypatch, caplog):
-    monkeypatch.setattr(scan_cpu_kernel, "compiler", lambda: None)
+    monkeypatch.setattr(cpu_kernel_build, "compiler", lambda: None)
     with caplog.at_level(logging.WARNING, logger=scan_cpu_kernel.__name__):
         assert scan.select_backend(torch.zeros(1)) is EagerScan
     assert "no C++ compiler found" in _fallback_lines(caplog)[0]
@@ -272,14 +272,14 @@ def test_environment_switch_selects_the_eager_scan(reloaded_kernel, monkeypatch,
 
 
 def test_the_library_is_built_once_and_reused_from_the_cache(monkeypatch):
-    if scan_cpu_kernel.compiler() is None:
+    if cpu_kernel_build.compiler() is None:
         pytest.skip("no C++ compiler on this machine")
-    first = scan_cpu_kernel.build_library()
-    assert first.parent == scan_cpu_kernel.cache_dir() and first.exists()
+    first = cpu_kernel_build.build_library(scan_cpu_kernel.SOURCE)
+    assert first.parent == cpu_kernel_build.cache_dir() and first.exists()
 
     # The second call finds the library under the same key and must not run the compiler.
     def no_build(*args, **kwargs):
         raise AssertionError("compiled again although the library is cached")
 
-    monkeypatch.setattr(scan_cpu_kernel.subprocess, "run", no_build)
-    assert scan_cpu_kernel.build_library() == first
+    monkeypatch.setattr(cpu_kernel_build.subprocess, "run", no_build)
+    assert cpu_kernel_build.build_library(scan_cpu_kernel.SOURCE) == first

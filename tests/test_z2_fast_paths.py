@@ -1,4 +1,5 @@
-"""The fast z2_seam loop equals its equations, and z2_seam / z2_delta carry their state across chunks."""
+"""Both z2_seam time loops (the fused CPU kernel and the eager step loop) equal its equations, and
+z2_seam / z2_delta carry their state across chunks."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def seam_reference(model, x: torch.Tensor, gate_reads_new_even: bool = False):
 
 
 @pytest.mark.parametrize("gate, options", [(gate, {}) for gate in GATES] + [("fixed", {"fixed_gate": 0.8})])
-def test_fast_seam_loop_equals_the_plain_equations_in_float64(gate, options):
+def test_fast_seam_loop_equals_the_plain_equations_in_float64(gate, options, seam_path):
     torch.manual_seed(0)
     model = _randomised(
         build_model(
@@ -86,8 +87,8 @@ def test_the_reference_comparison_sees_a_gate_reading_the_wrong_even_state():
     assert (model(x) - wrong).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("gate", ["learned", "kstar"])
-def test_z2_seam_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(gate):
+@pytest.mark.parametrize("gate", GATES)
+def test_z2_seam_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(gate, seam_path):
     model = _randomised(
         build_model("z2_seam", input_dim=4, output_dim=4, hidden_dim=12, gate=gate, temperature=0.3).double(), seed=3
     )

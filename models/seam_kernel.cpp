@@ -1,0 +1,362 @@
+// Fused CPU kernels for the z2_seam recurrence (the equations of models/z2_seam.py; loaded by
+// models/seam_cpu_kernel.py): the whole time loop forward, and its backward through time.
+//
+// Plain C ABI on raw pointers of contiguous row-major arrays, so the library builds in about a
+// second with any C++11 compiler and needs no torch headers. Batch rows are independent through
+// time, so each thread walks its own rows; in the backward each thread sums its weight gradients
+// in its own buffers, added together at the end. Every small mat-vec is written as a sum of
+// scaled rows (y += a_j W_j over contiguous W_j), which vectorises without reassociating sums, so
+// the arithmetic stays as deterministic and as exactly odd under x -> -x as the equations.
+//
+// Shapes (B rows, T steps, D inputs, E even and O odd channels, C = E, plus 1 for the learned gate):
+//   x (B, T, D); static (B, T, C); drive (B, T, O); state_weight (3 + E, C), which maps the features
+//   [x.y, ||y||^2, alpha, h_even] to the pre-activations [gate score (learned only), even];
+//   odd_weight (O, O), modulation_weight (O, E), modulation_bias (O), readout_weight (D, O), as
+//   nn.Linear stores them (output, input). The forward stores every state, initial one first:
+//   h_even (B, T + 1, E), h_odd and modulation sigmoid(G h_even + c) (B, T + 1, O), the prediction
+//   y (B, T + 1, D) and the parity energy alpha (B, T + 1) of each state, and the gate (B, T).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace {
+
+enum GateKind : int32_t { kLearned = 0, kThreshold = 1, kConstant = 2 };
+
+// Mirrors the ctypes Structure `Shape` of models/seam_cpu_kernel.py field by field.
+struct Shape {
+  int64_t batch, steps, input, even, odd;
+  int32_t gate, threads;
+  double temperature, constant_gate, threshold;
+};
+
+constexpr int kFeatures = 3;  // x.y, ||y||^2, alpha: the state-dependent invariants before h_even
+// Below this many row-steps per thread a thread costs more to start than it saves.
+constexpr int64_t kMinRowStepsPerThread = 256;
+
+template <typename S>
+inline void axpy(S a, const S* __restrict x, S* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+template <typename S>
+inline S dot(const S* x, const S* y, int64_t n) {
+  S sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
+  return sum;
+}
+
+template <typename S>
+inline S sigmoid(S v) {
+  return S(1) / (S(1) + std::exp(-v));
+}
+
+template <typename S>
+std::vector<S> transposed(const S* w, int64_t rows, int64_t cols) {
+  std::vector<S> t(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = w[r * cols + c];
+  return t;
+}
+
+int64_t worker_count(const Shape& s) {
+  const int64_t by_size = std::max<int64_t>(1, s.batch * s.steps / kMinRowStepsPerThread);
+  return std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(s.threads), s.batch, by_size}));
+}
+
+// body(first_row, last_row, worker) on `workers` contiguous row ranges, worker 0 on this thread.
+template <typename F>
+void for_row_ranges(int64_t rows, int64_t workers, F body) {
+  const int64_t per = (rows + workers - 1) / workers;
+  std::vector<std::thread> pool;
+  for (int64_t w = 1; w < workers; ++w) {
+    pool.emplace_back(body, std::min(rows, w * per), std::min(rows, (w + 1) * per), w);
+  }
+  body(0, std::min(rows, per), int64_t(0));
+  for (auto& thread : pool) thread.join();
+}
+
+template <typename S>
+S parity_energy(const S* h_even, const S* h_odd, int64_t E, int64_t O) {
+  const S odd = dot(h_odd, h_odd, O);
+  return odd / (odd + dot(h_even, h_even, E) + S(1e-8));
+}
+
+template <typename S>
+struct Weights {
+  const S* state;       // (3 + E, C)
+  const S* odd;         // (O, O)
+  const S* modulation;  // (O, E)
+  const S* bias;        // (O)
+  const S* readout;     // (D, O)
+};
+
+// P: S* where the forward writes them, const S* where the backward reads them.
+template <typename P>
+struct States {
+  P h_even;      // (B, T + 1, E)
+  P h_odd;       // (B, T + 1, O)
+  P modulation;  // (B, T + 1, O)
+  P y;           // (B, T + 1, D)
+  P alpha;       // (B, T + 1)
+  P gate;        // (B, T)
+};
+
+template <typename S>
+void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, const S* h_even0, const S* h_odd0,
+             States<S*> out, const Shape& s) {
+  const int64_t T = s.steps, D = s.input, E = s.even, O = s.odd;
+  const int64_t C = E + (s.gate == kLearned ? 1 : 0), even_column = C - E;
+  // Forward mat-vecs run over input rows: (input, output) layouts.
+  const std::vector<S> odd_t = transposed(w.odd, O, O);
+  const std::vector<S> modulation_t = transposed(w.modulation, O, E);
+  const std::vector<S> readout_t = transposed(w.readout, D, O);
+  const S temperature = S(s.temperature), threshold = S(s.threshold), constant = S(s.constant_gate);
+
+  auto readout = [&](const S* h_even, const S* h_odd, S* modulation, S* y) {
+    std::copy(w.bias, w.bias + O, modulation);
+    for (int64_t k = 0; k < E; ++k) axpy(h_even[k], modulation_t.data() + k * O, modulation, O);
+    for (int64_t i = 0; i < O; ++i) modulation[i] = sigmoid(modulation[i]);
+    std::fill(y, y + D, S(0));
+    for (int64_t i = 0; i < O; ++i) axpy(h_odd[i] * modulation[i], readout_t.data() + i * D, y, D);
+  };
+
+  for_row_ranges(s.batch, worker_count(s), [&](int64_t first, int64_t last, int64_t) {
+    std::vector<S> pre(C), flipped(O);
+    for (int64_t r = first; r < last; ++r) {
+      S* h_even = out.h_even + r * (T + 1) * E;
+      S* h_odd = out.h_odd + r * (T + 1) * O;
+      S* modulation = out.modulation + r * (T + 1) * O;
+      S* y = out.y + r * (T + 1) * D;
+      S* alpha = out.alpha + r * (T + 1);
+      S* gate = out.gate + r * T;
+      std::copy(h_even0 + r * E, h_even0 + (r + 1) * E, h_even);
+      std::copy(h_odd0 + r * O, h_odd0 + (r + 1) * O, h_odd);
+      readout(h_even, h_odd, modulation, y);
+      alpha[0] = parity_energy(h_even, h_odd, E, O);
+      for (int64_t t = 0; t < T; ++t) {
+        const S* x_t = x + (r * T + t) * D;
+        const S* y_t = y + t * D;
+        const S* even_prev = h_even + t * E;
+        const S* odd_prev = h_odd + t * O;
+        const S* static_t = static_part + (r * T + t) * C;
+        std::copy(static_t, static_t + C, pre.data());
+        axpy(dot(x_t, y_t, D), w.state, pre.data(), C);
+        axpy(dot(y_t, y_t, D), w.state + C, pre.data(), C);
+        axpy(alpha[t], w.state + 2 * C, pre.data(), C);
+        for (int64_t k = 0; k < E; ++k) axpy(even_prev[k], w.state + (kFeatures + k) * C, pre.data(), C);
+        S g;
+        if (s.gate == kLearned) {
+          g = sigmoid(pre[0]);
+        } else if (s.gate == kThreshold) {
+          g = sigmoid((alpha[t] - threshold) / temperature);
+        } else {
+          g = constant;
+        }
+        gate[t] = g;
+        const S flip = S(1) - S(2) * g;
+        for (int64_t j = 0; j < O; ++j) flipped[j] = flip * odd_prev[j];
+        S* odd_next = h_odd + (t + 1) * O;
+        std::copy(drive + (r * T + t) * O, drive + (r * T + t + 1) * O, odd_next);
+        for (int64_t j = 0; j < O; ++j) axpy(flipped[j], odd_t.data() + j * O, odd_next, O);
+        for (int64_t i = 0; i < O; ++i) odd_next[i] = std::tanh(odd_next[i]);
+        S* even_next = h_even + (t + 1) * E;
+        for (int64_t k = 0; k < E; ++k) even_next[k] = std::tanh(pre[even_column + k]);
+        readout(even_next, odd_next, modulation + (t + 1) * O, y + (t + 1) * D);
+        alpha[t + 1] = parity_energy(even_next, odd_next, E, O);
+      }
+    }
+  });
+}
+
+template <typename S>
+struct Gradients {
+  S* x;            // (B, T, D): through x.y only; the other uses of x are torch ops outside the kernel
+  S* state;        // (3 + E, C)
+  S* static_part;  // (B, T, C)
+  S* drive;        // (B, T, O)
+  S* odd;          // (O, O)
+  S* modulation;   // (O, E)
+  S* bias;         // (O)
+  S* readout;      // (D, O)
+  S* h_even0;      // (B, E)
+  S* h_odd0;       // (B, O)
+};
+
+// Reverse-mode through the whole recurrence. Upstream: grad_y (B, T, D) of the predictions
+// y_1..y_T; grad_h_even / grad_h_odd of the final state, grad_gate (B, T) and grad_alpha (B, T)
+// of the diagnostics: each may be null (zero).
+template <typename S>
+void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y, const S* grad_h_even,
+              const S* grad_h_odd, const S* grad_gate, const S* grad_alpha, Gradients<S> grad, const Shape& s) {
+  const int64_t T = s.steps, D = s.input, E = s.even, O = s.odd;
+  const int64_t C = E + (s.gate == kLearned ? 1 : 0), even_column = C - E, F = kFeatures + E;
+  // Backward mat-vecs run over output rows: (output, input) layouts, which are the given ones
+  // except for the state weight.
+  const std::vector<S> state_t = transposed(w.state, F, C);
+  const S temperature = S(s.temperature);
+  const int64_t sizes[] = {F * C, O * O, O * E, O, D * O};
+  S* totals[] = {grad.state, grad.odd, grad.modulation, grad.bias, grad.readout};
+  int64_t offsets[6] = {0};
+  for (int i = 0; i < 5; ++i) offsets[i + 1] = offsets[i] + sizes[i];
+  const int64_t workers = worker_count(s);
+  std::vector<std::vector<S>> partial(workers, std::vector<S>(offsets[5], S(0)));
+
+  for_row_ranges(s.batch, workers, [&](int64_t first, int64_t last, int64_t worker) {
+    S* g_state = partial[worker].data() + offsets[0];
+    S* g_odd = partial[worker].data() + offsets[1];
+    S* g_modulation = partial[worker].data() + offsets[2];
+    S* g_bias = partial[worker].data() + offsets[3];
+    S* g_readout = partial[worker].data() + offsets[4];
+    std::vector<S> d_even(E), d_odd(O), d_y(D), d_z(O), d_q(O), d_pre_odd(O), d_flipped(O), d_pre(C), d_features(F);
+    std::vector<S> next_even(E), next_odd(O), next_y(D), flipped(O);
+    for (int64_t r = first; r < last; ++r) {
+      const S* h_even = saved.h_even + r * (T + 1) * E;
+      const S* h_odd = saved.h_odd + r * (T + 1) * O;
+      const S* modulation = saved.modulation + r * (T + 1) * O;
+      const S* y = saved.y + r * (T + 1) * D;
+      const S* alpha = saved.alpha + r * (T + 1);
+      const S* gate = saved.gate + r * T;
+      if (grad_h_even != nullptr) {
+        std::copy(grad_h_even + r * E, grad_h_even + (r + 1) * E, d_even.begin());
+      } else {
+        std::fill(d_even.begin(), d_even.end(), S(0));
+      }
+      if (grad_h_odd != nullptr) {
+        std::copy(grad_h_odd + r * O, grad_h_odd + (r + 1) * O, d_odd.begin());
+      } else {
+        std::fill(d_odd.begin(), d_odd.end(), S(0));
+      }
+      std::fill(d_y.begin(), d_y.end(), S(0));
+      S d_alpha = 0;
+      // State n (0: the initial one) feeds y_n and alpha_n, read by step n and reported as output n - 1.
+      for (int64_t n = T; n >= 0; --n) {
+        const S* even = h_even + n * E;
+        const S* odd = h_odd + n * O;
+        const S* m = modulation + n * O;
+        if (n > 0) {
+          axpy(S(1), grad_y + (r * T + n - 1) * D, d_y.data(), D);
+          if (grad_alpha != nullptr) d_alpha += grad_alpha[r * T + n - 1];
+        }
+        // y = V (h_odd * m), m = sigmoid(G h_even + c).
+        std::fill(d_z.begin(), d_z.end(), S(0));
+        for (int64_t d = 0; d < D; ++d) {
+          axpy(d_y[d], w.readout + d * O, d_z.data(), O);
+          for (int64_t i = 0; i < O; ++i) g_readout[d * O + i] += d_y[d] * odd[i] * m[i];
+        }
+        for (int64_t i = 0; i < O; ++i) {
+          d_odd[i] += d_z[i] * m[i];
+          d_q[i] = d_z[i] * odd[i] * m[i] * (S(1) - m[i]);
+          g_bias[i] += d_q[i];
+          axpy(d_q[i], even, g_modulation + i * E, E);
+          axpy(d_q[i], w.modulation + i * E, d_even.data(), E);
+        }
+        // alpha = o / (o + e + eps), o = ||h_odd||^2, e = ||h_even||^2.
+        {
+          const S o = dot(odd, odd, O), total = o + dot(even, even, E) + S(1e-8);
+          const S d_o = d_alpha * (total - o) / (total * total), d_e = -d_alpha * o / (total * total);
+          axpy(S(2) * d_o, odd, d_odd.data(), O);
+          axpy(S(2) * d_e, even, d_even.data(), E);
+        }
+        if (n == 0) break;
+        const int64_t t = n - 1;  // step t maps state t to state n
+        const S* even_prev = h_even + t * E;
+        const S* odd_prev = h_odd + t * O;
+        const S* x_t = x + (r * T + t) * D;
+        const S* y_t = y + t * D;
+        const S g = gate[t], flip = S(1) - S(2) * g;
+        // h_odd,n = tanh(W_oo (flip h_odd,t) + drive_t).
+        S* g_drive = grad.drive + (r * T + t) * O;
+        for (int64_t i = 0; i < O; ++i) {
+          d_pre_odd[i] = d_odd[i] * (S(1) - odd[i] * odd[i]);
+          g_drive[i] = d_pre_odd[i];
+        }
+        for (int64_t j = 0; j < O; ++j) flipped[j] = flip * odd_prev[j];
+        std::fill(d_flipped.begin(), d_flipped.end(), S(0));
+        for (int64_t i = 0; i < O; ++i) {
+          axpy(d_pre_odd[i], flipped.data(), g_odd + i * O, O);
+          axpy(d_pre_odd[i], w.odd + i * O, d_flipped.data(), O);
+        }
+        for (int64_t j = 0; j < O; ++j) next_odd[j] = flip * d_flipped[j];
+        S d_gate = S(-2) * dot(d_flipped.data(), odd_prev, O);
+        if (grad_gate != nullptr) d_gate += grad_gate[r * T + t];
+        // h_even,n = tanh(pre[even]), pre = static_t + features_t W_state.
+        for (int64_t k = 0; k < E; ++k) d_pre[even_column + k] = d_even[k] * (S(1) - even[k] * even[k]);
+        S d_alpha_prev = 0;
+        if (s.gate == kLearned) {
+          d_pre[0] = d_gate * g * (S(1) - g);
+        } else if (s.gate == kThreshold) {
+          d_alpha_prev += d_gate * g * (S(1) - g) / temperature;
+        }
+        std::copy(d_pre.begin(), d_pre.end(), grad.static_part + (r * T + t) * C);
+        const S xy = dot(x_t, y_t, D), yy = dot(y_t, y_t, D);
+        axpy(xy, d_pre.data(), g_state, C);
+        axpy(yy, d_pre.data(), g_state + C, C);
+        axpy(alpha[t], d_pre.data(), g_state + 2 * C, C);
+        for (int64_t k = 0; k < E; ++k) axpy(even_prev[k], d_pre.data(), g_state + (kFeatures + k) * C, C);
+        std::fill(d_features.begin(), d_features.end(), S(0));
+        for (int64_t c = 0; c < C; ++c) axpy(d_pre[c], state_t.data() + c * F, d_features.data(), F);
+        const S d_xy = d_features[0], d_yy = d_features[1];
+        d_alpha_prev += d_features[2];
+        std::copy(d_features.begin() + kFeatures, d_features.end(), next_even.begin());
+        // x.y and ||y||^2 with y = y_t, the prediction read from state t.
+        S* g_x = grad.x + (r * T + t) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          g_x[d] = d_xy * y_t[d];
+          next_y[d] = d_xy * x_t[d] + S(2) * d_yy * y_t[d];
+        }
+        d_even.swap(next_even);
+        d_odd.swap(next_odd);
+        d_y.swap(next_y);
+        d_alpha = d_alpha_prev;
+      }
+      std::copy(d_even.begin(), d_even.end(), grad.h_even0 + r * E);
+      std::copy(d_odd.begin(), d_odd.end(), grad.h_odd0 + r * O);
+    }
+  });
+  for (int i = 0; i < 5; ++i) {
+    std::fill(totals[i], totals[i] + sizes[i], S(0));
+    for (int64_t worker = 0; worker < workers; ++worker) {
+      axpy(S(1), partial[worker].data() + offsets[i], totals[i], sizes[i]);
+    }
+  }
+}
+
+}  // namespace
+
+// Pointers in the order of the autograd Function's inputs in models/seam_cpu_kernel.py: x, state
+// weight, static part, odd drive, odd weight, modulation weight and bias, readout weight, initial
+// h_even and h_odd. The forward then writes the states; the backward reads x, the four weights and
+// the states, then the upstream gradients, and writes the gradients of every input.
+#define SEAM_FORWARD(NAME, S)                                                                                          \
+  void NAME(const S* x, const S* state_weight, const S* static_part, const S* drive, const S* odd_weight,              \
+            const S* modulation_weight, const S* modulation_bias, const S* readout_weight, const S* h_even0,           \
+            const S* h_odd0, S* h_even, S* h_odd, S* modulation, S* y, S* alpha, S* gate, const Shape* shape) {        \
+    forward<S>(x, static_part, drive,                                                                                  \
+               {state_weight, odd_weight, modulation_weight, modulation_bias, readout_weight}, h_even0, h_odd0,        \
+               {h_even, h_odd, modulation, y, alpha, gate}, *shape);                                                   \
+  }
+
+#define SEAM_BACKWARD(NAME, S)                                                                                         \
+  void NAME(const S* x, const S* state_weight, const S* odd_weight, const S* modulation_weight,                        \
+            const S* readout_weight, const S* h_even, const S* h_odd, const S* modulation, const S* y,                 \
+            const S* alpha, const S* gate, const S* grad_y, const S* grad_h_even, const S* grad_h_odd,                 \
+            const S* grad_gate, const S* grad_alpha, S* grad_x, S* grad_state, S* grad_static, S* grad_drive,          \
+            S* grad_odd, S* grad_modulation, S* grad_bias, S* grad_readout, S* grad_h_even0, S* grad_h_odd0,           \
+            const Shape* shape) {                                                                                      \
+    backward<S>(x, {state_weight, odd_weight, modulation_weight, nullptr, readout_weight},                             \
+                {h_even, h_odd, modulation, y, alpha, gate}, grad_y, grad_h_even, grad_h_odd, grad_gate, grad_alpha,   \
+                {grad_x, grad_state, grad_static, grad_drive, grad_odd, grad_modulation, grad_bias, grad_readout,      \
+                 grad_h_even0, grad_h_odd0},                                                                           \
+                *shape);                                                                                               \
+  }
+
+extern "C" {
+SEAM_FORWARD(seam_forward_f32, float)
+SEAM_FORWARD(seam_forward_f64, double)
+SEAM_BACKWARD(seam_backward_f32, float)
+SEAM_BACKWARD(seam_backward_f64, double)
+}  // extern "C"
