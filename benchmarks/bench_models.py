@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from benchmarks.timing import median_train_step_seconds
+from benchmarks.timing import interleaved_median_seconds, train_step
 from models import build_model, get_model_class, list_models, seam_cpu_kernel
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
@@ -43,11 +43,17 @@ class RawLSTM(nn.Module):
         return self.head(self.lstm(x)[0])
 
 
-def median_step_ms(model: nn.Module, steps: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of one full training step on (BATCH, steps, INPUT_DIM) data."""
+def timed_step(model: nn.Module, steps: int, device: torch.device, switch=nullcontext) -> Callable[[], None]:
+    """One full training step on (BATCH, steps, INPUT_DIM) data, run inside `switch()`."""
     x = torch.randn(BATCH, steps, INPUT_DIM)
     y = torch.randn(BATCH, steps, INPUT_DIM)
-    return 1e3 * median_train_step_seconds(model, x, y, nn.functional.mse_loss, repeats, device)
+    step = train_step(model, x, y, nn.functional.mse_loss, device)
+
+    def switched() -> None:
+        with switch():
+            step()
+
+    return switched
 
 
 def width_options(name: str, steps: int) -> dict[str, int]:
@@ -66,18 +72,14 @@ EAGER_SEAM = "z2_seam (SEAM_SEAM_KERNEL=eager)"
 
 @contextmanager
 def seam_kernel_switched_off():
-    """z2_seam runs its per-step torch loop instead of the fused CPU kernel while inside (the row before the kernel)."""
-    previous = os.environ.get("SEAM_SEAM_KERNEL")
-    os.environ["SEAM_SEAM_KERNEL"] = "eager"
-    seam_cpu_kernel.kernel.cache_clear()
+    """z2_seam runs its per-step torch loop instead of the fused CPU kernel while inside (its time
+    before the kernel), as with SEAM_SEAM_KERNEL=eager; the loaded kernel stays loaded for the others."""
+    fused = seam_cpu_kernel.kernel
+    seam_cpu_kernel.kernel = lambda: None
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["SEAM_SEAM_KERNEL"]
-        else:
-            os.environ["SEAM_SEAM_KERNEL"] = previous
-        seam_cpu_kernel.kernel.cache_clear()
+        seam_cpu_kernel.kernel = fused
 
 
 def compiled_forward(model: nn.Module) -> nn.Module:
@@ -109,12 +111,16 @@ def step_time_table(
         candidates[EAGER_SEAM] = candidates["z2_seam"]
     results = {}
     for steps in lengths:
+        timed = {}
         for name, make in candidates.items():
             torch.manual_seed(0)
-            # The per-step Python loop of z2_seam takes about a second per step at T=1000.
-            count = max(3, repeats // 3) if name == EAGER_SEAM and steps >= 1000 else repeats
-            with seam_kernel_switched_off() if name == EAGER_SEAM else nullcontext():
-                results[(name, steps)] = median_step_ms(make(steps), steps, count, device)
+            switch = seam_kernel_switched_off if name == EAGER_SEAM else nullcontext
+            with switch():  # the model is built, like it runs, with its kernel switched off
+                timed[name] = timed_step(make(steps), steps, device, switch)
+        # The per-step Python loop of z2_seam takes about a second per step at T=1000.
+        counts = {name: max(3, repeats // 3) if name == EAGER_SEAM and steps >= 1000 else repeats for name in timed}
+        for name, seconds in interleaved_median_seconds(timed, counts, device).items():
+            results[(name, steps)] = 1e3 * seconds
     return results
 
 

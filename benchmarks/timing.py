@@ -16,16 +16,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_train_step_seconds(
+def train_step(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    repeats: int,
     device: torch.device,
-) -> float:
-    """Median wall time of `repeats` training steps (forward, loss, backward, AdamW) on (x, y),
-    after one warm-up step (allocator, kernels, lazy init)."""
+) -> Callable[[], None]:
+    """One training step (forward, loss, backward, AdamW) of `model` on (x, y), as a function to time."""
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = x.to(device), y.to(device)
@@ -35,12 +33,39 @@ def median_train_step_seconds(
         loss(model(x), y).backward()
         optimizer.step()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
+    return step
+
+
+def interleaved_median_seconds(
+    steps: dict[str, Callable[[], None]], repeats: dict[str, int], device: torch.device
+) -> dict[str, float]:
+    """Median wall time of each step over `repeats[name]` runs, after one warm-up run each
+    (allocator, kernels, lazy init, compilation). The runs go round-robin over the steps, so a burst
+    of background load slows every candidate alike and the ratios between them stay fair."""
+    for step in steps.values():
         step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(max(repeats.values())):
+        for name, step in steps.items():
+            if round_index >= repeats[name]:
+                continue
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def median_train_step_seconds(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    repeats: int,
+    device: torch.device,
+) -> float:
+    """Median wall time of `repeats` training steps of one model on (x, y), after one warm-up step."""
+    return interleaved_median_seconds({"step": train_step(model, x, y, loss, device)}, {"step": repeats}, device)[
+        "step"
+    ]
