@@ -133,7 +133,8 @@ def test_a_killed_optuna_search_rerun_with_the_same_command_finishes_its_study(t
     ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(sweep_dir.glob("2_*/.hydra")):
+    # sweep_job.json is the job's first own file: Hydra has written the job's config by then.
+    while time.time() < deadline and not list(sweep_dir.glob("2_*/sweep_job.json")):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)  # while trial 2 trains
     process.wait()
