@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow test-all lint clean
+.PHONY: install train test test-slow test-all test-triton lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest
+
+# Triton is optional (the `gpu` extra) and not in requirements.txt; its kernels' tests run on CPU
+# under Triton's interpreter, so this target needs no GPU.
+test-triton: $(STAMP)
+	$(PY) -m pip install "triton>=3.1"
+	$(PY) -m pytest tests/test_scan_triton.py -m "slow or not slow"
 
 clean:
 	rm -rf logs .pytest_cache

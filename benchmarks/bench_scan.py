@@ -318,6 +318,8 @@ def main() -> None:
     cpu_medians = run_device(torch.device("cpu"), args)
     print_targets(cpu_medians)
     if torch.cuda.is_available() and not args.no_cuda:
+        cuda_backend = select_backend(torch.zeros(1, device="cuda"))
+        print(f"linear_scan on cuda: {'Triton kernel' if cuda_backend is not EagerScan else 'eager chunked scan'}")
         run_device(torch.device("cuda"), args)
 
 

@@ -10,13 +10,15 @@ single reverse scan.
 ``linear_scan`` is the fast op; ``linear_scan_reference`` next to it is the
 plain float64 loop that defines what it must compute.
 
-Two backends compute it, chosen per call by ``select_backend``:
-- CPU, float32/float64: the fused kernel of models/scan_kernel.cpp (built once per
-  machine at first use by models/scan_cpu_kernel.py and checked against the
-  reference before use). It walks each recurrence once, so forward and backward
-  each touch every (B, T, H) tensor once, the op's memory floor.
-- everywhere else, and on CPU where the kernel cannot be built (one logged line):
-  the eager chunked scan below.
+Three backends compute it, chosen per call by ``select_backend``:
+- CPU: the fused kernel of models/scan_kernel.cpp (built once per machine at first
+  use by models/scan_cpu_kernel.py and checked against the reference before use).
+  It walks each recurrence once, so forward and backward each touch every
+  (B, T, H) tensor once, the op's memory floor.
+- CUDA: the Triton kernels of models/scan_triton_kernels.py, the same sequential
+  walk, where triton is installed and they pass a self-check on the device
+  (models/scan_triton.py).
+- everywhere else, and where a kernel is unavailable: the eager chunked scan below.
 
 Eager algorithm (device-generic PyTorch): a two-level chunked scan with
 O(sqrt T) sequential Python steps. Time is cut into nc chunks of L steps.
@@ -35,7 +37,7 @@ import math
 import torch
 from torch import Tensor
 
-from models import scan_cpu_kernel
+from models import scan_cpu_kernel, scan_triton
 
 __all__ = ["linear_scan", "linear_scan_reference", "select_backend"]
 
@@ -99,15 +101,16 @@ class EagerScan:
 
 
 def select_backend(x: Tensor):
-    """The fused CPU kernel for CPU float32/float64 (built at first use), else the eager scan.
+    """The fused kernel for x's device where one loaded and passed its self-check, else the eager scan.
 
-    No fused GPU kernel exists yet: CUDA runs the eager scan.
+    CPU: the C++ kernel (built at first use). CUDA: the Triton kernel (where triton is installed).
     """
+    fused = None
     if x.device.type == "cpu":
         fused = scan_cpu_kernel.kernel()
-        if fused is not None:
-            return fused
-    return EagerScan
+    elif x.device.type == "cuda":
+        fused = scan_triton.kernel()
+    return EagerScan if fused is None else fused
 
 
 def _check_inputs(a: Tensor, b: Tensor, h0: Tensor | None) -> None:

@@ -1,0 +1,122 @@
+"""Load and self-check the Triton scan kernels of models/scan_triton_kernels.py for CUDA tensors.
+
+Triton is optional (`pip install -e ".[gpu]"`). ``kernel()`` returns None silently where triton is
+not installed or no CUDA device is present, and None after one logged line where the kernels fail
+to compile or disagree with the reference on the device; the caller then uses the eager scan.
+``SEAM_SCAN_KERNEL=eager`` skips it on purpose, as it does the CPU kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import os
+from functools import cache
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+# One warp per program and one channel per lane: the most programs for the sequential time loop to
+# hide memory latency with, and each step's load of a block is one coalesced 128-byte line in float32.
+BLOCK_H = 32
+_NUM_WARPS = 1
+_DTYPES = (torch.float32, torch.float64)
+
+
+class TritonScan:
+    """The kernels' forward and backward on contiguous (B, T, H) float32/float64 tensors of one device."""
+
+    def __init__(self, kernels: ModuleType) -> None:
+        self._kernels = kernels
+
+    def supports(self, x: Tensor) -> bool:
+        return x.device.type == "cuda" and x.dtype in _DTYPES
+
+    def forward(self, a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
+        """All states h (B, T, H) of h_t = a_t h_{t-1} + b_t; inputs contiguous, one dtype."""
+        h = torch.empty_like(b)
+        B, T, H = b.shape
+        with _on_device(b):
+            # With HAS_H0 false the h0 argument is never read; b stands in for the missing tensor.
+            self._kernels.scan_forward[_grid(B, H)](
+                a, b, b if h0 is None else h0, h, T, H, HAS_H0=h0 is not None, BLOCK_H=BLOCK_H, num_warps=_NUM_WARPS
+            )
+        return h
+
+    def backward(
+        self, a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor, need_a: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """(grad_b, grad_a or None) of the scan, in one reverse pass."""
+        grad_b = torch.empty_like(h)
+        grad_a = torch.empty_like(h) if need_a else None
+        B, T, H = h.shape
+        with _on_device(h):
+            # Arguments switched off by HAS_H0 / NEED_A are never touched; grad_b stands in for them.
+            self._kernels.scan_backward[_grid(B, H)](
+                a,
+                h,
+                grad_b if h0 is None else h0,
+                grad_h,
+                grad_b,
+                grad_b if grad_a is None else grad_a,
+                T,
+                H,
+                HAS_H0=h0 is not None,
+                NEED_A=need_a,
+                BLOCK_H=BLOCK_H,
+                num_warps=_NUM_WARPS,
+            )
+        return grad_b, grad_a
+
+
+def _grid(B: int, H: int) -> tuple[int, int]:
+    return B, -(-H // BLOCK_H)
+
+
+def _on_device(x: Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device, so make it x's; CPU tensors (the interpreter) need none."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def self_check(candidate: TritonScan, device: torch.device) -> None:
+    """The kernels must reproduce the float64 reference loop (values and gradients) on `device`
+    before they are used; raises RuntimeError on a mismatch."""
+    from models.scan import linear_scan_reference
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (3, 37, BLOCK_H + 5)  # two channel blocks, the second one partly masked
+    a = (2 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1).requires_grad_()
+    b = torch.randn(shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(shape[0], shape[2], generator=generator, dtype=torch.float64)
+    upstream = torch.randn(shape, generator=generator, dtype=torch.float64)
+    reference = linear_scan_reference(a, b, h0)
+    ref_grad_a, ref_grad_b = torch.autograd.grad(reference, (a, b), upstream)
+    a, b, h0, upstream = (x.detach().to(device) for x in (a, b, h0, upstream))
+    h = candidate.forward(a, b, h0)
+    grad_b, grad_a = candidate.backward(a, h, h0, upstream, need_a=True)
+    for name, value, expected in (("h", h, reference), ("grad_a", grad_a, ref_grad_a), ("grad_b", grad_b, ref_grad_b)):
+        if not torch.allclose(value.cpu(), expected, rtol=1e-10, atol=1e-12):
+            raise RuntimeError(f"self-check failed: {name} differs from linear_scan_reference")
+
+
+@cache
+def kernel() -> TritonScan | None:
+    """The checked Triton scan for CUDA tensors, or None: silently without triton or CUDA, or where
+    ``SEAM_SCAN_KERNEL=eager``; after one logged line where compiling or the self-check fails."""
+    if os.environ.get("SEAM_SCAN_KERNEL", "").lower() == "eager":
+        return None
+    if importlib.util.find_spec("triton") is None or not torch.cuda.is_available():
+        return None
+    try:
+        candidate = TritonScan(importlib.import_module("models.scan_triton_kernels"))
+        self_check(candidate, torch.device("cuda"))
+    # Triton raises many kinds of errors (compilation, out of resources, driver); each means: eager.
+    except Exception as error:
+        log.warning("linear_scan: Triton scan kernel unavailable (%s); using the eager chunked scan.", error)
+        return None
+    return candidate
