@@ -84,24 +84,11 @@ def _on_device(x: Tensor) -> contextlib.AbstractContextManager:
 
 
 def self_check(candidate: TritonScan, device: torch.device) -> None:
-    """The kernels must reproduce the float64 reference loop (values and gradients) on `device`
-    before they are used; raises RuntimeError on a mismatch."""
-    from models.scan import linear_scan_reference
+    """The reference check of models/scan.py on `device`, over two channel blocks, the second one
+    partly masked; raises RuntimeError on a mismatch."""
+    from models.scan import check_backend_against_reference  # scan.py imports this module
 
-    generator = torch.Generator().manual_seed(0)
-    shape = (3, 37, BLOCK_H + 5)  # two channel blocks, the second one partly masked
-    a = (2 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1).requires_grad_()
-    b = torch.randn(shape, generator=generator, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(shape[0], shape[2], generator=generator, dtype=torch.float64)
-    upstream = torch.randn(shape, generator=generator, dtype=torch.float64)
-    reference = linear_scan_reference(a, b, h0)
-    ref_grad_a, ref_grad_b = torch.autograd.grad(reference, (a, b), upstream)
-    a, b, h0, upstream = (x.detach().to(device) for x in (a, b, h0, upstream))
-    h = candidate.forward(a, b, h0)
-    grad_b, grad_a = candidate.backward(a, h, h0, upstream, need_a=True)
-    for name, value, expected in (("h", h, reference), ("grad_a", grad_a, ref_grad_a), ("grad_b", grad_b, ref_grad_b)):
-        if not torch.allclose(value.cpu(), expected, rtol=1e-10, atol=1e-12):
-            raise RuntimeError(f"self-check failed: {name} differs from linear_scan_reference")
+    check_backend_against_reference(candidate, device, channels=BLOCK_H + 5)
 
 
 @cache

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from models import cpu_kernel_build, seam_cpu_kernel
+from models import cpu_kernel_build, scan_cpu_kernel, seam_cpu_kernel
 from train_hydra import compose_config, config_without_hydra, train
 
 
@@ -25,6 +25,19 @@ def train_like_the_cli(overrides: list[str], output_dir: Path) -> dict:
 def make_config(tmp_path):
     """compose_config with the run writing into this test's tmp dir."""
     return lambda overrides=(): compose_config(list(overrides), tmp_path)
+
+
+@pytest.fixture
+def fresh_kernel(tmp_path, monkeypatch):
+    """No loaded CPU kernel and an empty build cache (so a patched compiler is really called); the
+    real kernels are loaded again afterwards."""
+    monkeypatch.setenv("SEAM_SCAN_CACHE", str(tmp_path / "cache"))
+    kernels = (scan_cpu_kernel.kernel, seam_cpu_kernel.kernel)
+    for kernel in kernels:
+        kernel.cache_clear()
+    yield
+    for kernel in kernels:
+        kernel.cache_clear()
 
 
 @pytest.fixture(params=["fused", "eager"])

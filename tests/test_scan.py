@@ -210,16 +210,6 @@ def test_gradient_of_b_alone_skips_grad_a_and_matches_the_reference(backend):
 
 
 @pytest.fixture
-def fresh_kernel(tmp_path, monkeypatch):
-    """No loaded kernel and an empty build cache (so a patched compiler is really called); the real
-    kernel is loaded again afterwards."""
-    monkeypatch.setenv("SEAM_SCAN_CACHE", str(tmp_path / "cache"))
-    scan_cpu_kernel.kernel.cache_clear()
-    yield
-    scan_cpu_kernel.kernel.cache_clear()
-
-
-@pytest.fixture
 def reloaded_kernel():
     """No loaded kernel (the built library in the cache is reused); reloaded afterwards."""
     scan_cpu_kernel.kernel.cache_clear()

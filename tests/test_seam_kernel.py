@@ -143,16 +143,6 @@ def test_a_torch_function_mode_sees_the_eager_loop(kernel):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture
-def fresh_kernel(tmp_path, monkeypatch):
-    """No loaded seam kernel and an empty build cache (so a patched compiler is really called); the real
-    kernel is loaded again afterwards."""
-    monkeypatch.setenv("SEAM_SCAN_CACHE", str(tmp_path / "cache"))
-    seam_cpu_kernel.kernel.cache_clear()
-    yield
-    seam_cpu_kernel.kernel.cache_clear()
-
-
 def _fallback_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "z2_seam: fused CPU kernel unavailable" in r.getMessage()]
 

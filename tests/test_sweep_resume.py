@@ -29,6 +29,20 @@ JOB = [
 ]
 
 
+def sweep_command(sweep_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train_hydra.py"), "-m", *overrides, *JOB, f"hydra.sweep.dir={sweep_dir}"]
+
+
+def run_until_then_kill(command: list[str], sweep_dir: Path, pattern: str) -> None:
+    """Start the multirun and SIGKILL it as soon as a path matching `pattern` exists in the sweep dir."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(sweep_dir.glob(pattern)):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def job_files(job_dir: Path) -> dict[str, str]:
     return {
         str(path.relative_to(job_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
@@ -40,20 +54,8 @@ def job_files(job_dir: Path) -> dict[str, str]:
 @pytest.mark.slow  # two multirun processes, six short training jobs: about a minute on 2 busy cores
 def test_a_killed_four_job_sweep_rerun_with_the_same_command_finishes_without_retraining(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        str(ROOT / "train_hydra.py"),
-        "-m",
-        "model.hidden_dim=8,10,12,14",
-        *JOB,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(sweep_dir.glob("1_*/metrics.json")):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    command = sweep_command(sweep_dir, "model.hidden_dim=8,10,12,14")
+    run_until_then_kill(command, sweep_dir, "1_*/metrics.json")
     assert list(sweep_dir.glob("1_*/metrics.json")) and not list(sweep_dir.glob("3_*/metrics.json"))
     assert not (sweep_dir / "summary.csv").exists()
     finished = {job.name: job_files(job) for job in sweep_dir.glob("[01]_*")}
@@ -122,22 +124,9 @@ def test_a_killed_optuna_search_rerun_with_the_same_command_finishes_its_study(t
     from optuna.trial import TrialState
 
     sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        str(ROOT / "train_hydra.py"),
-        "-m",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=4",
-        *JOB,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    # sweep_job.json is the job's first own file: Hydra has written the job's config by then.
-    while time.time() < deadline and not list(sweep_dir.glob("2_*/sweep_job.json")):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)  # while trial 2 trains
-    process.wait()
+    command = sweep_command(sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=4")
+    # Killed while trial 2 trains: sweep_job.json is its job's first own file, written after Hydra wrote its config.
+    run_until_then_kill(command, sweep_dir, "2_*/sweep_job.json")
     finished = {job.name: job_files(job) for job in sweep_dir.glob("[01]_*")}
     assert len(finished) == 2 and all("metrics.json" in files for files in finished.values()), finished
 
