@@ -38,9 +38,6 @@ class ScanKernel:
             backward.restype = None
             self._forward[suffix], self._backward[suffix] = forward, backward
 
-    def supports(self, x: Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype in _SUFFIX
-
     def forward(self, a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         """All states h (B, T, H) of h_t = a_t h_{t-1} + b_t; inputs contiguous, one dtype."""
         h = torch.empty_like(b)

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 # hide memory latency with, and each step's load of a block is one coalesced 128-byte line in float32.
 BLOCK_H = 32
 _NUM_WARPS = 1
-_DTYPES = (torch.float32, torch.float64)
 
 
 class TritonScan:
@@ -33,9 +32,6 @@ class TritonScan:
 
     def __init__(self, kernels: ModuleType) -> None:
         self._kernels = kernels
-
-    def supports(self, x: Tensor) -> bool:
-        return x.device.type == "cuda" and x.dtype in _DTYPES
 
     def forward(self, a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         """All states h (B, T, H) of h_t = a_t h_{t-1} + b_t; inputs contiguous, one dtype."""

@@ -10,17 +10,22 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 
+def parsed_overrides(argv: list[str]) -> list:
+    """The overrides of a train_hydra.py command line; none for malformed ones, which Hydra's own
+    parser then explains when it runs."""
+    try:
+        return OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+    except Exception:
+        return []
+
+
 def check_group_choices(argv: list[str], config_dir: Path) -> None:
     """Fail in one sentence when a command-line override picks a config that does not exist.
 
     Hydra would report it too, but as a multi-line listing of config files; for `model=` the
     useful answer is the list of registered models.
     """
-    try:
-        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
-    except Exception:  # malformed overrides: Hydra's own parser explains those
-        return
-    for override in overrides:
+    for override in parsed_overrides(argv):
         group = override.key_or_group
         # hydra/* groups also hold plugin configs that live outside configs/: Hydra checks those.
         if override.package is not None or group.split("/")[0] == "hydra" or not (config_dir / group).is_dir():
@@ -44,10 +49,7 @@ def name_jobs_by_what_they_sweep(argv: list[str], config_dir: Path) -> list[str]
 
     Only the command line says which overrides are swept; the jobs' configs no longer do.
     """
-    try:
-        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
-    except Exception:  # malformed overrides: Hydra's own parser explains those
-        return argv
+    overrides = parsed_overrides(argv)
     if any(override.key_or_group == EXCLUDE_KEYS_OVERRIDE for override in overrides):
         return argv  # the user chose the excluded keys
     shared = [
