@@ -4,7 +4,7 @@ Each kernel is plain C++ behind a C ABI (no torch headers), so it compiles in ab
 the system's C++ compiler the first time a process needs it. The library is cached per machine in
 a user cache directory (``$SEAM_SCAN_CACHE``, the cache of every kernel despite its name, else
 ``$XDG_CACHE_HOME/seam-gated-rnn``, else ``~/.cache/seam-gated-rnn``), named by the source's stem
-and a hash of the source, compiler and flags, so an edit rebuilds it and concurrent processes never
+and a hash of the source (with the headers beside it), compiler and flags, so an edit rebuilds it and concurrent processes never
 read a half-written file. ``load_checked`` returns None, after one logged line, wherever a kernel
 cannot be built or disagrees with its reference; the caller then takes its eager path.
 """
@@ -23,7 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-FLAGS = ("-O3", "-std=c++14", "-shared", "-fPIC", "-pthread")
+# -fno-trapping-math lets branch-free clamps (a kernel's exp) vectorise; it changes no result.
+FLAGS = ("-O3", "-std=c++14", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
+OPENMP = "-fopenmp"
 
 Kernel = TypeVar("Kernel")
 
@@ -39,12 +41,24 @@ def compiler() -> str | None:
 
 
 def build_library(source: Path) -> Path:
-    """Compile `source` into the cache (once per source, compiler and flags) and return the library's path."""
+    """Compile `source` into the cache (once per source, compiler and flags) and return the library's path.
+
+    With OpenMP where the compiler has it: the kernels then run on torch's own thread pool (the
+    process has loaded that libgomp already), where threads of their own would wait for cores that
+    torch's idle workers are still spinning on. Elsewhere (Apple clang) they start std::threads."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++/clang++)")
-    text = source.read_bytes()
-    key = hashlib.sha256(text + cxx.encode() + " ".join(FLAGS).encode() + sys.platform.encode()).hexdigest()[:16]
+    try:
+        return _build(cxx, source, (*FLAGS, OPENMP))
+    except RuntimeError:
+        return _build(cxx, source, FLAGS)
+
+
+def _build(cxx: str, source: Path, flags: tuple[str, ...]) -> Path:
+    # The headers next to the source are part of it (the kernels share their threading).
+    text = source.read_bytes() + b"".join(header.read_bytes() for header in sorted(source.parent.glob("*.h")))
+    key = hashlib.sha256(text + cxx.encode() + " ".join(flags).encode() + sys.platform.encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
         return target
@@ -54,7 +68,7 @@ def build_library(source: Path) -> Path:
     os.close(handle)
     try:
         result = subprocess.run(
-            [cxx, *FLAGS, str(source), "-o", partial], check=False, capture_output=True, text=True, timeout=300
+            [cxx, *flags, str(source), "-o", partial], check=False, capture_output=True, text=True, timeout=300
         )
         if result.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {result.stderr.strip()[-500:]}")

@@ -2,7 +2,8 @@
 
 Because no gate reads the state, the whole sequence is one linear recurrence
 h_t = a_t * h_{t-1} + b_t, computed by the parallel scan of models/scan.py instead of a per-step
-loop. Per block, with u the (odd) block input and e_t its invariant features:
+loop (on CPU, gates and both recurrences in the fused kernels of models/delta_cpu_kernel.py).
+Per block, with u the (odd) block input and e_t its invariant features:
     odd:  h_odd,t  = (1 - beta_t)(1 - 2 s_t) h_odd,{t-1} + beta_t (W u_t)
     even: h_even,t = (1 - beta_t) h_even,{t-1} + beta_t tanh(Q e_t + c)
 s_t is the seam gate (a chart flip folded into the decay, so a_t may be negative) and beta_t the
@@ -17,7 +18,9 @@ import math
 import torch
 from torch import nn
 
+from models import delta_cpu_kernel
 from models.contract import SequenceModel
+from models.delta_cpu_kernel import DeltaKernel
 from models.inputs import check_input_sizes, input_layer
 from models.parity import parity_energy, split_hidden_dim
 from models.registry import register_model
@@ -101,13 +104,19 @@ class GatedDeltaUnit(nn.Module):
                 self.from_invariants.bias[0] = math.log(seam_gate_init / (1.0 - seam_gate_init)) * temperature
             self.from_invariants.bias[seam_rows : seam_rows + stream_dim + even_dim] = -1.0
 
-    def invariants(self, u: torch.Tensor, u_before: torch.Tensor | None = None) -> torch.Tensor:
+    def invariants(
+        self, u: torch.Tensor, u_before: torch.Tensor | None = None, kernel: DeltaKernel | None = None
+    ) -> torch.Tensor:
         """Features of (u_t, u_{t-1}) unchanged by u -> -u, (B, T, 3 + 2 delta_rank).
 
         u_{-1} is `u_before` (B, d), the input of the step before the chunk (stateful training),
-        else 0."""
+        else 0. With `kernel` (the fused CPU kernels) the elementwise part runs in one kernel call."""
         if u_before is not None:  # features of the chunk with its previous step in front, minus that step
-            return self.invariants(torch.cat([u_before.unsqueeze(1), u], dim=1))[:, 1:]
+            return self.invariants(torch.cat([u_before.unsqueeze(1), u], dim=1), kernel=kernel)[:, 1:]
+        # One matmul for both bilinear projections (they read the same input).
+        left_right = nn.functional.linear(u, torch.cat([self.bilinear_left.weight, self.bilinear_right.weight]))
+        if kernel is not None:
+            return delta_cpu_kernel.invariant_features(kernel, u, left_right)
 
         def previous(values: torch.Tensor) -> torch.Tensor:  # shift one step later in time
             return nn.functional.pad(values[:, :-1], (0, 0, 1, 0) if values.dim() == 3 else (1, 0))
@@ -115,10 +124,7 @@ class GatedDeltaUnit(nn.Module):
         width = self.stream_dim
         squared_norm = u.pow(2).sum(-1) / width
         dot = nn.functional.pad((u[:, 1:] * u[:, :-1]).sum(-1), (1, 0)) / width
-        # One matmul for both bilinear projections (they read the same input).
-        left, right = nn.functional.linear(u, torch.cat([self.bilinear_left.weight, self.bilinear_right.weight])).chunk(
-            2, -1
-        )
+        left, right = left_right.chunk(2, -1)
         base = torch.stack([dot, squared_norm, previous(squared_norm)], dim=-1)
         return torch.cat([base, left * right, left * previous(right)], dim=-1)
 
@@ -148,26 +154,55 @@ class GatedDeltaUnit(nn.Module):
         seam, beta, _ = self.gates(self.invariants(u))
         return flipped_decay(seam, beta[..., : self.stream_dim])
 
+    def fused_kernel(self, u: torch.Tensor) -> DeltaKernel | None:
+        """The fused CPU kernels where they compute this input (else None: the torch path). The
+        reference loop (use_parallel_scan=False) and a torch function mode (the audit's gate
+        recorder, which must see the gate ops) take the torch path."""
+        if (
+            self.use_parallel_scan
+            and delta_cpu_kernel.supports(u)
+            and not torch.overrides._is_torch_function_mode_enabled()
+        ):
+            return delta_cpu_kernel.kernel()
+        return None
+
+    def states(self, u: torch.Tensor, state: tuple[torch.Tensor, ...] | None, kernel: DeltaKernel | None):
+        """(h_odd, h_even, final state, invariant features) of the chunk u from `state`, through the
+        fused kernels or (kernel None) the torch ops that define them."""
+        h_odd0, h_even0, u_before = (None, None, None) if state is None else state
+        features = self.invariants(u, u_before, kernel)
+        odd_drive = self.odd_input(u)
+        if kernel is not None:
+            h_odd, h_even = delta_cpu_kernel.gated_states(
+                kernel,
+                self.from_invariants(features),
+                odd_drive,
+                (h_odd0, h_even0),
+                self.even_dim,
+                self.temperature if self.seam else None,
+            )
+        else:
+            seam, beta, even_candidate = self.gates(features)
+            beta_odd, beta_even = beta.split([self.stream_dim, self.even_dim], dim=-1)
+            # Odd and even channels are scanned separately: concatenating them along the channel
+            # axis (and splitting the gradient back) costs more on CPU than a second scan call.
+            h_odd = self.scan(flipped_decay(seam, beta_odd), beta_odd * odd_drive, h_odd0)
+            h_even = self.scan(1.0 - beta_even, beta_even * even_candidate, h_even0)
+        return h_odd, h_even, (h_odd[:, -1], h_even[:, -1], u[:, -1]), features
+
     def forward(self, u: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None, with_diagnostics: bool = True):
         """u: (B, T, d) -> (h_odd, h_even, diagnostics (None unless `with_diagnostics`), final state).
 
         `state` is (h_odd, h_even, u) at the step before the chunk (None: zeros); the final state
         is the same triple at the chunk's last step, so chunks chained by it compute exactly what
-        one pass over their concatenation computes. The diagnostics cost two passes over the
-        states, so the model asks for them only when its caller does."""
-        h_odd0, h_even0, u_before = (None, None, None) if state is None else state
-        seam, beta, even_candidate = self.gates(self.invariants(u, u_before))
-        beta_odd, beta_even = beta.split([self.stream_dim, self.even_dim], dim=-1)
-        # Odd and even channels are scanned separately: concatenating them along the channel
-        # axis (and splitting the gradient back) costs more on CPU than a second scan call.
-        h_odd = self.scan(flipped_decay(seam, beta_odd), beta_odd * self.odd_input(u), h_odd0)
-        h_even = self.scan(1.0 - beta_even, beta_even * even_candidate, h_even0)
-        diagnostics = (
-            {"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
-            if with_diagnostics
-            else None
-        )
-        return h_odd, h_even, diagnostics, (h_odd[:, -1], h_even[:, -1], u[:, -1])
+        one pass over their concatenation computes. The diagnostics cost a second pass over the
+        gates and two over the states, so the model asks for them only when its caller does."""
+        h_odd, h_even, final_state, features = self.states(u, state, self.fused_kernel(u))
+        diagnostics = None
+        if with_diagnostics:
+            seam, beta, _ = self.gates(features)
+            diagnostics = {"gate": seam, "parity_energy": parity_energy(h_even, h_odd), "update_gate": beta.mean(-1)}
+        return h_odd, h_even, diagnostics, final_state
 
 
 class GatedDeltaBlock(nn.Module):

@@ -1,0 +1,206 @@
+"""The fused CPU z2_delta unit: the kernels of models/delta_kernel.cpp behind two autograd Functions.
+
+GatedDeltaUnit (models/gated_delta.py) keeps its matmuls in torch and hands the elementwise work
+around them to two kernels: `invariant_features` (the features of (u_t, u_{t-1}) from u and its
+bilinear projections) and `gated_states` (the gates and both linear recurrences from the gate
+pre-activations and W u). Each is one autograd node with a hand-written backward, in place of
+about two dozen torch ops and their (B, T, d) intermediates. models/cpu_kernel_build.py compiles
+the kernels at first use and caches them per machine. ``kernel()`` returns None, after one logged
+line, wherever they cannot be built or disagree with the unit's torch path; the unit then takes
+that path. ``SEAM_DELTA_KERNEL=eager`` skips the kernels on purpose.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from models.cpu_kernel_build import load_checked
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("delta_kernel.cpp")
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_POINTERS = {"features_forward": 3, "features_backward": 5, "scan_forward": 6, "scan_backward": 12}
+
+
+class Shape(ctypes.Structure):
+    """Sizes of one call; mirrors `struct Shape` of delta_kernel.cpp."""
+
+    _fields_ = [
+        ("batch", ctypes.c_int64),
+        ("steps", ctypes.c_int64),
+        ("stream", ctypes.c_int64),
+        ("even", ctypes.c_int64),
+        ("rank", ctypes.c_int64),
+        ("seam", ctypes.c_int32),
+        ("threads", ctypes.c_int32),
+        ("inv_temperature", ctypes.c_double),
+    ]
+
+
+def _shape(batch: int, steps: int, stream: int, even: int = 0, rank: int = 0, temperature: float | None = None):
+    seam = temperature is not None
+    return Shape(
+        batch, steps, stream, even, rank, int(seam), torch.get_num_threads(), 1.0 / temperature if seam else 0.0
+    )
+
+
+def _pointer(x: Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+class DeltaKernel:
+    """The loaded library's four entry points, on contiguous CPU tensors of one dtype (float32/float64)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._entries: dict[tuple[str, str], ctypes._CFuncPtr] = {}
+        for name, pointers in _POINTERS.items():
+            for suffix in _SUFFIX.values():
+                entry = getattr(library, f"delta_{name}_{suffix}")
+                entry.argtypes = [ctypes.c_void_p] * pointers + [ctypes.POINTER(Shape)]
+                entry.restype = None
+                self._entries[(name, suffix)] = entry
+
+    def call(self, name: str, tensors: tuple[Tensor | None, ...], shape: Shape) -> None:
+        dtype = next(t.dtype for t in tensors if t is not None)
+        self._entries[(name, _SUFFIX[dtype])](*(_pointer(t) for t in tensors), ctypes.byref(shape))
+
+
+def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """float64 where any input is float64, else float32 (also for half inputs under autocast)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _prepared(dtype: torch.dtype, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    return tuple(None if t is None else t.to(dtype).contiguous() for t in tensors)
+
+
+def invariant_features(kernel: DeltaKernel, u: Tensor, left_right: Tensor) -> Tensor:
+    """The features (B, T, 3 + 2k) of GatedDeltaUnit.invariants from u (B, T, d) and its bilinear
+    projections [L u | R u] (B, T, 2k), with u_{-1} = 0."""
+    return _InvariantFeatures.apply(u, left_right, kernel)
+
+
+def gated_states(
+    kernel: DeltaKernel,
+    preactivations: Tensor,
+    odd_drive: Tensor,
+    state: tuple[Tensor | None, Tensor | None],
+    even_dim: int,
+    temperature: float | None,
+) -> tuple[Tensor, Tensor]:
+    """(h_odd (B, T, d), h_even (B, T, e)) of GatedDeltaUnit from the gate pre-activations (B, T, P)
+    of GatedDeltaUnit.gate_preactivations (seam score first where `temperature` is not None), W u
+    (B, T, d) and the initial (h_odd, h_even) (None: zeros)."""
+    return _GatedStates.apply(preactivations, odd_drive, *state, even_dim, temperature, kernel)
+
+
+class _InvariantFeatures(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, left_right, kernel):
+        compute = _compute_dtype(u, left_right)
+        with torch.autocast("cpu", enabled=False):
+            u_c, lr_c = _prepared(compute, u, left_right)
+            batch, steps, width = u_c.shape
+            shape = _shape(batch, steps, width, rank=lr_c.shape[-1] // 2)
+            features = u_c.new_empty(batch, steps, 3 + lr_c.shape[-1])
+            kernel.call("features_forward", (u_c, lr_c, features), shape)
+        ctx.save_for_backward(u_c, lr_c)
+        ctx.shape, ctx.kernel, ctx.input_dtypes = shape, kernel, (u.dtype, left_right.dtype)
+        return features
+
+    @staticmethod
+    def backward(ctx, grad_features):
+        u, left_right = ctx.saved_tensors
+        (grad_features,) = _prepared(u.dtype, grad_features)
+        grad_u, grad_lr = torch.empty_like(u), torch.empty_like(left_right)
+        ctx.kernel.call("features_backward", (u, left_right, grad_features, grad_u, grad_lr), ctx.shape)
+        u_dtype, lr_dtype = ctx.input_dtypes
+        return grad_u.to(u_dtype), grad_lr.to(lr_dtype), None
+
+
+class _GatedStates(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, preactivations, odd_drive, h0_odd, h0_even, even_dim, temperature, kernel):
+        given = (preactivations, odd_drive, h0_odd, h0_even)
+        compute = _compute_dtype(*given)
+        with torch.autocast("cpu", enabled=False):
+            pre, drive, start_odd, start_even = _prepared(compute, *given)
+            batch, steps, width = drive.shape
+            shape = _shape(batch, steps, width, even_dim, temperature=temperature)
+            h_odd, h_even = drive.new_empty(batch, steps, width), drive.new_empty(batch, steps, even_dim)
+            kernel.call("scan_forward", (pre, drive, start_odd, start_even, h_odd, h_even), shape)
+        ctx.save_for_backward(pre, drive, h_odd, h_even, start_odd, start_even)
+        ctx.shape, ctx.kernel = shape, kernel
+        ctx.input_dtypes = tuple(None if t is None else t.dtype for t in given)
+        ctx.set_materialize_grads(False)
+        # The saved states are handed out as copies only where autograd will not see a mutation
+        # (it checks saved tensors' versions), so returning them as they are is safe.
+        return h_odd, h_even
+
+    @staticmethod
+    def backward(ctx, grad_odd, grad_even):
+        pre, drive, h_odd, h_even, start_odd, start_even = ctx.saved_tensors
+        grad_odd, grad_even = _prepared(pre.dtype, grad_odd, grad_even)
+        grad_pre, grad_drive = torch.empty_like(pre), torch.empty_like(drive)
+        grad_start_odd = None if start_odd is None else torch.empty_like(start_odd)
+        grad_start_even = None if start_even is None else torch.empty_like(start_even)
+        ctx.kernel.call(
+            "scan_backward",
+            (pre, drive, h_odd, h_even, start_odd, start_even, grad_odd, grad_even, grad_pre, grad_drive)
+            + (grad_start_odd, grad_start_even),
+            ctx.shape,
+        )
+        grads = (grad_pre, grad_drive, grad_start_odd, grad_start_even)
+        cast = tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.input_dtypes))
+        return (*cast, None, None, None)
+
+
+def _self_check(candidate: DeltaKernel) -> None:
+    """The kernels must reproduce the unit's torch path in float64 (states, final state and the
+    gradients of every parameter, the input and the initial state), with and without the seam,
+    from zeros and from a given state, before they are used."""
+    from models.gated_delta import GatedDeltaUnit
+
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(*size: int) -> Tensor:
+        return torch.randn(*size, generator=generator, dtype=torch.float64)
+
+    for seam in (True, False):
+        unit = GatedDeltaUnit(stream_dim=5, even_dim=3, delta_rank=2, temperature=0.3, seam=seam).double()
+        with torch.no_grad():
+            for parameter in unit.parameters():
+                parameter.copy_(0.7 * draw(*parameter.shape))
+        u = draw(2, 9, 5).requires_grad_()
+        for state in (None, tuple(draw(*size).requires_grad_() for size in ((2, 5), (2, 3), (2, 5)))):
+            leaves = [u, *unit.parameters(), *(state or ())]
+            results = {}
+            for path, kernel in (("torch", None), ("fused", candidate)):
+                h_odd, h_even, final, _ = unit.states(u, state, kernel)
+                values = [h_odd, h_even, *final]
+                weighted = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype).view_as(v)).sum() for v in values)
+                results[path] = values + list(torch.autograd.grad(weighted, leaves, allow_unused=True))
+            for index, (value, expected) in enumerate(zip(results["fused"], results["torch"])):
+                if not torch.allclose(value, expected, rtol=1e-10, atol=1e-12):
+                    raise RuntimeError(
+                        f"self-check failed: output {index} (seam={seam}, state={state is not None}) "
+                        "does not match the z2_delta unit's torch path"
+                    )
+
+
+@cache
+def kernel() -> DeltaKernel | None:
+    """The fused CPU kernels, or None (logged once) where they cannot be built or are switched off."""
+    return load_checked(SOURCE, DeltaKernel, _self_check, "SEAM_DELTA_KERNEL", log, "z2_delta", "its torch path")
+
+
+def supports(x: Tensor) -> bool:
+    """Whether the fused kernels compute this input's unit: CPU tensors of a floating dtype."""
+    return x.device.type == "cpu" and x.is_floating_point()
