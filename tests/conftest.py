@@ -1,5 +1,6 @@
 """Shared fixtures and checks: the real Hydra config, composed the way train_hydra.py composes it, the
-two paths of z2_seam's time loop, and the two-chunk check of a model that carries its state."""
+two paths of z2_seam's time loop and of z2_delta's units, a tanh counter, and the two-chunk check of
+a model that carries its state."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.overrides import TorchFunctionMode
 
-from models import cpu_kernel_build, scan_cpu_kernel, seam_cpu_kernel
+from models import cpu_kernel_build, delta_cpu_kernel, scan_cpu_kernel, seam_cpu_kernel
 from train_hydra import compose_config, config_without_hydra, train
 
 
@@ -32,7 +34,7 @@ def fresh_kernel(tmp_path, monkeypatch):
     """No loaded CPU kernel and an empty build cache (so a patched compiler is really called); the
     real kernels are loaded again afterwards."""
     monkeypatch.setenv("SEAM_SCAN_CACHE", str(tmp_path / "cache"))
-    kernels = (scan_cpu_kernel.kernel, seam_cpu_kernel.kernel)
+    kernels = (scan_cpu_kernel.kernel, seam_cpu_kernel.kernel, delta_cpu_kernel.kernel)
     for kernel in kernels:
         kernel.cache_clear()
     yield
@@ -50,6 +52,30 @@ def seam_path(request, monkeypatch):
     else:
         monkeypatch.setattr(seam_cpu_kernel, "kernel", lambda: None)
     return request.param
+
+
+@pytest.fixture(params=["fused", "torch"])
+def delta_path(request, monkeypatch):
+    """Run the test once through each path of z2_delta's units on CPU: the fused kernels and the torch ops."""
+    if request.param == "fused":
+        if cpu_kernel_build.compiler() is None:
+            pytest.skip("no C++ compiler on this machine: the fused z2_delta kernels cannot be built")
+        assert delta_cpu_kernel.kernel() is not None, "a compiler exists but the z2_delta kernels did not load"
+    else:
+        monkeypatch.setattr(delta_cpu_kernel, "kernel", lambda: None)
+    return request.param
+
+
+class CountTanh(TorchFunctionMode):
+    """Counts the torch.tanh calls made while it is active (a gate recorder sees those ops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.tanh
+        return func(*args, **(kwargs or {}))
 
 
 def detach_state(state):

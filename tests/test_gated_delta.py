@@ -17,7 +17,7 @@ def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("num_layers, steps", [(1, 1), (1, 37), (2, 130)])
-def test_parallel_scan_and_reference_loop_give_same_outputs_and_gradients(num_layers, steps):
+def test_parallel_scan_and_reference_loop_give_same_outputs_and_gradients(num_layers, steps, delta_path):
     kwargs = dict(input_dim=4, output_dim=3, hidden_dim=16, delta_rank=4, num_layers=num_layers, temperature=0.5)
     fast = _randomised(build_model("z2_delta", use_parallel_scan=True, **kwargs), seed=0)
     loop = build_model("z2_delta", use_parallel_scan=False, **kwargs)
@@ -33,7 +33,7 @@ def test_parallel_scan_and_reference_loop_give_same_outputs_and_gradients(num_la
 
 
 @pytest.mark.parametrize("num_layers, seam", [(1, True), (3, True), (2, False)])
-def test_z2_delta_is_exactly_equivariant(num_layers, seam):
+def test_z2_delta_is_exactly_equivariant(num_layers, seam, delta_path):
     model = _randomised(
         build_model(
             "z2_delta",

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
+from conftest import CountTanh
 
 from models import build_model, cpu_kernel_build, seam_cpu_kernel
 from models.z2_seam import GATE_TYPES
@@ -122,22 +122,12 @@ def test_under_cpu_autocast_the_kernel_runs_in_float32(kernel):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-class _CountTanh(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls += func is torch.tanh
-        return func(*args, **(kwargs or {}))
-
-
 def test_a_torch_function_mode_sees_the_eager_loop(kernel):
     # The audit's gate recorder reads every tanh and sigmoid; the kernel would hide them.
     model = _model("kstar", torch.float32)
     x = torch.randn(2, 7, 3)
     expected = model(x)
-    with _CountTanh() as mode:
+    with CountTanh() as mode:
         out = model(x)
     assert mode.calls == 2 * 7  # odd and even update per step
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)

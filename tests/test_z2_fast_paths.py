@@ -98,7 +98,9 @@ def test_z2_seam_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_leng
 
 
 @pytest.mark.parametrize("num_layers, use_parallel_scan", [(1, True), (2, True), (2, False)])
-def test_z2_delta_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(num_layers, use_parallel_scan):
+def test_z2_delta_two_chunks_with_carried_state_equal_one_chunk_of_twice_the_length(
+    num_layers, use_parallel_scan, delta_path
+):
     model = _randomised(
         build_model(
             "z2_delta",

@@ -1,0 +1,244 @@
+"""The fused CPU z2_delta kernels: equal to the unit's torch path (states, final state and every
+gradient) on awkward lengths, decays near -1 and near 1 and non-zero initial states; float32 under
+autocast; replaced by the torch path under a torch function mode, where they are switched off and
+where they cannot be built; built with OpenMP where the compiler has it, and rebuilt when the
+header they share with the other kernels changes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+from conftest import CountTanh
+
+from models import build_model, cpu_kernel_build, delta_cpu_kernel
+from models.gated_delta import GatedDeltaUnit
+
+
+@pytest.fixture
+def kernel():
+    if cpu_kernel_build.compiler() is None:
+        pytest.skip("no C++ compiler on this machine: the fused z2_delta kernels cannot be built")
+    fused = delta_cpu_kernel.kernel()
+    assert fused is not None, "a compiler exists but the z2_delta kernels did not load (see the logged line)"
+    return fused
+
+
+def _unit(seam: bool, dtype: torch.dtype, regime: str = "random", stream_dim: int = 9, even_dim: int = 7):
+    """A unit with random weights (9 and 7 channels, so vector loops have tails). `regime`
+    'flipping' opens the seam gate and keeps beta small: odd decays near -1; 'holding' closes the
+    seam gate and keeps beta near 0: decays near +1, the slowest-forgetting case."""
+    unit = GatedDeltaUnit(stream_dim, even_dim, delta_rank=3, temperature=0.5, seam=seam)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in unit.parameters():
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+        if regime != "random":
+            rows = unit.num_seam_scores
+            unit.from_invariants.weight.mul_(0.01)
+            unit.from_invariants.bias[rows : rows + stream_dim + even_dim] = -6.0  # beta ~ 0.0025
+            if seam:
+                unit.from_invariants.bias[0] = (7.0 if regime == "flipping" else -7.0) * unit.temperature
+    return unit.to(dtype)
+
+
+def _leaves(unit: GatedDeltaUnit, batch: int, steps: int, dtype: torch.dtype, with_state: bool):
+    generator = torch.Generator().manual_seed(1)
+    sizes = [(batch, steps, unit.stream_dim)]
+    if with_state:
+        sizes += [(batch, unit.stream_dim), (batch, unit.even_dim), (batch, unit.stream_dim)]
+    return [torch.randn(size, generator=generator, dtype=dtype).requires_grad_() for size in sizes]
+
+
+def _run_and_differentiate(unit: GatedDeltaUnit, leaves, kernel):
+    """The states, the final state and the gradients of a random weighting of all of them w.r.t.
+    the input, the initial state and every parameter, through `kernel` (None: the torch path)."""
+    u, *state = leaves
+    h_odd, h_even, final_state, _ = unit.states(u, tuple(state) or None, kernel)
+    values = [h_odd, h_even, *final_state]
+    generator = torch.Generator().manual_seed(2)
+    weighted = sum((v * torch.randn(v.shape, generator=generator, dtype=v.dtype)).sum() for v in values)
+    return values + list(torch.autograd.grad(weighted, [*leaves, *unit.parameters()]))
+
+
+def _names(unit: GatedDeltaUnit, with_state: bool) -> list[str]:
+    names = ["h_odd", "h_even", "final h_odd", "final h_even", "final u", "grad u"]
+    names += ["grad h_odd0", "grad h_even0", "grad u_before"] if with_state else []
+    return names + [f"grad {name}" for name, _ in unit.named_parameters()]
+
+
+def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def _check_equal(kernel, seam, regime, batch, steps, dtype, with_state):
+    unit = _unit(seam, dtype, regime)
+    leaves = _leaves(unit, batch, steps, dtype, with_state)
+    fused = _run_and_differentiate(unit, leaves, kernel)
+    reference = _run_and_differentiate(unit, leaves, None)
+    for name, value, expected in zip(_names(unit, with_state), fused, reference):
+        assert value.dtype == expected.dtype == dtype, name
+        if dtype == torch.float64:
+            torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12, msg=name)
+        else:
+            assert _rel_err(value, expected) <= 1e-5, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("steps", [1, 2, 63, 100, 1000])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("seam", [True, False])
+def test_the_kernels_equal_the_torch_path(kernel, seam, with_state, steps, dtype):
+    _check_equal(kernel, seam, "random", 3, steps, dtype, with_state)
+
+
+@pytest.mark.parametrize("regime", ["flipping", "holding"])
+@pytest.mark.parametrize("steps", [4097])
+def test_the_kernels_equal_the_torch_path_on_long_sequences_near_the_unit_decays(kernel, regime, steps):
+    unit = _unit(True, torch.float64, regime)
+    decays = unit.odd_decays(_leaves(unit, 1, 50, torch.float64, False)[0])
+    if regime == "flipping":
+        assert decays.max() < -0.99
+    else:
+        assert decays.min() > 0.99
+    _check_equal(kernel, True, regime, 2, steps, torch.float64, with_state=True)
+    _check_equal(kernel, True, regime, 2, steps, torch.float32, with_state=True)
+
+
+def test_one_row_and_wide_batches_split_over_threads_agree(kernel):
+    # 64 rows x 200 steps split over the threads; one row runs on one thread.
+    _check_equal(kernel, True, "random", 64, 200, torch.float64, with_state=True)
+    _check_equal(kernel, True, "random", 1, 200, torch.float64, with_state=False)
+
+
+def test_the_model_takes_the_fused_path_on_cpu(kernel, monkeypatch):
+    model = build_model("z2_delta", input_dim=4, hidden_dim=16, num_layers=2)
+    calls = []
+    original = delta_cpu_kernel.DeltaKernel.call
+    monkeypatch.setattr(
+        delta_cpu_kernel.DeltaKernel,
+        "call",
+        lambda self, name, *rest: calls.append(name) or original(self, name, *rest),
+    )
+    model(torch.randn(2, 10, 4)).sum().backward()
+    assert calls.count("scan_forward") == calls.count("scan_backward") == 2
+    assert calls.count("features_forward") == calls.count("features_backward") == 2
+
+
+def test_under_cpu_autocast_the_kernels_run_in_float32(kernel):
+    model = build_model("z2_delta", input_dim=4, hidden_dim=16)
+    x = torch.randn(2, 20, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model(x, return_diagnostics=True)
+        torch_path = _torch_path_only(model)(x, return_diagnostics=True)
+    assert fused[0].dtype == torch_path[0].dtype
+    torch.testing.assert_close(fused[0], torch_path[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fused[1]["gate"], torch_path[1]["gate"], rtol=0, atol=0)
+
+
+def _torch_path_only(model):
+    """The model with its units on their torch path."""
+    for module in model.modules():
+        if isinstance(module, GatedDeltaUnit):
+            module.fused_kernel = lambda u: None
+    return model
+
+
+def test_a_torch_function_mode_sees_the_torch_path(kernel):
+    # The audit's gate recorder reads the gate sigmoids and tanhs; the kernels would hide them.
+    model = build_model("z2_delta", input_dim=4, hidden_dim=16)
+    x = torch.randn(2, 7, 4)
+    expected = model(x)
+    with CountTanh() as mode:
+        out = model(x)
+    assert mode.calls == 1  # the even candidate of the one block
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def _fallback_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "z2_delta: fused CPU kernel unavailable" in r.getMessage()]
+
+
+def test_a_failed_build_falls_back_to_the_torch_path_with_one_logged_line(fresh_kernel, monkeypatch, caplog):
+    monkeypatch.setattr(cpu_kernel_build, "compiler", lambda: "/nonexistent/c++")
+    model = build_model("z2_delta", input_dim=4, hidden_dim=16).double()
+    x = torch.randn(2, 9, 4, dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger=delta_cpu_kernel.__name__):
+        outputs = [model(x) for _ in range(3)]
+    assert len(_fallback_lines(caplog)) == 1 and "/nonexistent/c++" in _fallback_lines(caplog)[0]
+    reference = build_model("z2_delta", input_dim=4, hidden_dim=16, use_parallel_scan=False).double()
+    reference.load_state_dict(model.state_dict())
+    torch.testing.assert_close(outputs[0], reference(x), rtol=1e-10, atol=1e-12)
+
+
+def test_kernels_that_disagree_with_the_torch_path_are_not_used(monkeypatch, caplog):
+    if cpu_kernel_build.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    right = delta_cpu_kernel.DeltaKernel.call
+
+    def off_by_a_little(self, name, tensors, shape):
+        right(self, name, tensors, shape)
+        if name == "scan_forward":
+            tensors[-1].mul_(1.001)  # h_even
+
+    monkeypatch.setattr(delta_cpu_kernel.DeltaKernel, "call", off_by_a_little)
+    delta_cpu_kernel.kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=delta_cpu_kernel.__name__):
+            assert delta_cpu_kernel.kernel() is None
+    finally:
+        delta_cpu_kernel.kernel.cache_clear()
+    assert "self-check failed: output 1 (seam=True, state=False)" in _fallback_lines(caplog)[0]
+
+
+def test_the_environment_switch_selects_the_torch_path_without_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("SEAM_DELTA_KERNEL", "eager")
+    delta_cpu_kernel.kernel.cache_clear()
+    try:
+        model = build_model("z2_delta", input_dim=4, hidden_dim=16)
+        monkeypatch.setattr(delta_cpu_kernel.DeltaKernel, "call", _refuse_call)
+        with caplog.at_level(logging.WARNING, logger=delta_cpu_kernel.__name__):
+            model(torch.randn(2, 5, 4)).sum().backward()
+            assert delta_cpu_kernel.kernel() is None
+    finally:
+        delta_cpu_kernel.kernel.cache_clear()
+    assert not _fallback_lines(caplog)
+
+
+def _refuse_call(*args, **kwargs):
+    raise AssertionError("a fused z2_delta kernel ran although the kernels are switched off")
+
+
+def test_the_kernels_are_built_with_openmp_and_without_it_where_the_compiler_refuses(fresh_kernel, monkeypatch):
+    if cpu_kernel_build.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    run = cpu_kernel_build.subprocess.run
+    commands = []
+
+    def without_openmp(command, **kwargs):
+        commands.append(command)
+        if cpu_kernel_build.OPENMP in command:
+            return run(["false"], **kwargs)
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(cpu_kernel_build.subprocess, "run", without_openmp)
+    assert delta_cpu_kernel.kernel() is not None  # built, and self-checked, without OpenMP
+    delta_builds = [command for command in commands if str(delta_cpu_kernel.SOURCE) in command]
+    assert [cpu_kernel_build.OPENMP in command for command in delta_builds] == [True, False]
+
+
+def test_an_edit_of_the_shared_header_rebuilds_the_kernel(tmp_path, monkeypatch):
+    if cpu_kernel_build.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    monkeypatch.setenv("SEAM_SCAN_CACHE", str(tmp_path / "cache"))
+    sources = tmp_path / "models"
+    sources.mkdir()
+    for path in (delta_cpu_kernel.SOURCE, delta_cpu_kernel.SOURCE.with_name("cpu_kernel_threads.h")):
+        shutil.copy(path, sources / path.name)
+    first = cpu_kernel_build.build_library(sources / delta_cpu_kernel.SOURCE.name)
+    with open(sources / "cpu_kernel_threads.h", "a") as header:
+        header.write("// an edit\n")
+    second = cpu_kernel_build.build_library(sources / delta_cpu_kernel.SOURCE.name)
+    assert first != second and first.exists() and second.exists()
