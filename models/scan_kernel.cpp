@@ -9,8 +9,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <thread>
-#include <vector>
+
+#include "cpu_kernel_threads.h"
 
 namespace {
 
@@ -19,29 +19,18 @@ constexpr int64_t kBlock = 256;
 // Below this many elements a thread costs more to start than it saves.
 constexpr int64_t kMinElementsPerThread = 1 << 15;
 
+// body(row, first_channel, last_channel) on every (batch row, channel block) unit, split over threads.
 template <typename F>
 void for_each_unit(int64_t B, int64_t T, int64_t H, int threads, F body) {
   const int64_t blocks = (H + kBlock - 1) / kBlock;
   const int64_t units = B * blocks;
-  const int64_t by_size = std::max<int64_t>(1, B * T * H / kMinElementsPerThread);
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(threads), units, by_size}));
-  auto run = [&](int64_t first, int64_t last) {
+  const int64_t workers = cpu_kernel::worker_count(threads, units, B * T * H, kMinElementsPerThread);
+  cpu_kernel::for_row_ranges(units, workers, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t u = first; u < last; ++u) {
       const int64_t row = u / blocks, lo = (u % blocks) * kBlock;
       body(row, lo, std::min(H, lo + kBlock));
     }
-  };
-  if (workers == 1) {
-    run(0, units);
-    return;
-  }
-  std::vector<std::thread> pool;
-  const int64_t per = (units + workers - 1) / workers;
-  for (int64_t w = 1; w < workers; ++w) {
-    pool.emplace_back(run, std::min(units, w * per), std::min(units, (w + 1) * per));
-  }
-  run(0, std::min(units, per));
-  for (auto& thread : pool) thread.join();
+  });
 }
 
 // h0 may be null (zero initial state).

@@ -19,8 +19,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <thread>
 #include <vector>
+
+#include "cpu_kernel_threads.h"
 
 namespace {
 
@@ -63,20 +64,7 @@ std::vector<S> transposed(const S* w, int64_t rows, int64_t cols) {
 }
 
 int64_t worker_count(const Shape& s) {
-  const int64_t by_size = std::max<int64_t>(1, s.batch * s.steps / kMinRowStepsPerThread);
-  return std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(s.threads), s.batch, by_size}));
-}
-
-// body(first_row, last_row, worker) on `workers` contiguous row ranges, worker 0 on this thread.
-template <typename F>
-void for_row_ranges(int64_t rows, int64_t workers, F body) {
-  const int64_t per = (rows + workers - 1) / workers;
-  std::vector<std::thread> pool;
-  for (int64_t w = 1; w < workers; ++w) {
-    pool.emplace_back(body, std::min(rows, w * per), std::min(rows, (w + 1) * per), w);
-  }
-  body(0, std::min(rows, per), int64_t(0));
-  for (auto& thread : pool) thread.join();
+  return cpu_kernel::worker_count(s.threads, s.batch, s.batch * s.steps, kMinRowStepsPerThread);
 }
 
 template <typename S>
@@ -124,7 +112,7 @@ void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, con
     for (int64_t i = 0; i < O; ++i) axpy(h_odd[i] * modulation[i], readout_t.data() + i * D, y, D);
   };
 
-  for_row_ranges(s.batch, worker_count(s), [&](int64_t first, int64_t last, int64_t) {
+  cpu_kernel::for_row_ranges(s.batch, worker_count(s), [&](int64_t first, int64_t last, int64_t) {
     std::vector<S> pre(C), flipped(O);
     for (int64_t r = first; r < last; ++r) {
       S* h_even = out.h_even + r * (T + 1) * E;
@@ -205,7 +193,7 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
   const int64_t workers = worker_count(s);
   std::vector<std::vector<S>> partial(workers, std::vector<S>(offsets[5], S(0)));
 
-  for_row_ranges(s.batch, workers, [&](int64_t first, int64_t last, int64_t worker) {
+  cpu_kernel::for_row_ranges(s.batch, workers, [&](int64_t first, int64_t last, int64_t worker) {
     S* g_state = partial[worker].data() + offsets[0];
     S* g_odd = partial[worker].data() + offsets[1];
     S* g_modulation = partial[worker].data() + offsets[2];
