@@ -40,6 +40,16 @@ def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
+def vector_flags() -> tuple[str, ...]:
+    """The widest vector instructions the kernels may use: those torch itself dispatches to on this CPU.
+
+    They are part of the flags and so of the cache key: a cache shared with an older CPU keeps a
+    separate library for it."""
+    import torch
+
+    return ("-mavx2", "-mfma") if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else ()
+
+
 def build_library(source: Path) -> Path:
     """Compile `source` into the cache (once per source, compiler and flags) and return the library's path.
 
@@ -49,10 +59,11 @@ def build_library(source: Path) -> Path:
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++/clang++)")
+    flags = (*FLAGS, *vector_flags())
     try:
-        return _build(cxx, source, (*FLAGS, OPENMP))
+        return _build(cxx, source, (*flags, OPENMP))
     except RuntimeError:
-        return _build(cxx, source, FLAGS)
+        return _build(cxx, source, flags)
 
 
 def _build(cxx: str, source: Path, flags: tuple[str, ...]) -> Path:

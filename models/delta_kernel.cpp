@@ -21,7 +21,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu_kernel_threads.h"
+#include "cpu_kernel.h"
 
 namespace {
 
@@ -76,6 +76,22 @@ S dot(const S* x, const S* y, int64_t n) {
   S sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
   return sum;
+}
+
+// Sum of x[0..n) in kLanes interleaved partial sums, so the additions vectorise (a fixed order:
+// the result is deterministic, though not the left-to-right sum).
+constexpr int64_t kLanes = 8;
+template <typename S>
+S sum(const S* x, int64_t n) {
+  S partial[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t lane = 0; lane < kLanes; ++lane) partial[lane] += x[j + lane];
+  }
+  for (; j < n; ++j) partial[0] += x[j];
+  S total = 0;
+  for (int64_t lane = 0; lane < kLanes; ++lane) total += partial[lane];
+  return total;
 }
 
 template <typename S>
@@ -253,6 +269,7 @@ void scan_backward(const S* pre, const S* xu, const S* h_odd, const S* h_even, c
       std::fill(carry_even.begin(), carry_even.end(), S(0));
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t at = row * T + t;
+        if (t >= cpu_kernel::kPrefetchSteps) cpu_kernel::prefetch(pre + (at - cpu_kernel::kPrefetchSteps) * P, P);
         gates.compute(pre + at * P, s);
         const S* beta = gates.beta.data();
         const S* odd_before = t > 0 ? h_odd + (at - 1) * d : (h0_odd ? h0_odd + row * d : zeros.data());
@@ -262,9 +279,7 @@ void scan_backward(const S* pre, const S* xu, const S* h_odd, const S* h_even, c
         odd_step_backward(gates.flip, beta, odd_before, xu + at * d, grad_odd ? grad_odd + at * d : zeros.data(),
                           carry_odd.data(), grad_xu + at * d, gp_beta, flip_terms.data(), d);
         if (s.seam) {
-          S flip_grad = 0;
-          for (int64_t j = 0; j < d; ++j) flip_grad += flip_terms[j];
-          gp[0] = S(-2) * flip_grad * gates.seam * (S(1) - gates.seam) * S(s.inv_temperature);
+          gp[0] = S(-2) * sum(flip_terms.data(), d) * gates.seam * (S(1) - gates.seam) * S(s.inv_temperature);
         }
         even_step_backward(beta + d, even_before, gates.candidate.data(),
                            grad_even ? grad_even + at * e : zeros.data(), carry_even.data(), gp_beta + d,

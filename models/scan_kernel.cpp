@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cpu_kernel_threads.h"
+#include "cpu_kernel.h"
 
 namespace {
 
@@ -69,6 +69,12 @@ void backward(const S* a, const S* h, const S* h0, const S* g, S* d, S* grad_a, 
     S* dr = d + offset;
     S* gar = grad_a == nullptr ? nullptr : grad_a + offset;
     for (int64_t t = T - 1; t >= 0; --t) {
+      if (t > cpu_kernel::kPrefetchSteps) {
+        const int64_t ahead = (t - cpu_kernel::kPrefetchSteps) * H + lo;
+        cpu_kernel::prefetch(ar + ahead, hi - lo);
+        cpu_kernel::prefetch(gr + ahead, hi - lo);
+        cpu_kernel::prefetch(hr + ahead - H, hi - lo);
+      }
       const S* gt = gr + t * H;
       S* dt = dr + t * H;
       if (t == T - 1) {

@@ -21,7 +21,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cpu_kernel_threads.h"
+#include "cpu_kernel.h"
 
 namespace {
 

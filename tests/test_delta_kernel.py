@@ -235,10 +235,10 @@ def test_an_edit_of_the_shared_header_rebuilds_the_kernel(tmp_path, monkeypatch)
     monkeypatch.setenv("SEAM_SCAN_CACHE", str(tmp_path / "cache"))
     sources = tmp_path / "models"
     sources.mkdir()
-    for path in (delta_cpu_kernel.SOURCE, delta_cpu_kernel.SOURCE.with_name("cpu_kernel_threads.h")):
+    for path in (delta_cpu_kernel.SOURCE, delta_cpu_kernel.SOURCE.with_name("cpu_kernel.h")):
         shutil.copy(path, sources / path.name)
     first = cpu_kernel_build.build_library(sources / delta_cpu_kernel.SOURCE.name)
-    with open(sources / "cpu_kernel_threads.h", "a") as header:
+    with open(sources / "cpu_kernel.h", "a") as header:
         header.write("// an edit\n")
     second = cpu_kernel_build.build_library(sources / delta_cpu_kernel.SOURCE.name)
     assert first != second and first.exists() and second.exists()

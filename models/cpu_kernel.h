@@ -1,10 +1,11 @@
-// Splitting a fused CPU kernel's independent batch rows over threads (included by models/*_kernel.cpp).
+// What the fused CPU kernels (models/*_kernel.cpp) share: splitting their independent batch rows
+// over threads, and prefetching the rows a walk backwards in time reads next.
 //
 // models/cpu_kernel_build.py hashes this header with each kernel's source, so an edit here rebuilds
 // every kernel that includes it.
 
-#ifndef SEAM_CPU_KERNEL_THREADS_H_
-#define SEAM_CPU_KERNEL_THREADS_H_
+#ifndef SEAM_CPU_KERNEL_H_
+#define SEAM_CPU_KERNEL_H_
 
 #include <algorithm>
 #include <cstdint>
@@ -38,6 +39,17 @@ void for_row_ranges(int64_t rows, int64_t workers, F body) {
 #endif
 }
 
+// Asks for the n values at `row` ahead of their use. A walk backwards in time reads addresses in
+// descending order, which the hardware prefetchers of some CPUs do not follow; measured on the
+// z2_delta backward, fetching the row 8 steps ahead took it from 2.4-3.3 ms to 1.4-1.5 ms.
+template <typename S>
+inline void prefetch(const S* row, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(S))) __builtin_prefetch(row + i);
+}
+
+// How many steps ahead a backward walk prefetches.
+constexpr int64_t kPrefetchSteps = 8;
+
 }  // namespace cpu_kernel
 
-#endif  // SEAM_CPU_KERNEL_THREADS_H_
+#endif  // SEAM_CPU_KERNEL_H_
