@@ -255,6 +255,7 @@ void scan_forward(const S* pre, const S* xu, const S* h0_odd, const S* h0_even, 
 
 // One reverse walk: grad_pre (B, T, P), grad_xu (B, T, d) and the initial states' gradients from the
 // states' gradients (either may be null: zero). Gates are recomputed from pre rather than stored.
+// grad_pre may be pre and grad_xu may be xu: each row is read before it is overwritten.
 template <typename S>
 void scan_backward(const S* pre, const S* xu, const S* h_odd, const S* h_even, const S* h0_odd, const S* h0_even,
                    const S* grad_odd, const S* grad_even, S* grad_pre, S* grad_xu, S* grad_h0_odd,
@@ -263,20 +264,29 @@ void scan_backward(const S* pre, const S* xu, const S* h_odd, const S* h_even, c
   cpu_kernel::for_row_ranges(s.batch, workers(s), [&](int64_t first, int64_t last, int64_t) {
     StepGates<S> gates(s);
     const std::vector<S> zeros(std::max(d, e), S(0));
-    std::vector<S> carry_odd(d), carry_even(e), flip_terms(d);
+    std::vector<S> carry_odd(d), carry_even(e), flip_terms(d), x(d);
     for (int64_t row = first; row < last; ++row) {
       std::fill(carry_odd.begin(), carry_odd.end(), S(0));
       std::fill(carry_even.begin(), carry_even.end(), S(0));
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t at = row * T + t;
-        if (t >= cpu_kernel::kPrefetchSteps) cpu_kernel::prefetch(pre + (at - cpu_kernel::kPrefetchSteps) * P, P);
+        if (t > cpu_kernel::kPrefetchSteps) {
+          const int64_t ahead = at - cpu_kernel::kPrefetchSteps;
+          cpu_kernel::prefetch(pre + ahead * P, P);
+          cpu_kernel::prefetch(xu + ahead * d, d);
+          cpu_kernel::prefetch(h_odd + (ahead - 1) * d, d);
+          cpu_kernel::prefetch(h_even + (ahead - 1) * e, e);
+          if (grad_odd) cpu_kernel::prefetch(grad_odd + ahead * d, d);
+          if (grad_even) cpu_kernel::prefetch(grad_even + ahead * e, e);
+        }
         gates.compute(pre + at * P, s);
         const S* beta = gates.beta.data();
         const S* odd_before = t > 0 ? h_odd + (at - 1) * d : (h0_odd ? h0_odd + row * d : zeros.data());
         const S* even_before = t > 0 ? h_even + (at - 1) * e : (h0_even ? h0_even + row * e : zeros.data());
         S* gp = grad_pre + at * P;
         S* gp_beta = gp + s.seam;
-        odd_step_backward(gates.flip, beta, odd_before, xu + at * d, grad_odd ? grad_odd + at * d : zeros.data(),
+        std::copy(xu + at * d, xu + (at + 1) * d, x.begin());  // grad_xu may overwrite this row
+        odd_step_backward(gates.flip, beta, odd_before, x.data(), grad_odd ? grad_odd + at * d : zeros.data(),
                           carry_odd.data(), grad_xu + at * d, gp_beta, flip_terms.data(), d);
         if (s.seam) {
           gp[0] = S(-2) * sum(flip_terms.data(), d) * gates.seam * (S(1) - gates.seam) * S(s.inv_temperature);

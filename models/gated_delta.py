@@ -173,17 +173,19 @@ class GatedDeltaUnit(nn.Module):
         fused kernels or (kernel None) the torch ops that define them."""
         h_odd0, h_even0, u_before = (None, None, None) if state is None else state
         features = self.invariants(u, u_before, kernel)
-        odd_drive = self.odd_input(u)
         if kernel is not None:
             h_odd, h_even = delta_cpu_kernel.gated_states(
                 kernel,
-                self.from_invariants(features),
-                odd_drive,
+                features,
+                (self.from_invariants.weight, self.from_invariants.bias),
+                u,
+                self.odd_input.weight,
                 (h_odd0, h_even0),
                 self.even_dim,
                 self.temperature if self.seam else None,
             )
         else:
+            odd_drive = self.odd_input(u)
             seam, beta, even_candidate = self.gates(features)
             beta_odd, beta_even = beta.split([self.stream_dim, self.even_dim], dim=-1)
             # Odd and even channels are scanned separately: concatenating them along the channel

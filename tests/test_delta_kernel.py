@@ -242,3 +242,27 @@ def test_an_edit_of_the_shared_header_rebuilds_the_kernel(tmp_path, monkeypatch)
         header.write("// an edit\n")
     second = cpu_kernel_build.build_library(sources / delta_cpu_kernel.SOURCE.name)
     assert first != second and first.exists() and second.exists()
+
+
+def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients(kernel):
+    # The first backward writes the gradients over the pre-activation buffers; the second recomputes them.
+    unit = _unit(True, torch.float64)
+    u, *state = _leaves(unit, 2, 30, torch.float64, with_state=True)
+    h_odd, h_even, _, _ = unit.states(u, tuple(state), kernel)
+    loss = (h_odd.sin().sum() + h_even.cos().sum()) * 0.5
+    first = torch.autograd.grad(loss, [u, *state, *unit.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [u, *state, *unit.parameters()])
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_training_steps_reuse_the_pre_activation_buffers(kernel, monkeypatch):
+    model = build_model("z2_delta", input_dim=4, hidden_dim=16)
+    x = torch.randn(3, 50, 4)
+    model(x).sum().backward()
+    given_back = {buffer.data_ptr() for buffers in delta_cpu_kernel.WORKSPACE._free.values() for buffer in buffers}
+    taken = []
+    take = delta_cpu_kernel.WORKSPACE.take
+    monkeypatch.setattr(delta_cpu_kernel.WORKSPACE, "take", lambda *args: taken.append(take(*args)) or taken[-1])
+    model(x).sum().backward()
+    assert len(taken) == 2 and {buffer.data_ptr() for buffer in taken} <= given_back
