@@ -1,26 +1,21 @@
-"""Train-step time of every registered model that reads vectors, and the overhead of the framework's training path.
+"""Train-step time of every registered model that reads vectors, against the raw torch.nn.LSTM(4, 64).
 
     python benchmarks/bench_models.py            # CPU, 2 threads, T in {100, 1000}
     python benchmarks/bench_models.py --T 100 --repeats 5
 
-Everything is measured side by side in one process and reported as medians and ratios:
-1. one training step (forward, MSE on every step, backward, AdamW) of each registered model at
-   B=32, hidden 64, input 4, next to the raw `torch.nn.LSTM(4, 64)` baseline (on CPU z2_seam also
-   with its fused kernel switched off, SEAM_SEAM_KERNEL=eager: its time before the kernel);
-2. samples/s of an epoch through `train_hydra.train` (Lightning, the composed Hydra config) against
-   a plain PyTorch loop doing the same work (same model, data, AdamW, OneCycle, clipping), on the
-   default data config and on long next-step windows.
+One training step (forward, MSE on every step, backward, AdamW) of each registered model at B=32,
+hidden 64, input 4, next to the raw `torch.nn.LSTM(4, 64)` baseline (on CPU z2_seam also with its
+fused kernel switched off, SEAM_SEAM_KERNEL=eager: its time before the kernel), measured side by
+side in one process, round-robin, and reported as medians and ratios. The framework's overhead
+around a step is benchmarks/bench_overhead.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import statistics
-import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -159,94 +154,11 @@ def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) 
         print(f"z2_seam vs {LSTM} train step, T=1000: {slowdown:.2f}x its time (target <= 3x) {verdict(slowdown <= 3)}")
 
 
-# The configs whose framework overhead is measured: the default one, and long next-step windows
-# (fewer, longer steps, where any per-step cost of the framework must vanish).
-OVERHEAD_CONFIGS = {
-    "default (H=10, last)": ({}, 0.10),
-    "long window (H=500, next_step)": ({"history_length": 500, "target_mode": "next_step"}, 0.05),
-}
-
-
-def plain_loop_epoch_seconds(model_name: str, epochs: int, data_options: dict) -> tuple[float, int]:
-    """Seconds per epoch of a hand-written loop doing what the Lightning run does, and samples/epoch."""
-    from data.antipodal import AntipodalDataModule
-
-    torch.manual_seed(0)
-    datamodule = AntipodalDataModule(**data_options)
-    datamodule.setup()
-    last_only = datamodule.target_mode == "last"
-    loader = datamodule.train_dataloader()
-    model = build_model(model_name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=len(loader) * (epochs + 1))
-    epoch_times = []
-    for _ in range(epochs + 1):  # the first epoch is warm-up, as in the Lightning measurement
-        start = time.perf_counter()
-        for batch in loader:
-            optimizer.zero_grad(set_to_none=True)
-            prediction = model(batch["x"])
-            loss = nn.functional.mse_loss(prediction[:, -1] if last_only else prediction, batch["y"])
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-        epoch_times.append(time.perf_counter() - start)
-    return statistics.median(epoch_times[1:]), len(loader.dataset)
-
-
-def framework_epoch_seconds(model_name: str, epochs: int, data_options: dict, output_dir: Path) -> float:
-    """Seconds per epoch through train_hydra.train: the difference between a (1+epochs)- and a
-    1-epoch run, which cancels set-up, model build and data generation."""
-    from train_hydra import compose_config, train
-
-    def wall_time(max_epochs: int) -> float:
-        cfg = compose_config(
-            [
-                f"model={model_name}",
-                f"trainer.max_epochs={max_epochs}",
-                "trainer.accelerator=cpu",
-                "trainer.limit_val_batches=0",
-                "trainer.enable_progress_bar=false",
-                "trainer.enable_model_summary=false",
-                "callbacks=none",
-                "logger=none",
-                "test=false",
-                *(f"data.{key}={value}" for key, value in data_options.items()),
-            ],
-            output_dir / f"epochs_{max_epochs}",
-        )
-        start = time.perf_counter()
-        train(cfg)
-        return time.perf_counter() - start
-
-    return (wall_time(1 + epochs) - wall_time(1)) / epochs
-
-
-def print_overhead(model_name: str, epochs: int) -> None:
-    import tempfile
-
-    print(f"\n## Framework overhead, {model_name} on antipodal (B=64), {epochs} timed epochs, side by side\n")
-    print("| config | plain loop samples/s | train_hydra.train samples/s | overhead | target |")
-    print("|---|---:|---:|---:|---|")
-    for label, (data_options, target) in OVERHEAD_CONFIGS.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            lightning_s = framework_epoch_seconds(model_name, epochs, data_options, Path(tmp))
-        plain_s, samples = plain_loop_epoch_seconds(model_name, epochs, data_options)
-        overhead = lightning_s / plain_s - 1
-        print(
-            f"| {label} | {samples / plain_s:,.0f} | {samples / lightning_s:,.0f} | {100 * overhead:+.1f}% | "
-            f"<= {100 * target:.0f}% {'PASS' if overhead <= target else 'MISS'} |"
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--T", type=int, nargs="+", default=[100, 1000], help="sequence lengths")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per model and length")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--overhead-model", default="z2_delta", help="model for the framework-overhead run")
-    parser.add_argument("--overhead-epochs", type=int, default=3, help="timed epochs per path")
-    parser.add_argument("--skip-overhead", action="store_true", help="only the train-step table")
     parser.add_argument(
         "--models",
         nargs="+",
@@ -261,8 +173,6 @@ def main() -> None:
     for device in devices:
         print(f"\n# {device.type}: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32")
         print_step_table(step_time_table(args.T, args.repeats, device, args.models), args.T)
-    if not args.skip_overhead:
-        print_overhead(args.overhead_model, args.overhead_epochs)
 
 
 if __name__ == "__main__":
