@@ -4,10 +4,11 @@
     python benchmarks/bench_models.py --T 100 --repeats 5
 
 One training step (forward, MSE on every step, backward, AdamW) of each registered model at B=32,
-hidden 64, input 4, next to the raw `torch.nn.LSTM(4, 64)` baseline (on CPU z2_seam also with its
-fused kernel switched off, SEAM_SEAM_KERNEL=eager: its time before the kernel), measured side by
-side in one process, round-robin, and reported as medians and ratios. The framework's overhead
-around a step is benchmarks/bench_overhead.py.
+hidden 64, input 4, next to the raw `torch.nn.LSTM(4, 64)` baseline (on CPU z2_seam and z2_delta
+also with their fused kernels switched off, as SEAM_SEAM_KERNEL=eager and SEAM_DELTA_KERNEL=eager
+do: their time before the kernels), measured side by side in one process, round-robin, and
+reported as medians and ratios. The framework's overhead around a step is
+benchmarks/bench_overhead.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from benchmarks.timing import interleaved_median_seconds, train_step
-from models import build_model, get_model_class, list_models, seam_cpu_kernel
+from models import build_model, delta_cpu_kernel, get_model_class, list_models, seam_cpu_kernel
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
 
@@ -64,18 +65,26 @@ def width_options(name: str, steps: int) -> dict[str, int]:
 LSTM = "torch.nn.LSTM(4, 64)"  # the named baseline every ratio is taken against
 COMPILED_DELTA = "z2_delta (compile=true)"
 EAGER_SEAM = "z2_seam (SEAM_SEAM_KERNEL=eager)"
+EAGER_DELTA = "z2_delta (SEAM_DELTA_KERNEL=eager)"
+# The rows that time a model with its fused CPU kernels switched off (their time before the
+# kernels), the model they time and the kernel module switched off.
+KERNELS_OFF = {EAGER_SEAM: ("z2_seam", seam_cpu_kernel), EAGER_DELTA: ("z2_delta", delta_cpu_kernel)}
 
 
-@contextmanager
-def seam_kernel_switched_off():
-    """z2_seam runs its per-step torch loop instead of the fused CPU kernel while inside (its time
-    before the kernel), as with SEAM_SEAM_KERNEL=eager; the loaded kernel stays loaded for the others."""
-    fused = seam_cpu_kernel.kernel
-    seam_cpu_kernel.kernel = lambda: None
-    try:
-        yield
-    finally:
-        seam_cpu_kernel.kernel = fused
+def kernel_switched_off(kernel_module):
+    """A context in which the model runs without the fused CPU kernel of `kernel_module` (as with its
+    environment switch set to eager); the loaded kernel stays loaded for the other rows."""
+
+    @contextmanager
+    def switched_off():
+        fused = kernel_module.kernel
+        kernel_module.kernel = lambda: None
+        try:
+            yield
+        finally:
+            kernel_module.kernel = fused
+
+    return switched_off
 
 
 def compiled_forward(model: nn.Module) -> nn.Module:
@@ -103,14 +112,16 @@ def step_time_table(
         # compile=true of train_hydra.py: torch.compile of the model's forward (the scan breaks the
         # graph; the gate and feature math around it is fused by inductor). The warm-up step compiles.
         candidates[COMPILED_DELTA] = lambda steps: compiled_forward(candidates["z2_delta"](steps))
-    if "z2_seam" in candidates and device.type == "cpu":
-        candidates[EAGER_SEAM] = candidates["z2_seam"]
+    if device.type == "cpu":
+        for row, (model_name, _) in KERNELS_OFF.items():
+            if model_name in candidates:
+                candidates[row] = candidates[model_name]
     results = {}
     for steps in lengths:
         timed = {}
         for name, make in candidates.items():
             torch.manual_seed(0)
-            switch = seam_kernel_switched_off if name == EAGER_SEAM else nullcontext
+            switch = kernel_switched_off(KERNELS_OFF[name][1]) if name in KERNELS_OFF else nullcontext
             timed[name] = timed_step(make(steps), steps, device, switch)
         # The per-step Python loop of z2_seam takes about a second per step at T=1000.
         counts = {name: max(3, repeats // 3) if name == EAGER_SEAM and steps >= 1000 else repeats for name in timed}
@@ -145,10 +156,11 @@ def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) 
         for steps in lengths:
             gain = results[("z2_delta", steps)] / results[(COMPILED_DELTA, steps)]
             print(f"{COMPILED_DELTA} vs eager z2_delta, T={steps}: {gain:.2f}x faster (print only)")
-    if EAGER_SEAM in names:
-        for steps in lengths:
-            gain = results[(EAGER_SEAM, steps)] / results[("z2_seam", steps)]
-            print(f"z2_seam fused CPU kernel vs its eager loop, T={steps}: {gain:.2f}x faster (print only)")
+    for row, (model_name, _) in KERNELS_OFF.items():
+        if row in names:
+            for steps in lengths:
+                gain = results[(row, steps)] / results[(model_name, steps)]
+                print(f"{model_name} fused CPU kernels vs {row}, T={steps}: {gain:.2f}x faster (print only)")
     if 1000 in lengths and "z2_seam" in names:
         slowdown = results[("z2_seam", 1000)] / results[(LSTM, 1000)]
         print(f"z2_seam vs {LSTM} train step, T=1000: {slowdown:.2f}x its time (target <= 3x) {verdict(slowdown <= 3)}")

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+
 # -fno-trapping-math lets branch-free clamps (a kernel's exp) vectorise; it changes no result.
 FLAGS = ("-O3", "-std=c++14", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 OPENMP = "-fopenmp"
@@ -45,8 +47,6 @@ def vector_flags() -> tuple[str, ...]:
 
     They are part of the flags and so of the cache key: a cache shared with an older CPU keeps a
     separate library for it."""
-    import torch
-
     return ("-mavx2", "-mfma") if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else ()
 
 
@@ -106,7 +106,9 @@ def load_checked(
         return None
     try:
         candidate = wrap(ctypes.CDLL(str(build_library(source))))
-        self_check(candidate)
+        # The check differentiates; the first call of a kernel may come under no_grad or inference mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            self_check(candidate)
     # Any build, load or check failure means: use the eager path.
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         log.warning("%s: fused CPU kernel unavailable (%s); using %s.", op, error, fallback)

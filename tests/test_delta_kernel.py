@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import CountTanh
 
-from models import build_model, cpu_kernel_build, delta_cpu_kernel
+from models import build_model, cpu_kernel_build, delta_cpu_kernel, scan_cpu_kernel, seam_cpu_kernel
 from models.gated_delta import GatedDeltaUnit
 
 
@@ -266,3 +266,12 @@ def test_training_steps_reuse_the_pre_activation_buffers(kernel, monkeypatch):
     monkeypatch.setattr(delta_cpu_kernel.WORKSPACE, "take", lambda *args: taken.append(take(*args)) or taken[-1])
     model(x).sum().backward()
     assert len(taken) == 2 and {buffer.data_ptr() for buffer in taken} <= given_back
+
+
+def test_every_kernel_loads_when_first_needed_under_inference_mode(fresh_kernel):
+    # Its self-check differentiates; a first call from evaluation code must not disable the kernel.
+    if cpu_kernel_build.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    with torch.inference_mode():
+        for module in (delta_cpu_kernel, seam_cpu_kernel, scan_cpu_kernel):
+            assert module.kernel() is not None, module.__name__

@@ -25,11 +25,14 @@ def test_parallel_scan_and_reference_loop_give_same_outputs_and_gradients(num_la
     x = torch.randn(3, steps, 4, generator=torch.Generator().manual_seed(1))
     out_fast, out_loop = fast(x), loop(x)
     torch.testing.assert_close(out_fast, out_loop, rtol=1e-5, atol=1e-6)
-    upstream = torch.randn_like(out_fast)
+    upstream = torch.randn(out_fast.shape, generator=torch.Generator().manual_seed(2))
     (out_fast * upstream).sum().backward()
     (out_loop * upstream).sum().backward()
+    # float32 against the float64 loop: relative to each gradient's norm (single entries of a
+    # gradient can be sums that cancel to far below its norm, where elementwise rtol is noise).
     for (name, p_fast), p_loop in zip(fast.named_parameters(), loop.parameters()):
-        torch.testing.assert_close(p_fast.grad, p_loop.grad, rtol=1e-4, atol=1e-6, msg=name)
+        error = (p_fast.grad - p_loop.grad).norm() / p_loop.grad.norm()
+        assert error <= 1e-5, f"{name}: relative error {error:.2e}"
 
 
 @pytest.mark.parametrize("num_layers, seam", [(1, True), (3, True), (2, False)])
