@@ -42,28 +42,28 @@ def fresh_kernel(tmp_path, monkeypatch):
         kernel.cache_clear()
 
 
+def _take_path(path: str, monkeypatch, kernel_module, what: str) -> str:
+    """Make `path` ("fused" or another) the one the model takes: the loaded kernel of `kernel_module`,
+    or none (its torch path); skips where no compiler can build the kernel."""
+    if path == "fused":
+        if cpu_kernel_build.compiler() is None:
+            pytest.skip(f"no C++ compiler on this machine: the fused {what} cannot be built")
+        assert kernel_module.kernel() is not None, f"a compiler exists but the {what} did not load (see the log)"
+    else:
+        monkeypatch.setattr(kernel_module, "kernel", lambda: None)
+    return path
+
+
 @pytest.fixture(params=["fused", "eager"])
 def seam_path(request, monkeypatch):
     """Run the test once through each path of z2_seam's time loop on CPU: the fused kernel and the eager loop."""
-    if request.param == "fused":
-        if cpu_kernel_build.compiler() is None:
-            pytest.skip("no C++ compiler on this machine: the fused seam kernel cannot be built")
-        assert seam_cpu_kernel.kernel() is not None, "a compiler exists but the seam kernel did not load (see the log)"
-    else:
-        monkeypatch.setattr(seam_cpu_kernel, "kernel", lambda: None)
-    return request.param
+    return _take_path(request.param, monkeypatch, seam_cpu_kernel, "seam kernel")
 
 
 @pytest.fixture(params=["fused", "torch"])
 def delta_path(request, monkeypatch):
     """Run the test once through each path of z2_delta's units on CPU: the fused kernels and the torch ops."""
-    if request.param == "fused":
-        if cpu_kernel_build.compiler() is None:
-            pytest.skip("no C++ compiler on this machine: the fused z2_delta kernels cannot be built")
-        assert delta_cpu_kernel.kernel() is not None, "a compiler exists but the z2_delta kernels did not load"
-    else:
-        monkeypatch.setattr(delta_cpu_kernel, "kernel", lambda: None)
-    return request.param
+    return _take_path(request.param, monkeypatch, delta_cpu_kernel, "z2_delta kernels")
 
 
 class CountTanh(TorchFunctionMode):
