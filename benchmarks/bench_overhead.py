@@ -2,6 +2,7 @@
 
     python benchmarks/bench_overhead.py                       # z2_delta, default and long-window configs
     python benchmarks/bench_overhead.py --model lstm --epochs 8
+    python benchmarks/bench_overhead.py --overrides trainer.log_every_n_steps=50   # what a setting costs
 
 One run of `train_hydra.train` (Lightning, the composed Hydra config with `callbacks=none`,
 `logger=none`, no validation) carries a callback that, after each of its training steps, runs one
@@ -124,8 +125,11 @@ class BareLightningModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def framework_epochs(model_name: str, epochs: int, data_options: dict, output_dir: Path) -> PlainLoopAlongside:
-    """Train `1 + epochs` epochs through train_hydra.train with a PlainLoopAlongside; return it."""
+def framework_epochs(
+    model_name: str, epochs: int, data_options: dict, output_dir: Path, overrides: list[str]
+) -> PlainLoopAlongside:
+    """Train `1 + epochs` epochs through train_hydra.train, with the Hydra `overrides` and a
+    PlainLoopAlongside; return it."""
     from train_hydra import compose_config, train
 
     total = 1 + epochs
@@ -146,6 +150,7 @@ def framework_epochs(model_name: str, epochs: int, data_options: dict, output_di
             f"+callbacks.plain_loop.epochs={total}",
             f"+callbacks.plain_loop.data_options={{{options}}}",
             *(f"data.{key}={value}" for key, value in data_options.items()),
+            *overrides,
         ],
         output_dir,
     )
@@ -185,8 +190,12 @@ def overhead(run: PlainLoopAlongside) -> tuple[float, float, float, float]:
     return statistics.median(ratios), ratios[0], ratios[-1], samples_per_second
 
 
-def print_overhead(model_name: str, epochs: int) -> None:
-    print(f"\n## Framework overhead, {model_name} on antipodal (B=64), {epochs} timed epochs, steps interleaved\n")
+def print_overhead(model_name: str, epochs: int, overrides: list[str]) -> None:
+    settings = f", overrides: {' '.join(overrides)}" if overrides else ""
+    print(
+        f"\n## Framework overhead, {model_name} on antipodal (B=64), {epochs} timed epochs, steps interleaved"
+        f"{settings}\n"
+    )
     print(
         "| config | plain loop samples/s | bare Lightning samples/s (overhead) | train_hydra.train samples/s | "
         "overhead (median, range) | target |"
@@ -195,7 +204,7 @@ def print_overhead(model_name: str, epochs: int) -> None:
     for label, (data_options, target) in OVERHEAD_CONFIGS.items():
         with tempfile.TemporaryDirectory() as tmp:
             bare = bare_lightning_epochs(model_name, epochs, data_options, Path(tmp) / "bare")
-            run = framework_epochs(model_name, epochs, data_options, Path(tmp) / "framework")
+            run = framework_epochs(model_name, epochs, data_options, Path(tmp) / "framework", overrides)
         plain_samples_per_second = run.samples / statistics.median(run.plain_seconds[1:])
         bare_overhead, _, _, bare_samples_per_second = overhead(bare)
         median, lowest, highest, samples_per_second = overhead(run)
@@ -210,11 +219,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="z2_delta", help="registered model that reads vectors")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per config")
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        help="Hydra overrides of the train_hydra.train run, e.g. trainer.log_every_n_steps=50",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# cpu: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32")
-    print_overhead(args.model, args.epochs)
+    print_overhead(args.model, args.epochs, args.overrides)
 
 
 if __name__ == "__main__":

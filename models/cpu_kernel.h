@@ -1,5 +1,5 @@
 // What the fused CPU kernels (models/*_kernel.cpp) share: splitting their independent batch rows
-// over threads, and prefetching the rows a walk backwards in time reads next.
+// over threads, prefetching the rows a walk backwards in time reads next, and a dot product.
 //
 // models/cpu_kernel_build.py hashes this header with each kernel's source, so an edit here rebuilds
 // every kernel that includes it.
@@ -49,6 +49,14 @@ inline void prefetch(const S* row, int64_t n) {
 
 // How many steps ahead a backward walk prefetches.
 constexpr int64_t kPrefetchSteps = 8;
+
+// x . y over n values, summed left to right.
+template <typename S>
+inline S dot(const S* x, const S* y, int64_t n) {
+  S sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
+  return sum;
+}
 
 }  // namespace cpu_kernel
 

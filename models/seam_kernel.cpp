@@ -25,6 +25,8 @@
 
 namespace {
 
+using cpu_kernel::dot;
+
 enum GateKind : int32_t { kLearned = 0, kThreshold = 1, kConstant = 2 };
 
 // Mirrors the ctypes Structure `Shape` of models/seam_cpu_kernel.py field by field.
@@ -41,13 +43,6 @@ constexpr int64_t kMinRowStepsPerThread = 256;
 template <typename S>
 inline void axpy(S a, const S* __restrict x, S* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-template <typename S>
-inline S dot(const S* x, const S* y, int64_t n) {
-  S sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
-  return sum;
 }
 
 template <typename S>
