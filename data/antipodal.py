@@ -169,6 +169,20 @@ class AntipodalWindows(Dataset):
             "transition": squeeze(self.transition[target]),
         }
 
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The windows at `indices` as one batch, gathered in one indexing op per key: what
+        default_collate makes of [self[i] for i in indices], at a fraction of its per-sample cost.
+        The DataLoader hands it to data.epoch_sampling.collate_batches, which passes it through."""
+        starts = self.starts[torch.as_tensor(indices, dtype=torch.long)]
+        steps = starts[:, None] + torch.arange(self.history_length)
+        target = starts + self.history_length if self.target_mode == "last" else steps + 1
+        return {
+            "x": self.x[steps],
+            "y": self.x[target],
+            "regime": self.regime[target],
+            "transition": self.transition[target],
+        }
+
 
 class StatefulChunks(AntipodalWindows):
     """The segment [start, stop) as `rows` contiguous streams, each cut into consecutive chunks of

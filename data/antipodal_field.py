@@ -118,6 +118,12 @@ class AntipodalFieldWindows(AntipodalWindows):
             item["y"] = self.observation_windows[index]["y"]
         return item
 
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = super().__getitems__(indices)
+        if self.observation_windows is not None:
+            batch["y"] = self.observation_windows.__getitems__(indices)["y"]
+        return batch
+
 
 class AntipodalFieldDataModule(AntipodalDataModule):
     """The antipodal DataModule with fields as inputs: declares `input_shape` = (channels, S, S)

@@ -3,15 +3,18 @@
 A plain shuffled DataLoader draws its permutation from the global torch RNG, whose state a
 checkpoint does not hold: a run resumed at epoch k would shuffle differently from one that never
 stopped. Lightning calls `set_epoch` on samplers that have it, as it does for DistributedSampler.
+The split loaders built on it also pass through the batches that a dataset's `__getitems__`
+gathers at once (data/antipodal.py), which the default collate cannot read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -43,6 +46,12 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def collate_batches(data: Any) -> Any:
+    """default_collate, except for a batch that a dataset's `__getitems__` built already (a mapping
+    of batched tensors), which passes through."""
+    return data if isinstance(data, Mapping) else default_collate(data)
+
+
 def split_loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int) -> DataLoader:
     """The DataLoader of one split: shuffled by (seed, epoch) for training, in order otherwise."""
     return DataLoader(
@@ -51,4 +60,5 @@ def split_loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool, nu
         sampler=EpochSeededSampler(dataset, seed) if shuffle else None,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        collate_fn=collate_batches,
     )

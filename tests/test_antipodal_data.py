@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torch.utils.data import default_collate
 
 from data.antipodal import (
     AntipodalDataModule,
@@ -114,6 +115,33 @@ def test_windows_and_targets_in_both_modes():
     batch = next(iter(step.train_dataloader()))
     assert set(batch) == {"x", "y", "regime", "transition"}
     assert batch["x"].shape == batch["y"].shape == (64, 7, 4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"target_mode": "last"},
+        {"target_mode": "next_step"},
+        {"target_mode": "next_step", "stride": 7},
+        {"target_mode": "next_step", "stateful": True, "batch_size": 8},
+    ],
+)
+def test_batched_gather_equals_collating_the_windows_one_by_one(options):
+    dm = AntipodalDataModule(generator={"T": 500, "seed": 3}, history_length=7, **options)
+    dm.setup()
+    for split, dataset in dm.datasets.items():
+        indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1))[:13].tolist()
+        gathered = dataset.__getitems__(indices)
+        collated = default_collate([dataset[i] for i in indices])
+        assert gathered.keys() == collated.keys(), split
+        for key, value in collated.items():
+            assert gathered[key].dtype == value.dtype and torch.equal(gathered[key], value), (split, key)
+    # The loaders read batches through the gather and pass them through unchanged.
+    loader = dm.train_dataloader()
+    batch = next(iter(loader))
+    first = list(loader.sampler)[: dm.batch_size]
+    expected = default_collate([dm.datasets["train"][i] for i in first])
+    assert all(torch.equal(batch[key], expected[key]) for key in expected)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch.utils.data import default_collate
 
 from data.antipodal import AntipodalProcessConfig, generate_antipodal
 from data.antipodal_field import AntipodalFieldDataModule, generate_antipodal_field, render_fields, smooth_basis_maps
@@ -91,6 +92,9 @@ def test_windows_targets_and_batches(target):
     assert set(batch) == {"x", "y", "regime", "transition"}
     assert batch["x"].shape == (32, 7, 1, 8, 8)
     assert batch["y"].shape == ((32, 7, 1, 8, 8) if target == "field" else (32, 7, 4))
+    for windows in (last.datasets["val"], step.datasets["val"]):
+        gathered, collated = windows.__getitems__([3, 0, 5]), default_collate([windows[i] for i in (3, 0, 5)])
+        assert all(torch.equal(gathered[key], collated[key]) for key in collated)
 
 
 def test_datamodule_declares_field_input_and_the_target_size(make_config):

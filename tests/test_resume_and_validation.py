@@ -182,7 +182,9 @@ def test_a_model_that_does_not_fit_the_data_fails_naming_both(tmp_path):
 
 @pytest.mark.slow  # two training subprocesses of several epochs: about 40 s on 2 cores
 def test_a_run_killed_mid_epoch_resumes_from_last_ckpt_to_the_same_result(tmp_path):
-    overrides = [*SHORT_RUN, "trainer.limit_train_batches=40", "data.generator.T=2000", "trainer.max_epochs=5"]
+    # Enough epochs that the kill, a few epochs in, lands well before the end: with the fused
+    # kernels an epoch here takes about 0.1 s, and five epochs could finish inside the wait.
+    overrides = [*SHORT_RUN, "trainer.limit_train_batches=40", "data.generator.T=2000", "trainer.max_epochs=30"]
     command = [sys.executable, str(ROOT / "train_hydra.py"), *overrides]
     crashed = tmp_path / "crashed"
     process = subprocess.Popen(
