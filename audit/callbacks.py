@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,8 @@ class NonFiniteGuard(pl.Callback):
     def _spike_threshold(self) -> float | None:
         if self.spike_factor is None or len(self.recent_losses) < max(2, self.spike_window // 2):
             return None
-        return self.spike_factor * float(torch.tensor(self.recent_losses).median())
+        # The lower middle value for an even count, as torch.median, without building a tensor each step.
+        return self.spike_factor * statistics.median_low(self.recent_losses)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
