@@ -47,6 +47,23 @@ OVERHEAD_CONFIGS = {
 RUNS: list[PlainLoopAlongside] = []
 
 
+def seeded_model(model_name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(model_name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
+
+
+def window_loss(model: nn.Module, batch: dict[str, torch.Tensor], last_only: bool) -> torch.Tensor:
+    """The MSE the default objective takes: on the last step (target_mode=last) or on every step."""
+    prediction = model(batch["x"])
+    return nn.functional.mse_loss(prediction[:, -1] if last_only else prediction, batch["y"])
+
+
+def adamw_onecycle(model: nn.Module, total_steps: int):
+    """configs/optimizer/adamw.yaml and configs/scheduler/onecycle.yaml of the default config."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=total_steps)
+
+
 class PlainLoopAlongside(pl.Callback):
     """After every Lightning training step, one step of a plain loop doing the same work; both timed.
 
@@ -57,17 +74,13 @@ class PlainLoopAlongside(pl.Callback):
     def __init__(self, model_name: str, epochs: int, data_options: dict) -> None:
         from data.antipodal import AntipodalDataModule
 
-        torch.manual_seed(0)
-        datamodule = AntipodalDataModule(**dict(data_options))
-        datamodule.setup()
-        self.last_only = datamodule.target_mode == "last"
-        self.loader = datamodule.train_dataloader()
+        self.datamodule = AntipodalDataModule(**dict(data_options))
+        self.datamodule.setup()
+        self.last_only = self.datamodule.target_mode == "last"
+        self.loader = self.datamodule.train_dataloader()
         self.samples = len(self.loader.dataset)
-        self.model = build_model(model_name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=3e-3, weight_decay=1e-4)
-        self.schedule = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=3e-3, total_steps=len(self.loader) * epochs
-        )
+        self.model = seeded_model(model_name)
+        self.optimizer, self.schedule = adamw_onecycle(self.model, len(self.loader) * epochs)
         self.lightning_seconds: list[float] = []  # per epoch
         self.plain_seconds: list[float] = []
         self._batches = iter(())
@@ -96,9 +109,7 @@ class PlainLoopAlongside(pl.Callback):
             self._batches = iter(self.loader)
             batch = next(self._batches)
         self.optimizer.zero_grad(set_to_none=True)
-        prediction = self.model(batch["x"])
-        loss = nn.functional.mse_loss(prediction[:, -1] if self.last_only else prediction, batch["y"])
-        loss.backward()
+        window_loss(self.model, batch, self.last_only).backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
@@ -109,19 +120,14 @@ class BareLightningModule(pl.LightningModule):
 
     def __init__(self, model_name: str, last_only: bool) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        self.model = build_model(model_name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
+        self.model = seeded_model(model_name)
         self.last_only = last_only
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        prediction = self.model(batch["x"])
-        return nn.functional.mse_loss(prediction[:, -1] if self.last_only else prediction, batch["y"])
+        return window_loss(self.model, batch, self.last_only)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=3e-3, weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=3e-3, total_steps=self.trainer.estimated_stepping_batches
-        )
+        optimizer, schedule = adamw_onecycle(self.model, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -161,8 +167,6 @@ def framework_epochs(
 
 def bare_lightning_epochs(model_name: str, epochs: int, data_options: dict, output_dir: Path) -> PlainLoopAlongside:
     """Train `1 + epochs` epochs of a BareLightningModule with a PlainLoopAlongside; return it."""
-    from data.antipodal import AntipodalDataModule
-
     total = 1 + epochs
     plain = PlainLoopAlongside(model_name, total, data_options)
     trainer = pl.Trainer(
@@ -178,7 +182,8 @@ def bare_lightning_epochs(model_name: str, epochs: int, data_options: dict, outp
         enable_model_summary=False,
         callbacks=[plain],
     )
-    trainer.fit(BareLightningModule(model_name, plain.last_only), datamodule=AntipodalDataModule(**data_options))
+    # The plain loop's own data (already set up): Lightning iterates its own loader of it.
+    trainer.fit(BareLightningModule(model_name, plain.last_only), datamodule=plain.datamodule)
     return plain
 
 
