@@ -159,19 +159,11 @@ class AntipodalWindows(Dataset):
         return torch.unique(steps)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        s, h = int(self.starts[index]), self.history_length
-        target = slice(s + h, s + h + 1) if self.target_mode == "last" else slice(s + 1, s + h + 1)
-        squeeze = (lambda v: v[0]) if self.target_mode == "last" else (lambda v: v)
-        return {
-            "x": self.x[s : s + h],
-            "y": squeeze(self.x[target]),
-            "regime": squeeze(self.regime[target]),
-            "transition": squeeze(self.transition[target]),
-        }
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """The windows at `indices` as one batch, gathered in one indexing op per key: what
-        default_collate makes of [self[i] for i in indices], at a fraction of its per-sample cost.
+        """The windows at `indices` as one batch, gathered in one indexing op per key (what
+        default_collate would make of the windows one by one, without a Python call per window).
         The DataLoader hands it to data.epoch_sampling.collate_batches, which passes it through."""
         starts = self.starts[torch.as_tensor(indices, dtype=torch.long)]
         steps = starts[:, None] + torch.arange(self.history_length)

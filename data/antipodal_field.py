@@ -112,12 +112,6 @@ class AntipodalFieldWindows(AntipodalWindows):
             else None
         )
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = super().__getitem__(index)
-        if self.observation_windows is not None:
-            item["y"] = self.observation_windows[index]["y"]
-        return item
-
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         batch = super().__getitems__(indices)
         if self.observation_windows is not None:
