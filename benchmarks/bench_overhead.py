@@ -2,7 +2,10 @@
 
     python benchmarks/bench_overhead.py                       # z2_delta, default and long-window configs
     python benchmarks/bench_overhead.py --model lstm --epochs 8
-    python benchmarks/bench_overhead.py --overrides trainer.log_every_n_steps=50   # what a setting costs
+    python benchmarks/bench_overhead.py --overrides trainer.log_every_n_steps=10   # what a setting costs
+    python benchmarks/bench_overhead.py --overrides callbacks=default logger=tensorboard \
+        trainer.enable_progress_bar=true callbacks.early_stopping.monitor=train/loss_epoch \
+        callbacks.model_checkpoint.monitor=train/loss_epoch    # with the default callbacks and logger
 
 One run of `train_hydra.train` (Lightning, the composed Hydra config with `callbacks=none`,
 `logger=none`, no validation) carries a callback that, after each of its training steps, runs one
@@ -140,23 +143,27 @@ def framework_epochs(
 
     total = 1 + epochs
     options = ",".join(f"{key}:{value}" for key, value in data_options.items())
+    settings = {
+        "model": model_name,
+        "trainer.max_epochs": total,
+        "trainer.accelerator": "cpu",
+        "trainer.limit_val_batches": 0,
+        "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false",
+        "callbacks": "none",
+        "logger": "none",
+        "test": "false",
+        **{f"data.{key}": value for key, value in data_options.items()},
+    }
+    # An override replaces the setting of the same key (e.g. callbacks=default), so it is never given twice.
+    settings.update(override.split("=", 1) for override in overrides)
     cfg = compose_config(
         [
-            f"model={model_name}",
-            f"trainer.max_epochs={total}",
-            "trainer.accelerator=cpu",
-            "trainer.limit_val_batches=0",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
-            "callbacks=none",
-            "logger=none",
-            "test=false",
+            *(f"{key}={value}" for key, value in settings.items()),
             f"+callbacks.plain_loop._target_={__name__}.PlainLoopAlongside",
             f"+callbacks.plain_loop.model_name={model_name}",
             f"+callbacks.plain_loop.epochs={total}",
             f"+callbacks.plain_loop.data_options={{{options}}}",
-            *(f"data.{key}={value}" for key, value in data_options.items()),
-            *overrides,
         ],
         output_dir,
     )
@@ -228,7 +235,7 @@ def main() -> None:
         "--overrides",
         nargs="*",
         default=[],
-        help="Hydra overrides of the train_hydra.train run, e.g. trainer.log_every_n_steps=50",
+        help="Hydra overrides of the train_hydra.train run, e.g. trainer.log_every_n_steps=10 (each replaces the benchmark's own setting of that key)",
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     args = parser.parse_args()

@@ -1,9 +1,11 @@
-"""The training step's own bookkeeping stays on the device: no host reads of tensors on steps that
-log nothing, and the epoch's training loss is still the sample-weighted mean of the step losses."""
+"""The training step's own bookkeeping stays cheap: no host reads of tensors on steps that log
+nothing, Lightning's per-hook bookkeeping skips nn.Module's attribute tables, and the epoch's
+training loss is still the sample-weighted mean of the step losses."""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from torch.overrides import TorchFunctionMode
 
@@ -83,6 +85,28 @@ def test_training_steps_that_log_nothing_read_no_tensor_on_the_host(make_config)
     counter = CountHostReads()
     _fit(make_config, [], wrap_hooks=counter)
     assert counter.reads == []
+
+
+class CountModuleSetattr:
+    """Counts the attribute names set through torch.nn.Module.__setattr__."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.names: list[str] = []
+        original = torch.nn.Module.__setattr__
+
+        def counted(module, name, value):
+            self.names.append(name)
+            original(module, name, value)
+
+        monkeypatch.setattr(torch.nn.Module, "__setattr__", counted)
+
+
+def test_lightnings_hook_name_bookkeeping_bypasses_module_setattr(make_config, monkeypatch):
+    counter = CountModuleSetattr(monkeypatch)
+    trainer = _fit(make_config, [])
+    assert trainer.global_step > 10
+    assert "_current_fx_name" not in counter.names
+    assert trainer.lightning_module._current_fx_name is None  # Lightning's reset after fit still lands
 
 
 def test_the_epoch_training_loss_is_the_sample_weighted_mean_of_the_step_losses(make_config):
