@@ -178,7 +178,7 @@ class SeamGatedLightningModule(pl.LightningModule):
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning names the running hook in _current_fx_name before and after every hook call,
         # about 50 times a training step; nn.Module.__setattr__ would search the parameter, buffer
-        # and submodule tables each time (about 4 % of a default 2 ms step). A string is none of those.
+        # and submodule tables each time (2-4 % of a default 2 ms step). A string is none of those.
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:

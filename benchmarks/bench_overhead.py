@@ -155,11 +155,18 @@ def framework_epochs(
         "test": "false",
         **{f"data.{key}": value for key, value in data_options.items()},
     }
-    # An override replaces the setting of the same key (e.g. callbacks=default), so it is never given twice.
-    settings.update(override.split("=", 1) for override in overrides)
+    # An override of a key set here (e.g. callbacks=default) replaces that setting: Hydra refuses a key given twice.
+    others = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in settings:
+            settings[key] = value
+        else:
+            others.append(override)
     cfg = compose_config(
         [
             *(f"{key}={value}" for key, value in settings.items()),
+            *others,
             f"+callbacks.plain_loop._target_={__name__}.PlainLoopAlongside",
             f"+callbacks.plain_loop.model_name={model_name}",
             f"+callbacks.plain_loop.epochs={total}",
