@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from models import build_model
+from training.floating_point import FlushDenormals
 
 INPUT_DIM, HIDDEN_DIM = 4, 64
 
@@ -62,17 +63,19 @@ def window_loss(model: nn.Module, batch: dict[str, torch.Tensor], last_only: boo
 
 
 def adamw_onecycle(model: nn.Module, total_steps: int):
-    """configs/optimizer/adamw.yaml and configs/scheduler/onecycle.yaml of the default config."""
+    """The `optim` settings of configs/config.yaml: AdamW, OneCycle with warmup_fraction 0.1."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=total_steps)
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=total_steps, pct_start=0.1
+    )
 
 
 class PlainLoopAlongside(pl.Callback):
     """After every Lightning training step, one step of a plain loop doing the same work; both timed.
 
-    The plain side mirrors configs/optimizer/adamw.yaml, configs/scheduler/onecycle.yaml and
-    trainer.gradient_clip_val of the default config: AdamW (lr 3e-3, weight decay 1e-4), OneCycle
-    over all epochs, clipping the gradient norm at 1."""
+    The plain side mirrors the `optim` settings and trainer.gradient_clip_val of the default
+    config: AdamW (lr 3e-3, weight decay 1e-4), OneCycle over all epochs with 10 % warmup, clipping
+    the gradient norm at 1. It runs inside the Lightning run, so under its trainer.flush_denormal."""
 
     def __init__(self, model_name: str, epochs: int, data_options: dict) -> None:
         from data.antipodal import AntipodalDataModule
@@ -194,7 +197,7 @@ def bare_lightning_epochs(model_name: str, epochs: int, data_options: dict, outp
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[plain],
+        callbacks=[plain, FlushDenormals()],  # the floating-point mode of the train_hydra.train run
     )
     # The plain loop's own data (already set up): Lightning iterates its own loader of it.
     trainer.fit(BareLightningModule(model_name, plain.last_only), datamodule=plain.datamodule)

@@ -1,4 +1,4 @@
-"""create_trainer: a Lightning Trainer with the project's device and precision rules applied and
+"""create_trainer: a Lightning Trainer with the project's device, precision and denormal rules applied and
 checkpoints written atomically."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pytorch_lightning.plugins import CheckpointIO
 
 from models.contract import OptionError
 from training.checkpoint_io import AtomicCheckpointIO
+from training.floating_point import FlushDenormals
 
 GPU_ACCELERATORS = {"gpu": "a CUDA or Apple MPS GPU", "cuda": "a CUDA GPU", "mps": "an Apple MPS GPU"}
 
@@ -59,13 +60,18 @@ def create_trainer(
     precision: str | int = "auto",
     devices: int | str | list[int] = "auto",
     strategy: str = "auto",
-    callbacks: list[pl.Callback] | None = None,
+    callbacks: list[pl.Callback] | pl.Callback | None = None,
     logger: Any = True,
+    flush_denormal: bool = True,
     **trainer_kwargs: Any,
 ) -> pl.Trainer:
     """A Lightning Trainer with the project's `auto` device and precision rules applied and
-    checkpoints written atomically."""
+    checkpoints written atomically; with `flush_denormal`, the CPU flushes denormal floats to zero
+    while it trains or evaluates (training/floating_point.py)."""
     accelerator = resolve_accelerator(accelerator)
+    callbacks = [callbacks] if isinstance(callbacks, pl.Callback) else list(callbacks or [])
+    if flush_denormal:
+        callbacks.append(FlushDenormals())
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
         plugins.append(AtomicCheckpointIO())
