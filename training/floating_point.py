@@ -1,10 +1,10 @@
 """The CPU's denormal mode during training: flush denormal floats to zero (trainer.flush_denormal).
 
-Late in training, saturated gates leave gradients and scan terms below float32's smallest normal
-value (1.2e-38). x86 CPUs compute on such denormals through a microcode path tens of times
-slower, so an epoch of z2_delta on long windows grew from 3.5 s to 11 s by epoch 10 (docs/speed.md).
-Flushing them to zero changes no value above 1e-38, and CUDA GPUs never take that path, so the
-default trains with it on, as TensorFlow's CPU runtime does.
+Late in training, saturated gates leave gradients below float32's smallest normal value (1.2e-38).
+x86 CPUs compute on such denormals through a microcode path several times slower, so an epoch of
+z2_delta on long windows grew from 3.5 s to 11 s by the tenth epoch (docs/speed.md). Flushing them
+to zero changes no value above 1e-38, and CUDA GPUs have no such slow path, so the default trains
+with it on.
 """
 
 from __future__ import annotations
