@@ -1,12 +1,14 @@
 """The training step's own bookkeeping stays cheap: no host reads of tensors on steps that log
 nothing, Lightning's per-hook bookkeeping skips nn.Module's attribute tables, and the epoch's
-training loss is still the sample-weighted mean of the step losses."""
+training loss is still the sample-weighted mean of the step losses, and hooks run under no profiler
+context unless a profiler is asked for."""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.profilers import PassThroughProfiler
 from torch.overrides import TorchFunctionMode
 
 from models import delta_cpu_kernel, scan_cpu_kernel
@@ -118,3 +120,27 @@ def test_the_epoch_training_loss_is_the_sample_weighted_mean_of_the_step_losses(
     logged = float(trainer.callback_metrics["train/loss_epoch"])
     assert abs(logged - expected) <= 1e-6 * abs(expected)
     assert abs(logged - unweighted) > 1e-6 * abs(expected)  # negative control: not the plain mean of steps
+
+
+def _profiled_hook_calls(make_config, monkeypatch, overrides: list[str]) -> list[str]:
+    """The hook calls that a fit with the composed trainer config runs inside a profiler context."""
+    profiled: list[str] = []
+
+    def start(profiler, action_name: str) -> None:
+        if action_name.startswith(("[LightningModule]", "[Callback]", "[Strategy]")):
+            profiled.append(action_name)
+
+    monkeypatch.setattr(PassThroughProfiler, "start", start)
+    cfg = make_config([*RUN, *overrides])
+    datamodule = instantiate(cfg.data)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer.fit(build_module(cfg, datamodule), datamodule=datamodule)
+    assert trainer.global_step > 10
+    return profiled
+
+
+def test_hooks_run_under_no_profiler_context_unless_one_is_asked_for(make_config, monkeypatch):
+    assert _profiled_hook_calls(make_config, monkeypatch, []) == []
+    # Negative control: Lightning's own pass-through profiler, named explicitly, enters one per hook call.
+    explicit = ["+trainer.profiler._target_=pytorch_lightning.profilers.PassThroughProfiler"]
+    assert "[Strategy]SingleDeviceStrategy.training_step" in _profiled_hook_calls(make_config, monkeypatch, explicit)
