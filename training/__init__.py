@@ -4,7 +4,7 @@
     training.objectives     the training loss and evaluation metrics of each task
     training.decoding       greedy decoding and scheduled sampling (seq2seq)
     training.schedules      the learning-rate schedules
-    training.trainer        create_trainer and its device and precision rules
+    training.trainer        create_trainer, its device and precision rules and NoProfiler
     training.floating_point flushing denormal floats to zero while a trainer runs (trainer.flush_denormal)
     training.run_checkpoint ModelCheckpoint that keeps the best score on resume into a new dir
     training.checkpoint_io  atomic (write-then-rename) file writes and Lightning's CheckpointIO
