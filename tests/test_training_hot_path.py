@@ -1,7 +1,7 @@
 """The training step's own bookkeeping stays cheap: no host reads of tensors on steps that log
-nothing, Lightning's per-hook bookkeeping skips nn.Module's attribute tables, and the epoch's
-training loss is still the sample-weighted mean of the step losses, and hooks run under no profiler
-context unless a profiler is asked for."""
+nothing, Lightning's per-hook bookkeeping skips nn.Module's attribute tables, hooks run under no
+profiler context unless a profiler is asked for, and the epoch's training loss is still the
+sample-weighted mean of the step losses."""
 
 from __future__ import annotations
 
