@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import CheckpointIO
-from pytorch_lightning.profilers import PassThroughProfiler
+from pytorch_lightning.profilers import PassThroughProfiler, Profiler
 
 from models.contract import OptionError
 from training.checkpoint_io import AtomicCheckpointIO
@@ -80,12 +80,13 @@ def create_trainer(
     callbacks: list[pl.Callback] | pl.Callback | None = None,
     logger: Any = True,
     flush_denormal: bool = True,
+    profiler: Profiler | str | None = None,
     **trainer_kwargs: Any,
 ) -> pl.Trainer:
     """A Lightning Trainer with the project's `auto` device and precision rules applied and
     checkpoints written atomically; with `flush_denormal`, the CPU flushes denormal floats to zero
     while it trains or evaluates (training/floating_point.py). Without a `profiler` (debug=profiler
-    sets one), hooks run under the NoProfiler."""
+    sets one), hooks run under NoProfiler."""
     accelerator = resolve_accelerator(accelerator)
     callbacks = [callbacks] if isinstance(callbacks, pl.Callback) else list(callbacks or [])
     if flush_denormal:
@@ -102,6 +103,6 @@ def create_trainer(
         callbacks=callbacks,
         logger=logger,
         plugins=plugins,
-        profiler=trainer_kwargs.pop("profiler", None) or NoProfiler(),
+        profiler=profiler or NoProfiler(),
         **trainer_kwargs,
     )
