@@ -16,6 +16,7 @@ import torch
 from models import build_model, check_task
 from models.contract import INPUT_KINDS, OptionError
 from training.objectives import HEADLINE_METRIC, OBJECTIVES
+from training.optimizers import adamw, adamw_fused_flag, check_fused
 from training.schedules import (
     SCHEDULERS,
     STEP_SCHEDULERS,
@@ -58,6 +59,9 @@ class SeamGatedLightningModule(pl.LightningModule):
             `next_step` scores every step.
         learning_rate, weight_decay: AdamW settings (learning_rate is the peak for `onecycle`).
         betas, eps: AdamW's moment decay rates and denominator term.
+        fused: AdamW's fused kernel (one call per update, not ~10 ops per parameter tensor): `auto`
+            uses it where torch has one for the parameters' device, True insists, False never.
+            On resume this setting, not the checkpoint's, decides.
         scheduler: one of SCHEDULERS.
         warmup_fraction: fraction of all steps spent warming up (`onecycle`, `cosine_warmup`).
         cycle_momentum: `onecycle` only: cycle beta1 inversely to the LR, from 0.95 down to 0.85 at the
@@ -91,6 +95,7 @@ class SeamGatedLightningModule(pl.LightningModule):
         warmup_fraction: float = 0.1,
         betas: tuple[float, float] | list[float] = (0.9, 0.999),
         eps: float = 1e-8,
+        fused: bool | str = "auto",
         cycle_momentum: bool = True,
         plateau_factor: float = 0.5,
         plateau_patience: int = 3,
@@ -152,6 +157,7 @@ class SeamGatedLightningModule(pl.LightningModule):
             raise OptionError("plateau_factor", f"plateau_factor={plateau_factor} must lie in (0, 1).")
         if plateau_patience < 0:
             raise OptionError("plateau_patience", f"plateau_patience={plateau_patience} must be >= 0.")
+        check_fused(fused)
         if not 0.0 <= min_lr < learning_rate:
             raise OptionError("min_lr", f"min_lr={min_lr} must lie in [0, learning_rate={learning_rate}).")
         if output_dim is None:
@@ -268,6 +274,16 @@ class SeamGatedLightningModule(pl.LightningModule):
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # torch's Optimizer.load_state_dict takes `fused` from the saved param groups, so without this
+        # a resumed run would update the way its checkpoint's run did, whatever optim.fused says now.
+        if self._trainer is None:  # load_from_checkpoint: no optimizer is restored
+            return
+        fused = adamw_fused_flag(self.hparams.get("fused", "auto"), self.trainer.strategy.root_device)
+        for optimizer_state in checkpoint.get("optimizer_states", []):
+            for group in optimizer_state["param_groups"]:
+                group["fused"] = fused
+
     def _log_stage_metrics(self, stage: str) -> None:
         headline = HEADLINE_METRIC.get(self.hparams.task)
         for name, value in self.objective.compute_and_reset(stage).items():
@@ -288,8 +304,8 @@ class SeamGatedLightningModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=hp.betas, eps=hp.eps
+        optimizer = adamw(
+            self.parameters(), hp.learning_rate, hp.weight_decay, hp.betas, hp.eps, hp.get("fused", "auto")
         )
         total_steps = self.trainer.estimated_stepping_batches if hp.scheduler in STEP_SCHEDULERS else None
         schedule = lr_scheduler_config(

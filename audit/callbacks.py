@@ -219,7 +219,7 @@ class NonFiniteGuard(pl.Callback):
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         # Accumulated micro-batches add up to the step's loss; one bad micro-batch spoils the step.
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        self._step_loss += float(loss) / (scaler.get_scale() if scaler is not None else 1.0)
+        self._step_loss += float(loss.detach()) / (scaler.get_scale() if scaler is not None else 1.0)
 
     def _spike_threshold(self) -> float | None:
         if self.spike_factor is None or len(self.recent_losses) < max(2, self.spike_window // 2):

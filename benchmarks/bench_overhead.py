@@ -37,6 +37,7 @@ from torch import nn
 
 from models import build_model
 from training.floating_point import FlushDenormals
+from training.optimizers import adamw
 
 INPUT_DIM, HIDDEN_DIM = 4, 64
 
@@ -62,9 +63,10 @@ def window_loss(model: nn.Module, batch: dict[str, torch.Tensor], last_only: boo
     return nn.functional.mse_loss(prediction[:, -1] if last_only else prediction, batch["y"])
 
 
-def adamw_onecycle(model: nn.Module, total_steps: int):
-    """The `optim` settings of configs/config.yaml: AdamW, OneCycle with warmup_fraction 0.1."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+def adamw_onecycle(model: nn.Module, total_steps: int, fused: bool | str):
+    """The `optim` settings of configs/config.yaml: AdamW (fused as optim.fused says), OneCycle with
+    warmup_fraction 0.1."""
+    optimizer = adamw(model.parameters(), 3e-3, 1e-4, (0.9, 0.999), 1e-8, fused)
     return optimizer, torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=3e-3, total_steps=total_steps, pct_start=0.1
     )
@@ -74,10 +76,11 @@ class PlainLoopAlongside(pl.Callback):
     """After every Lightning training step, one step of a plain loop doing the same work; both timed.
 
     The plain side mirrors the `optim` settings and trainer.gradient_clip_val of the default
-    config: AdamW (lr 3e-3, weight decay 1e-4), OneCycle over all epochs with 10 % warmup, clipping
-    the gradient norm at 1. It runs inside the Lightning run, so under its trainer.flush_denormal."""
+    config: AdamW (lr 3e-3, weight decay 1e-4, the run's optim.fused), OneCycle over all epochs with
+    10 % warmup, clipping the gradient norm at 1. It runs inside the Lightning run, so under its
+    trainer.flush_denormal."""
 
-    def __init__(self, model_name: str, epochs: int, data_options: dict) -> None:
+    def __init__(self, model_name: str, epochs: int, data_options: dict, fused: bool | str) -> None:
         from data.antipodal import AntipodalDataModule
 
         self.datamodule = AntipodalDataModule(**dict(data_options))
@@ -86,7 +89,7 @@ class PlainLoopAlongside(pl.Callback):
         self.loader = self.datamodule.train_dataloader()
         self.samples = len(self.loader.dataset)
         self.model = seeded_model(model_name)
-        self.optimizer, self.schedule = adamw_onecycle(self.model, len(self.loader) * epochs)
+        self.optimizer, self.schedule = adamw_onecycle(self.model, len(self.loader) * epochs, fused)
         self.lightning_seconds: list[float] = []  # per epoch
         self.plain_seconds: list[float] = []
         self._batches = iter(())
@@ -124,16 +127,17 @@ class PlainLoopAlongside(pl.Callback):
 class BareLightningModule(pl.LightningModule):
     """Only what pl.Trainer needs to do the plain loop's work: the floor of Lightning's own loop."""
 
-    def __init__(self, model_name: str, last_only: bool) -> None:
+    def __init__(self, model_name: str, last_only: bool, fused: bool | str) -> None:
         super().__init__()
         self.model = seeded_model(model_name)
         self.last_only = last_only
+        self.fused = fused
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return window_loss(self.model, batch, self.last_only)
 
     def configure_optimizers(self):
-        optimizer, schedule = adamw_onecycle(self.model, self.trainer.estimated_stepping_batches)
+        optimizer, schedule = adamw_onecycle(self.model, self.trainer.estimated_stepping_batches, self.fused)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -174,6 +178,7 @@ def framework_epochs(
             f"+callbacks.plain_loop.model_name={model_name}",
             f"+callbacks.plain_loop.epochs={total}",
             f"+callbacks.plain_loop.data_options={{{options}}}",
+            "+callbacks.plain_loop.fused=${optim.fused}",
         ],
         output_dir,
     )
@@ -182,10 +187,13 @@ def framework_epochs(
     return RUNS[-1]
 
 
-def bare_lightning_epochs(model_name: str, epochs: int, data_options: dict, output_dir: Path) -> PlainLoopAlongside:
-    """Train `1 + epochs` epochs of a BareLightningModule with a PlainLoopAlongside; return it."""
+def bare_lightning_epochs(
+    model_name: str, epochs: int, data_options: dict, output_dir: Path, fused: bool | str
+) -> PlainLoopAlongside:
+    """Train `1 + epochs` epochs of a BareLightningModule with a PlainLoopAlongside, both with AdamW
+    fused as `fused` says; return it."""
     total = 1 + epochs
-    plain = PlainLoopAlongside(model_name, total, data_options)
+    plain = PlainLoopAlongside(model_name, total, data_options, fused)
     trainer = pl.Trainer(
         default_root_dir=output_dir,
         max_epochs=total,
@@ -200,39 +208,46 @@ def bare_lightning_epochs(model_name: str, epochs: int, data_options: dict, outp
         callbacks=[plain, FlushDenormals()],  # the floating-point mode of the train_hydra.train run
     )
     # The plain loop's own data (already set up): Lightning iterates its own loader of it.
-    trainer.fit(BareLightningModule(model_name, plain.last_only), datamodule=plain.datamodule)
+    trainer.fit(BareLightningModule(model_name, plain.last_only, fused), datamodule=plain.datamodule)
     return plain
 
 
-def overhead(run: PlainLoopAlongside) -> tuple[float, float, float, float]:
-    """(median, lowest, highest) overhead over the timed epochs, and Lightning's samples/s."""
+def overhead(run: PlainLoopAlongside) -> tuple[float, float, float, float, float]:
+    """(median, lowest, highest) overhead over the timed epochs, Lightning's samples/s, and the
+    median of Lightning's extra time per step in microseconds."""
     pairs = list(zip(run.lightning_seconds[1:], run.plain_seconds[1:]))  # the first epoch warms up
     ratios = sorted(lightning / plain - 1 for lightning, plain in pairs)
     samples_per_second = run.samples / statistics.median(lightning for lightning, _ in pairs)
-    return statistics.median(ratios), ratios[0], ratios[-1], samples_per_second
+    extra_us = 1e6 * statistics.median(lightning - plain for lightning, plain in pairs) / len(run.loader)
+    return statistics.median(ratios), ratios[0], ratios[-1], samples_per_second, extra_us
 
 
 def print_overhead(model_name: str, epochs: int, overrides: list[str]) -> None:
+    from train_hydra import compose_config
+
     settings = f", overrides: {' '.join(overrides)}" if overrides else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        fused = compose_config(overrides, tmp).optim.fused  # the bare and plain loops update alike
     print(
         f"\n## Framework overhead, {model_name} on antipodal (B=64), {epochs} timed epochs, steps interleaved"
         f"{settings}\n"
     )
     print(
-        "| config | plain loop samples/s | bare Lightning samples/s (overhead) | train_hydra.train samples/s | "
-        "overhead (median, range) | target |"
+        "| config | plain loop samples/s | bare Lightning samples/s (overhead, extra per step) | "
+        "train_hydra.train samples/s | overhead (median, range) | extra per step | target |"
     )
-    print("|---|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for label, (data_options, target) in OVERHEAD_CONFIGS.items():
         with tempfile.TemporaryDirectory() as tmp:
-            bare = bare_lightning_epochs(model_name, epochs, data_options, Path(tmp) / "bare")
+            bare = bare_lightning_epochs(model_name, epochs, data_options, Path(tmp) / "bare", fused)
             run = framework_epochs(model_name, epochs, data_options, Path(tmp) / "framework", overrides)
         plain_samples_per_second = run.samples / statistics.median(run.plain_seconds[1:])
-        bare_overhead, _, _, bare_samples_per_second = overhead(bare)
-        median, lowest, highest, samples_per_second = overhead(run)
+        bare_overhead, _, _, bare_samples_per_second, bare_extra_us = overhead(bare)
+        median, lowest, highest, samples_per_second, extra_us = overhead(run)
         print(
-            f"| {label} | {plain_samples_per_second:,.0f} | {bare_samples_per_second:,.0f} ({100 * bare_overhead:+.1f}%) | "
-            f"{samples_per_second:,.0f} | {100 * median:+.1f}% ({100 * lowest:+.1f}% .. {100 * highest:+.1f}%) | "
+            f"| {label} | {plain_samples_per_second:,.0f} | {bare_samples_per_second:,.0f} "
+            f"({100 * bare_overhead:+.1f}%, {bare_extra_us:,.0f} us) | {samples_per_second:,.0f} | "
+            f"{100 * median:+.1f}% ({100 * lowest:+.1f}% .. {100 * highest:+.1f}%) | {extra_us:,.0f} us | "
             f"<= {100 * target:.0f}% {'PASS' if median <= target else 'MISS'} |"
         )
 

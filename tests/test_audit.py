@@ -9,14 +9,16 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from audit.callbacks import scale_learning_rates
+from audit.callbacks import NonFiniteGuard, scale_learning_rates
 from audit.dataloader import DataLoaderAuditor
 from audit.gate_recorder import fused_rnn_gate_preactivations
 from audit.gradient_flow import GradientFlowAuditor
@@ -277,6 +279,26 @@ def test_a_learning_rate_cut_survives_the_schedulers_next_steps(schedule):
 
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class RecordScalarReads(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.of_graph_tensors = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "__float__" and args[0].requires_grad:
+            self.of_graph_tensors += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_nonfinite_guard_reads_the_step_loss_apart_from_its_graph():
+    """float() of a tensor that requires grad makes torch warn (once a process, into every run's log)."""
+    loss = (torch.ones(3, requires_grad=True) * 2.0).sum()
+    guard = NonFiniteGuard()
+    with RecordScalarReads() as reads:
+        guard.on_before_backward(SimpleNamespace(precision_plugin=None), None, loss)
+    assert reads.of_graph_tensors == 0 and guard._step_loss == 6.0
 
 
 def test_nonfinite_guard_stops_a_nan_run_and_keeps_earlier_checkpoints(make_config, monkeypatch, caplog):

@@ -1,4 +1,5 @@
-"""The optim block reaches the optimizer and schedulers: betas, eps, momentum cycling, plateau, min_lr."""
+"""The optim block reaches the optimizer and schedulers: betas, eps, the fused kernel, momentum cycling,
+plateau, min_lr."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from models.contract import OptionError
 from train_hydra import (
     ConfigError,
     build_module,
@@ -13,6 +15,7 @@ from train_hydra import (
     instantiate_from,
     train,
 )
+from training.optimizers import adamw_fused_flag
 
 QUICK = [
     "data.generator.T=600",
@@ -39,6 +42,38 @@ def test_betas_and_eps_reach_adamw_and_beta1_stays_put_without_momentum_cycling(
     assert tuple(group["betas"]) == (0.8, 0.99) and group["eps"] == 1e-6
     momentum = EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("lr-AdamW-momentum")
     assert [event.value for event in momentum] == pytest.approx([0.8] * len(momentum)) and momentum
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_fused_adamw_is_the_cpu_default_and_trains_as_the_unfused_one(tmp_path):
+    fused, fused_dir = fitted(tmp_path / "fused")
+    unfused, unfused_dir = fitted(tmp_path / "unfused", "optim.fused=false")
+    assert fused["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    assert unfused["optimizer_states"][0]["param_groups"][0]["fused"] is None  # torch's per-tensor loop
+    # 8 steps of the same AdamW (decoupled weight decay, betas cycling, clipping): float32 rounding apart.
+    fused_weights, unfused_weights = final_weights(fused_dir), final_weights(unfused_dir)
+    assert fused_weights.keys() == unfused_weights.keys()
+    for name, weight in fused_weights.items():
+        torch.testing.assert_close(weight, unfused_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+    moved = [not torch.equal(weight, unfused_weights[name]) for name, weight in fused_weights.items()]
+    assert any(moved)  # two kernels ran, not one path twice
+
+
+def test_a_resumed_run_updates_as_optim_fused_says_not_as_its_checkpoint(tmp_path):
+    fitted(tmp_path, "optim.fused=false", "trainer.max_epochs=1")
+    resumed, _ = fitted(tmp_path, "ckpt_path=auto")  # default fused=auto, 2 epochs
+    assert resumed["epoch"] == 1
+    assert resumed["optimizer_states"][0]["param_groups"][0]["fused"] is True
+
+
+def test_fused_true_is_refused_where_the_device_has_no_fused_adamw():
+    assert adamw_fused_flag(True, torch.device("cpu")) is True
+    assert adamw_fused_flag("auto", torch.device("meta")) is None
+    with pytest.raises(OptionError, match=r"^fused=true needs torch's fused AdamW, which .* lacks for meta"):
+        adamw_fused_flag(True, torch.device("meta"))
 
 
 def test_onecycle_cycles_beta1_by_default_and_the_lr_monitor_logs_it(tmp_path):
@@ -81,6 +116,7 @@ def test_min_lr_is_where_the_schedule_ends(tmp_path, scheduler):
         ("optim.eps=0", "optim.eps=0 must be > 0"),
         ("optim.plateau_factor=1.5", "optim.plateau_factor=1.5 must lie in (0, 1)"),
         ("optim.min_lr=1", "optim.min_lr=1 must lie in [0, learning_rate=0.003)"),
+        ("optim.fused=yes", "optim.fused='yes' is not allowed; choose auto, true or false"),
     ],
 )
 def test_bad_optim_values_fail_in_one_sentence(tmp_path, override, message):
