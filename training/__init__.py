@@ -4,6 +4,7 @@
     training.objectives     the training loss and evaluation metrics of each task
     training.decoding       greedy decoding and scheduled sampling (seq2seq)
     training.schedules      the learning-rate schedules
+    training.optimizers     AdamW, fused where the device has the kernel (optim.fused)
     training.trainer        create_trainer, its device and precision rules and NoProfiler
     training.floating_point flushing denormal floats to zero while a trainer runs (trainer.flush_denormal)
     training.run_checkpoint ModelCheckpoint that keeps the best score on resume into a new dir
