@@ -4,7 +4,9 @@ plateau, min_lr."""
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from models.contract import OptionError
@@ -67,6 +69,37 @@ def test_a_resumed_run_updates_as_optim_fused_says_not_as_its_checkpoint(tmp_pat
     resumed, _ = fitted(tmp_path, "ckpt_path=auto")  # default fused=auto, 2 epochs
     assert resumed["epoch"] == 1
     assert resumed["optimizer_states"][0]["param_groups"][0]["fused"] is True
+
+
+def fit_under_fp16_gradient_scaler(tmp_path, *overrides: str) -> pl.Trainer:
+    """Two steps of the composed run's module under 16-mixed with its GradScaler, clipping at 1 as the
+    default config does (Lightning's own 16-mixed swaps to bf16 on CPU, so the plugin is built here)."""
+    cfg = compose_config([*QUICK, *overrides], tmp_path)
+    datamodule = instantiate_from(cfg, "data")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))],
+        gradient_clip_val=1.0,
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(build_module(cfg, datamodule), datamodule=datamodule)
+    return trainer
+
+
+def test_auto_stays_unfused_under_the_fp16_gradient_scaler_so_clipping_sees_true_gradients(tmp_path):
+    trainer = fit_under_fp16_gradient_scaler(tmp_path)
+    assert trainer.global_step == 2 and trainer.optimizers[0].param_groups[0]["fused"] is None
+
+
+def test_fused_true_is_refused_under_the_fp16_gradient_scaler(tmp_path):
+    with pytest.raises(OptionError, match=r"^fused=true cannot run under the fp16 gradient scaler"):
+        fit_under_fp16_gradient_scaler(tmp_path, "optim.fused=true")
 
 
 def test_fused_true_is_refused_where_the_device_has_no_fused_adamw():

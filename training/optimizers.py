@@ -32,11 +32,27 @@ def device_has_fused_adamw(device_type: str) -> bool:
     return True
 
 
-def adamw_fused_flag(fused: bool | str, device: torch.device) -> bool | None:
+def adamw_fused_flag(fused: bool | str, device: torch.device, scaled_gradients: bool = False) -> bool | None:
     """AdamW's `fused` argument for the choice `fused` (auto, True or False) on `device`: True, or
-    None (torch's own per-tensor or foreach path). True where the device has no fused kernel is
-    refused in one sentence."""
+    None (torch's own per-tensor or foreach path).
+
+    With `scaled_gradients` (an fp16 GradScaler, precision 16-mixed) a fused AdamW would unscale
+    the gradients inside its own step, after Lightning's gradient clipping and the logged gradient
+    norm have seen them scaled (Lightning refuses clipping then), so `auto` stays unfused. True where
+    it cannot run is refused in one sentence.
+    """
     check_fused(fused)
+    if fused is False:
+        return None
+    if scaled_gradients:
+        if fused is True:
+            raise OptionError(
+                "fused",
+                "fused=true cannot run under the fp16 gradient scaler of precision 16-mixed: a fused AdamW "
+                "unscales inside its step, after gradient clipping has seen the scaled gradients; set "
+                "optim.fused=auto (unfused under 16-mixed) or train in bf16-mixed.",
+            )
+        return None
     available = device_has_fused_adamw(device.type)
     if fused is True and not available:
         raise OptionError(
@@ -44,7 +60,7 @@ def adamw_fused_flag(fused: bool | str, device: torch.device) -> bool | None:
             f"fused=true needs torch's fused AdamW, which torch {torch.__version__} lacks for {device.type} "
             "parameters; set optim.fused=auto (fused where available) or false.",
         )
-    return True if available and fused in ("auto", True) else None
+    return True if available else None
 
 
 def adamw(
@@ -54,8 +70,9 @@ def adamw(
     betas: tuple[float, float] | list[float],
     eps: float,
     fused: bool | str = "auto",
+    scaled_gradients: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW over `parameters` (all on one device), with the fused kernel as `fused` says."""
+    """AdamW over `parameters` (all on one device), with the fused kernel as adamw_fused_flag says."""
     parameters = list(parameters)
     device = parameters[0].device if parameters else torch.device("cpu")
     return torch.optim.AdamW(
@@ -64,5 +81,5 @@ def adamw(
         weight_decay=weight_decay,
         betas=tuple(betas),
         eps=eps,
-        fused=adamw_fused_flag(fused, device),
+        fused=adamw_fused_flag(fused, device, scaled_gradients),
     )
