@@ -16,7 +16,7 @@ import torch
 from models import build_model, check_task
 from models.contract import INPUT_KINDS, OptionError
 from training.objectives import HEADLINE_METRIC, OBJECTIVES
-from training.optimizers import adamw, adamw_fused_flag, check_fused
+from training.optimizers import adamw, adamw_fused_flag, check_fused, fused_adamw_blocker
 from training.schedules import (
     SCHEDULERS,
     STEP_SCHEDULERS,
@@ -60,8 +60,9 @@ class SeamGatedLightningModule(pl.LightningModule):
         learning_rate, weight_decay: AdamW settings (learning_rate is the peak for `onecycle`).
         betas, eps: AdamW's moment decay rates and denominator term.
         fused: AdamW's fused kernel (one call per update, not ~10 ops per parameter tensor): `auto`
-            uses it where torch has one for the parameters' device and no fp16 GradScaler runs
-            (16-mixed), True insists, False never. On resume this setting, not the checkpoint's, decides.
+            uses it where torch has one for the parameters' device, except under mixed precision
+            with gradient clipping or 16-mixed's GradScaler; True insists (refused where it cannot
+            run), False never. On resume this setting, not the checkpoint's, decides.
         scheduler: one of SCHEDULERS.
         warmup_fraction: fraction of all steps spent warming up (`onecycle`, `cosine_warmup`).
         cycle_momentum: `onecycle` only: cycle beta1 inversely to the LR, from 0.95 down to 0.85 at the
@@ -274,18 +275,19 @@ class SeamGatedLightningModule(pl.LightningModule):
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
-    def _gradients_are_scaled(self) -> bool:
-        """Whether the trainer's precision (16-mixed) scales the loss with an fp16 GradScaler."""
-        return getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None
+    def fused_adamw(self, trainer: pl.Trainer | None = None) -> bool | None:
+        """AdamW's `fused` argument for optim.fused when training on `trainer` (default: the attached
+        one): True, or None for torch's own path. Raises OptionError where fused=true cannot run."""
+        trainer = trainer or self._trainer
+        device = trainer.strategy.root_device if trainer is not None else self.device
+        return adamw_fused_flag(self.hparams.get("fused", "auto"), device, fused_adamw_blocker(trainer))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # torch's Optimizer.load_state_dict takes `fused` from the saved param groups, so without this
         # a resumed run would update the way its checkpoint's run did, whatever optim.fused says now.
         if self._trainer is None:  # load_from_checkpoint: no optimizer is restored
             return
-        fused = adamw_fused_flag(
-            self.hparams.get("fused", "auto"), self.trainer.strategy.root_device, self._gradients_are_scaled()
-        )
+        fused = self.fused_adamw()
         for optimizer_state in checkpoint.get("optimizer_states", []):
             for group in optimizer_state["param_groups"]:
                 group["fused"] = fused
@@ -317,7 +319,7 @@ class SeamGatedLightningModule(pl.LightningModule):
             hp.betas,
             hp.eps,
             hp.get("fused", "auto"),
-            self._gradients_are_scaled(),
+            fused_adamw_blocker(self._trainer),
         )
         total_steps = self.trainer.estimated_stepping_batches if hp.scheduler in STEP_SCHEDULERS else None
         schedule = lr_scheduler_config(

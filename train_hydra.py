@@ -301,6 +301,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer = instantiate_from(cfg, "trainer", callbacks=callbacks, logger=loggers or False, **checkpointing)
     try:
+        module.fused_adamw(trainer)  # optim.fused=true that the trainer's precision rules out
+    except OptionError as error:
+        raise ConfigError(f"optim.{error}") from error
+    try:
         tuned = tune(
             trainer,
             module,

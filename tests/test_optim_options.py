@@ -98,8 +98,19 @@ def test_auto_stays_unfused_under_the_fp16_gradient_scaler_so_clipping_sees_true
 
 
 def test_fused_true_is_refused_under_the_fp16_gradient_scaler(tmp_path):
-    with pytest.raises(OptionError, match=r"^fused=true cannot run under the fp16 gradient scaler"):
+    with pytest.raises(
+        OptionError, match=r"^fused=true cannot run with the fp16 gradient scaler of precision 16-mixed"
+    ):
         fit_under_fp16_gradient_scaler(tmp_path, "optim.fused=true")
+
+
+def test_under_bf16_mixed_auto_is_fused_only_without_gradient_clipping(tmp_path):
+    clipped, _ = fitted(tmp_path / "clipped", "trainer.precision=bf16-mixed")
+    unclipped, _ = fitted(tmp_path / "unclipped", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=null")
+    assert clipped["optimizer_states"][0]["param_groups"][0]["fused"] is None
+    assert unclipped["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    with pytest.raises(ConfigError, match=r"^optim.fused=true cannot run with gradient clipping under precision bf16"):
+        fitted(tmp_path / "insisted", "trainer.precision=bf16-mixed", "optim.fused=true")
 
 
 def test_fused_true_is_refused_where_the_device_has_no_fused_adamw():

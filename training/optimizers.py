@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision
 
 from models.contract import OptionError
 
@@ -32,25 +34,38 @@ def device_has_fused_adamw(device_type: str) -> bool:
     return True
 
 
-def adamw_fused_flag(fused: bool | str, device: torch.device, scaled_gradients: bool = False) -> bool | None:
+def fused_adamw_blocker(trainer: pl.Trainer | None) -> str | None:
+    """What in `trainer` rules out a fused AdamW, as a phrase, or None.
+
+    A fused AdamW unscales fp16 gradients inside its own step, so under 16-mixed's GradScaler
+    gradient clipping and the logged gradient norm would see them scaled; and Lightning's
+    mixed-precision plugin refuses gradient clipping for any optimizer that could (bf16-mixed too).
+    """
+    plugin = getattr(trainer, "precision_plugin", None)
+    if not isinstance(plugin, MixedPrecision):
+        return None
+    if plugin.scaler is not None:
+        return "the fp16 gradient scaler of precision 16-mixed (a fused AdamW unscales after clipping)"
+    if trainer.gradient_clip_val:
+        return f"gradient clipping under precision {plugin.precision} (Lightning refuses to clip for a fused AdamW)"
+    return None
+
+
+def adamw_fused_flag(fused: bool | str, device: torch.device, blocked_by: str | None = None) -> bool | None:
     """AdamW's `fused` argument for the choice `fused` (auto, True or False) on `device`: True, or
     None (torch's own per-tensor or foreach path).
 
-    With `scaled_gradients` (an fp16 GradScaler, precision 16-mixed) a fused AdamW would unscale
-    the gradients inside its own step, after Lightning's gradient clipping and the logged gradient
-    norm have seen them scaled (Lightning refuses clipping then), so `auto` stays unfused. True where
-    it cannot run is refused in one sentence.
+    `blocked_by` names what in the run rules the fused kernel out (fused_adamw_blocker), or is
+    None; `auto` then stays unfused. True where the kernel cannot run
+    is refused in one sentence.
     """
     check_fused(fused)
     if fused is False:
         return None
-    if scaled_gradients:
+    if blocked_by is not None:
         if fused is True:
             raise OptionError(
-                "fused",
-                "fused=true cannot run under the fp16 gradient scaler of precision 16-mixed: a fused AdamW "
-                "unscales inside its step, after gradient clipping has seen the scaled gradients; set "
-                "optim.fused=auto (unfused under 16-mixed) or train in bf16-mixed.",
+                "fused", f"fused=true cannot run with {blocked_by}; set optim.fused=auto (unfused there) or false."
             )
         return None
     available = device_has_fused_adamw(device.type)
@@ -70,7 +85,7 @@ def adamw(
     betas: tuple[float, float] | list[float],
     eps: float,
     fused: bool | str = "auto",
-    scaled_gradients: bool = False,
+    blocked_by: str | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over `parameters` (all on one device), with the fused kernel as adamw_fused_flag says."""
     parameters = list(parameters)
@@ -81,5 +96,5 @@ def adamw(
         weight_decay=weight_decay,
         betas=tuple(betas),
         eps=eps,
-        fused=adamw_fused_flag(fused, device, scaled_gradients),
+        fused=adamw_fused_flag(fused, device, blocked_by),
     )
