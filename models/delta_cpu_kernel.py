@@ -1,10 +1,11 @@
-"""The fused CPU z2_delta unit: the kernels of models/delta_kernel.cpp behind two autograd Functions.
+"""The fused CPU z2_delta block: the kernels of models/delta_kernel.cpp behind four autograd Functions.
 
 GatedDeltaUnit (models/gated_delta.py) keeps its matmuls in torch and hands the elementwise work
 around them to two kernels: `invariant_features` (the features of (u_t, u_{t-1}) from u and its
 bilinear projections) and `gated_states` (the gates and both linear recurrences from the gate
-pre-activations and W u). Each is one autograd node with a hand-written backward, in place of
-about two dozen torch ops and their (B, T, d) intermediates. models/cpu_kernel_build.py compiles
+pre-activations and W u). GatedDeltaBlock hands its RMSNorm to `rms_norm` and the even state's
+modulation of the odd one to `modulated`. Each is one autograd node with a hand-written backward,
+in place of about two dozen torch ops and their (B, T, d) intermediates. models/cpu_kernel_build.py compiles
 the kernels at first use and caches them per machine. ``kernel()`` returns None, after one logged
 line, wherever they cannot be built or disagree with the unit's torch path; the unit then takes
 that path. ``SEAM_DELTA_KERNEL=eager`` skips the kernels on purpose.
@@ -18,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from models.cpu_kernel_build import load_checked
 
@@ -26,7 +27,16 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("delta_kernel.cpp")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-_POINTERS = {"features_forward": 3, "features_backward": 5, "scan_forward": 6, "scan_backward": 12}
+_POINTERS = {
+    "features_forward": 3,
+    "features_backward": 5,
+    "scan_forward": 6,
+    "scan_backward": 12,
+    "norm_forward": 4,
+    "norm_backward": 6,
+    "modulate_forward": 3,
+    "modulate_backward": 5,
+}
 
 
 class Shape(ctypes.Structure):
@@ -41,14 +51,27 @@ class Shape(ctypes.Structure):
         ("seam", ctypes.c_int32),
         ("threads", ctypes.c_int32),
         ("inv_temperature", ctypes.c_double),
+        ("eps", ctypes.c_double),
     ]
 
 
-def _shape(batch: int, steps: int, stream: int, even: int = 0, rank: int = 0, temperature: float | None = None):
+def _shape(
+    batch: int,
+    steps: int,
+    stream: int,
+    even: int = 0,
+    rank: int = 0,
+    temperature: float | None = None,
+    eps: float = 0.0,
+):
     seam = temperature is not None
-    return Shape(
-        batch, steps, stream, even, rank, int(seam), torch.get_num_threads(), 1.0 / temperature if seam else 0.0
-    )
+    threads = torch.get_num_threads()
+    return Shape(batch, steps, stream, even, rank, int(seam), threads, 1.0 / temperature if seam else 0.0, eps)
+
+
+def _steps_shape(x: Tensor, eps: float = 0.0) -> Shape:
+    """The shape of a kernel whose steps are independent (norm, modulation): every leading axis is a step."""
+    return _shape(x.numel() // x.shape[-1], 1, x.shape[-1], eps=eps)
 
 
 def _pointer(x: Tensor | None) -> int | None:
@@ -56,7 +79,7 @@ def _pointer(x: Tensor | None) -> int | None:
 
 
 class DeltaKernel:
-    """The loaded library's four entry points, on contiguous CPU tensors of one dtype (float32/float64)."""
+    """The loaded library's entry points, on contiguous CPU tensors of one dtype (float32/float64)."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._entries: dict[tuple[str, str], ctypes._CFuncPtr] = {}
@@ -102,6 +125,16 @@ def gated_states(
     is not None), its input u (B, T, d), the weight W of its odd drive W u and the initial
     (h_odd, h_even) (None: zeros)."""
     return _GatedStates.apply(features, *gate_map, u, odd_weight, *state, even_dim, temperature, kernel)
+
+
+def rms_norm(kernel: DeltaKernel, x: Tensor, weight: Tensor, eps: float | None) -> Tensor:
+    """nn.functional.rms_norm(x, (d,), weight, eps) of x (..., d): eps None is the compute dtype's machine epsilon."""
+    return _RMSNorm.apply(x, weight, eps, kernel)
+
+
+def modulated(kernel: DeltaKernel, h_odd: Tensor, modulation: Tensor) -> Tensor:
+    """h_odd * sigmoid(modulation), both (..., d): the block's even state modulating its odd one."""
+    return _Modulated.apply(h_odd, modulation, kernel)
 
 
 class _Workspace:
@@ -220,10 +253,65 @@ class _GatedStates(torch.autograd.Function):
         return (*cast, None, None, None)
 
 
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps, kernel):
+        compute = _compute_dtype(x, weight)
+        with torch.autocast("cpu", enabled=False):
+            x_c, weight_c = _prepared(compute, x, weight)
+            shape = _steps_shape(x_c, torch.finfo(compute).eps if eps is None else eps)
+            normed, inverse_rms = torch.empty_like(x_c), x_c.new_empty(x_c.shape[:-1])
+            kernel.call("norm_forward", (x_c, weight_c, normed, inverse_rms), shape)
+        ctx.save_for_backward(x_c, weight_c, inverse_rms)
+        ctx.shape, ctx.kernel, ctx.input_dtypes = shape, kernel, (x.dtype, weight.dtype)
+        return normed
+
+    @staticmethod
+    def backward(ctx, grad_normed):
+        x, weight, inverse_rms = ctx.saved_tensors
+        (grad_normed,) = _prepared(x.dtype, grad_normed)
+        grad_x, grad_weight = torch.empty_like(x), torch.empty_like(weight)
+        ctx.kernel.call("norm_backward", (x, weight, inverse_rms, grad_normed, grad_x, grad_weight), ctx.shape)
+        x_dtype, weight_dtype = ctx.input_dtypes
+        return grad_x.to(x_dtype), grad_weight.to(weight_dtype), None, None
+
+
+class _Modulated(torch.autograd.Function):
+    """The sigmoid is recomputed in backward from the modulation, so no (B, T, d) gate is stored."""
+
+    @staticmethod
+    def forward(ctx, h_odd, modulation, kernel):
+        compute = _compute_dtype(h_odd, modulation)
+        with torch.autocast("cpu", enabled=False):
+            h_c, modulation_c = _prepared(compute, h_odd, modulation)
+            shape = _steps_shape(h_c)
+            out = torch.empty_like(h_c)
+            kernel.call("modulate_forward", (h_c, modulation_c, out), shape)
+        ctx.save_for_backward(h_c, modulation_c)
+        ctx.shape, ctx.kernel, ctx.input_dtypes = shape, kernel, (h_odd.dtype, modulation.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h_odd, modulation = ctx.saved_tensors
+        (grad_out,) = _prepared(h_odd.dtype, grad_out)
+        grad_h, grad_modulation = torch.empty_like(h_odd), torch.empty_like(modulation)
+        ctx.kernel.call("modulate_backward", (h_odd, modulation, grad_out, grad_h, grad_modulation), ctx.shape)
+        h_dtype, modulation_dtype = ctx.input_dtypes
+        return grad_h.to(h_dtype), grad_modulation.to(modulation_dtype), None
+
+
+def _values_and_gradients(values: list[Tensor], leaves: list[Tensor]) -> list[Tensor]:
+    """`values` and the gradients of a fixed weighting of them w.r.t. `leaves` (None where unused)."""
+    weighted = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype).view_as(v)).sum() for v in values)
+    return values + list(torch.autograd.grad(weighted, leaves, allow_unused=True))
+
+
 def _self_check(candidate: DeltaKernel) -> None:
     """The kernels must reproduce the unit's torch path in float64 (states, final state and the
     gradients of every parameter, the input and the initial state), with and without the seam,
-    from zeros and from a given state, before they are used."""
+    from zeros and from a given state, and the block's norm and modulation their torch ops
+    (values and gradients), before they are used."""
     from models.gated_delta import GatedDeltaUnit
 
     generator = torch.Generator().manual_seed(0)
@@ -242,15 +330,21 @@ def _self_check(candidate: DeltaKernel) -> None:
             results = {}
             for path, kernel in (("torch", None), ("fused", candidate)):
                 h_odd, h_even, final, _ = unit.states(u, state, kernel)
-                values = [h_odd, h_even, *final]
-                weighted = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype).view_as(v)).sum() for v in values)
-                results[path] = values + list(torch.autograd.grad(weighted, leaves, allow_unused=True))
-            for index, (value, expected) in enumerate(zip(results["fused"], results["torch"])):
-                if not torch.allclose(value, expected, rtol=1e-10, atol=1e-12):
-                    raise RuntimeError(
-                        f"self-check failed: output {index} (seam={seam}, state={state is not None}) "
-                        "does not match the z2_delta unit's torch path"
-                    )
+                results[path] = _values_and_gradients([h_odd, h_even, *final], leaves)
+            _compare(results, f"(seam={seam}, state={state is not None}) does not match the z2_delta unit's torch path")
+    x, weight, h_odd, modulation = (draw(*size).requires_grad_() for size in ((2, 9, 5), (5,), (2, 9, 5), (2, 9, 5)))
+    for op, fused, torch_ops, leaves in (
+        ("norm", rms_norm(candidate, x, weight, 1e-3), nn.functional.rms_norm(x, (5,), weight, 1e-3), [x, weight]),
+        ("modulation", modulated(candidate, h_odd, modulation), h_odd * torch.sigmoid(modulation), [h_odd, modulation]),
+    ):
+        results = {"fused": _values_and_gradients([fused], leaves), "torch": _values_and_gradients([torch_ops], leaves)}
+        _compare(results, f"of the block's {op} does not match its torch ops")
+
+
+def _compare(results: dict[str, list[Tensor]], mismatch: str) -> None:
+    for index, (value, expected) in enumerate(zip(results["fused"], results["torch"])):
+        if not torch.allclose(value, expected, rtol=1e-10, atol=1e-12):
+            raise RuntimeError(f"self-check failed: output {index} {mismatch}")
 
 
 @cache

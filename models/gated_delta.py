@@ -241,9 +241,20 @@ class GatedDeltaBlock(nn.Module):
     def forward(
         self, stream: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None, with_diagnostics: bool = True
     ):
-        """-> (new stream, diagnostics of the unit, final state of the unit)."""
-        h_odd, h_even, diagnostics, final_state = self.unit(self.norm(stream), state, with_diagnostics)
-        return stream + self.out(h_odd * torch.sigmoid(self.even_modulation(h_even))), diagnostics, final_state
+        """-> (new stream, diagnostics of the unit, final state of the unit). The norm and the
+        modulation run in the unit's fused CPU kernels where the unit does."""
+        kernel = self.unit.fused_kernel(stream)
+        if kernel is None:
+            normed = self.norm(stream)
+        else:
+            normed = delta_cpu_kernel.rms_norm(kernel, stream, self.norm.weight, self.norm.eps)
+        h_odd, h_even, diagnostics, final_state = self.unit(normed, state, with_diagnostics)
+        modulation = self.even_modulation(h_even)
+        if kernel is None:
+            gated = h_odd * torch.sigmoid(modulation)
+        else:
+            gated = delta_cpu_kernel.modulated(kernel, h_odd, modulation)
+        return stream + self.out(gated), diagnostics, final_state
 
 
 @register_model("z2_delta")

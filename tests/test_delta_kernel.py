@@ -1,5 +1,5 @@
 """The fused CPU z2_delta kernels: equal to the unit's torch path (states, final state and every
-gradient) on awkward lengths, decays near -1 and near 1 and non-zero initial states; float32 under
+gradient), and the block's norm and modulation to their torch ops, on awkward lengths, decays near -1 and near 1 and non-zero initial states; float32 under
 autocast; replaced by the torch path under a torch function mode, where they are switched off and
 where they cannot be built; built with OpenMP where the compiler has it, and rebuilt when the
 header they share with the other kernels changes."""
@@ -14,7 +14,7 @@ import torch
 from conftest import CountTanh
 
 from models import build_model, cpu_kernel_build, delta_cpu_kernel, scan_cpu_kernel, seam_cpu_kernel
-from models.gated_delta import GatedDeltaUnit
+from models.gated_delta import GatedDeltaBlock, GatedDeltaUnit
 
 
 @pytest.fixture
@@ -113,6 +113,78 @@ def test_one_row_and_wide_batches_split_over_threads_agree(kernel):
     _check_equal(kernel, True, "random", 1, 200, torch.float64, with_state=False)
 
 
+def _block(dtype: torch.dtype) -> GatedDeltaBlock:
+    """A block with random weights (9 odd and 7 even channels, so vector loops have tails)."""
+    block = GatedDeltaBlock(9, 7, delta_rank=3, temperature=0.5, seam=True, seam_gate_init=0.05, use_parallel_scan=True)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    return block.to(dtype)
+
+
+def _run_block(block: GatedDeltaBlock, leaves, fused: bool, monkeypatch):
+    """The block's output and final state, and the gradients of a random weighting of them w.r.t.
+    its input, initial state and parameters, with its unit's kernels on (`fused`) or off."""
+    with monkeypatch.context() as patch:
+        if not fused:
+            patch.setattr(block.unit, "fused_kernel", lambda u: None)
+        stream, *state = leaves
+        out, _, final_state = block(stream, tuple(state), with_diagnostics=False)
+    values = [out, *final_state]
+    generator = torch.Generator().manual_seed(4)
+    weighted = sum((v * torch.randn(v.shape, generator=generator, dtype=v.dtype)).sum() for v in values)
+    return values + list(torch.autograd.grad(weighted, [*leaves, *block.parameters()]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("steps", [1, 2, 63, 100, 1000, 4097])
+def test_the_block_with_its_norm_and_modulation_kernels_equals_its_torch_ops(kernel, steps, dtype, monkeypatch):
+    block = _block(dtype)
+    generator = torch.Generator().manual_seed(5)
+    sizes = [(2, steps, 9), (2, 9), (2, 7), (2, 9)]
+    leaves = [(2.0 * torch.randn(size, generator=generator, dtype=dtype)).requires_grad_() for size in sizes]
+    fused = _run_block(block, leaves, True, monkeypatch)
+    reference = _run_block(block, leaves, False, monkeypatch)
+    names = ["out", "final h_odd", "final h_even", "final u", "grad stream", "grad h_odd0", "grad h_even0"]
+    names += ["grad u_before"] + [f"grad {name}" for name, _ in block.named_parameters()]
+    for name, value, expected in zip(names, fused, reference, strict=True):
+        assert value.dtype == expected.dtype == dtype, name
+        if dtype == torch.float64:
+            torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12, msg=name)
+        else:
+            assert _rel_err(value, expected) <= 1e-5, name
+
+
+@pytest.mark.parametrize("eps", [None, 1e-2])
+def test_the_norm_kernel_is_torch_rms_norm_with_its_machine_epsilon_default(kernel, eps):
+    x = torch.randn(3, 17, 9, dtype=torch.float32).requires_grad_()
+    x.data[0, 0] = 0.0  # a zero row: only eps keeps it finite
+    weight = torch.randn(9).requires_grad_()
+    fused = delta_cpu_kernel.rms_norm(kernel, x, weight, eps)
+    expected = torch.nn.functional.rms_norm(x, (9,), weight, eps)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(fused)
+    for got, want in zip(
+        torch.autograd.grad(fused, [x, weight], grad), torch.autograd.grad(expected, [x, weight], grad)
+    ):
+        assert _rel_err(got, want) <= 1e-5
+
+
+def test_the_modulation_kernel_saturates_like_the_sigmoid(kernel):
+    # Modulations far past the sigmoid's range (where exp is clamped) give 0 and h, and 0 gradients there.
+    h = torch.randn(2, 300, 9).requires_grad_()
+    modulation = torch.randn(2, 300, 9) * 60.0
+    modulation.requires_grad_()
+    fused = delta_cpu_kernel.modulated(kernel, h, modulation)
+    expected = h * torch.sigmoid(modulation)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-30)
+    grad = torch.randn_like(fused)
+    pairs = zip(torch.autograd.grad(fused, [h, modulation], grad), torch.autograd.grad(expected, [h, modulation], grad))
+    for got, want in pairs:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-30)
+
+
 def test_the_model_takes_the_fused_path_on_cpu(kernel, monkeypatch):
     model = build_model("z2_delta", input_dim=4, hidden_dim=16, num_layers=2)
     calls = []
@@ -125,6 +197,8 @@ def test_the_model_takes_the_fused_path_on_cpu(kernel, monkeypatch):
     model(torch.randn(2, 10, 4)).sum().backward()
     assert calls.count("scan_forward") == calls.count("scan_backward") == 2
     assert calls.count("features_forward") == calls.count("features_backward") == 2
+    assert calls.count("norm_forward") == calls.count("norm_backward") == 2
+    assert calls.count("modulate_forward") == calls.count("modulate_backward") == 2
 
 
 def test_under_cpu_autocast_the_kernels_run_in_float32(kernel):
@@ -191,6 +265,27 @@ def test_kernels_that_disagree_with_the_torch_path_are_not_used(monkeypatch, cap
     finally:
         delta_cpu_kernel.kernel.cache_clear()
     assert "self-check failed: output 1 (seam=True, state=False)" in _fallback_lines(caplog)[0]
+
+
+@pytest.mark.parametrize("op, entry", [("norm", "norm_backward"), ("modulation", "modulate_forward")])
+def test_block_kernels_that_disagree_with_their_torch_ops_are_not_used(monkeypatch, caplog, op, entry):
+    if cpu_kernel_build.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    right = delta_cpu_kernel.DeltaKernel.call
+
+    def off_by_a_little(self, name, tensors, shape):
+        right(self, name, tensors, shape)
+        if name == entry:
+            tensors[-2 if name == "norm_backward" else -1].mul_(1.001)  # grad x, or the modulated state
+
+    monkeypatch.setattr(delta_cpu_kernel.DeltaKernel, "call", off_by_a_little)
+    delta_cpu_kernel.kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=delta_cpu_kernel.__name__):
+            assert delta_cpu_kernel.kernel() is None
+    finally:
+        delta_cpu_kernel.kernel.cache_clear()
+    assert f"of the block's {op} does not match its torch ops" in _fallback_lines(caplog)[0]
 
 
 def test_the_environment_switch_selects_the_torch_path_without_a_warning(monkeypatch, caplog):
