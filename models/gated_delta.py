@@ -37,10 +37,15 @@ class LowRankLinear(nn.Module):
         self.down = nn.Linear(d_in, rank, bias=False)
         self.up = nn.Linear(rank, d_out, bias=False)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The (d_out, d_in) matrix of the map, as nn.Linear names it."""
+        return self.up.weight @ self.down.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The same map as up(down(x)) in one (d_out, d_in) matmul over the tokens: two thin matmuls
         # with an inner size of `rank`, and their four backward matmuls, cost more on CPU.
-        return nn.functional.linear(x, self.up.weight @ self.down.weight)
+        return nn.functional.linear(x, self.weight)
 
 
 def flipped_decay(seam: torch.Tensor, beta_odd: torch.Tensor) -> torch.Tensor:
@@ -254,7 +259,10 @@ class GatedDeltaBlock(nn.Module):
             gated = h_odd * torch.sigmoid(modulation)
         else:
             gated = delta_cpu_kernel.modulated(kernel, h_odd, modulation)
-        return stream + self.out(gated), diagnostics, final_state
+        # r + out(gated) as one addmm: the matmul writes the sum, with no (B, T, d) product in between.
+        width = stream.shape[-1]
+        updated = torch.addmm(stream.reshape(-1, width), gated.reshape(-1, width), self.out.weight.t())
+        return updated.view_as(stream), diagnostics, final_state
 
 
 @register_model("z2_delta")
