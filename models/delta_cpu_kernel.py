@@ -5,10 +5,10 @@ around them to two kernels: `invariant_features` (the features of (u_t, u_{t-1})
 bilinear projections) and `gated_states` (the gates and both linear recurrences from the gate
 pre-activations and W u). GatedDeltaBlock hands its RMSNorm to `rms_norm` and the even state's
 modulation of the odd one to `modulated`. Each is one autograd node with a hand-written backward,
-in place of about two dozen torch ops and their (B, T, d) intermediates. models/cpu_kernel_build.py compiles
-the kernels at first use and caches them per machine. ``kernel()`` returns None, after one logged
-line, wherever they cannot be built or disagree with the unit's torch path; the unit then takes
-that path. ``SEAM_DELTA_KERNEL=eager`` skips the kernels on purpose.
+in place of about two dozen torch ops and their (B, T, d) intermediates.
+models/cpu_kernel_build.py compiles the kernels at first use and caches them per machine.
+``kernel()`` returns None, after one logged line, wherever they cannot be built or disagree with
+the block's torch path; the block then takes that path. ``SEAM_DELTA_KERNEL=eager`` skips the kernels on purpose.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The fused CPU z2_delta kernels: equal to the unit's torch path (states, final state and every
-gradient), and the block's norm and modulation to their torch ops, on awkward lengths, decays near -1 and near 1 and non-zero initial states; float32 under
-autocast; replaced by the torch path under a torch function mode, where they are switched off and
+gradient), and the block's norm and modulation to their torch ops, on awkward lengths, decays near
+-1 and near 1 and non-zero initial states; float32 under autocast; replaced by the torch path under a torch function mode, where they are switched off and
 where they cannot be built; built with OpenMP where the compiler has it, and rebuilt when the
 header they share with the other kernels changes."""
 
@@ -158,8 +158,9 @@ def test_the_block_with_its_norm_and_modulation_kernels_equals_its_torch_ops(ker
 
 @pytest.mark.parametrize("eps", [None, 1e-2])
 def test_the_norm_kernel_is_torch_rms_norm_with_its_machine_epsilon_default(kernel, eps):
-    x = torch.randn(3, 17, 9, dtype=torch.float32).requires_grad_()
-    x.data[0, 0] = 0.0  # a zero row: only eps keeps it finite
+    x = torch.randn(3, 17, 9, dtype=torch.float32)
+    x[0, 0] = 0.0  # a zero row: only eps keeps it finite
+    x.requires_grad_()
     weight = torch.randn(9).requires_grad_()
     fused = delta_cpu_kernel.rms_norm(kernel, x, weight, eps)
     expected = torch.nn.functional.rms_norm(x, (9,), weight, eps)
@@ -267,8 +268,9 @@ def test_kernels_that_disagree_with_the_torch_path_are_not_used(monkeypatch, cap
     assert "self-check failed: output 1 (seam=True, state=False)" in _fallback_lines(caplog)[0]
 
 
-@pytest.mark.parametrize("op, entry", [("norm", "norm_backward"), ("modulation", "modulate_forward")])
-def test_block_kernels_that_disagree_with_their_torch_ops_are_not_used(monkeypatch, caplog, op, entry):
+# (op, kernel entry, which of its tensors to spoil): the norm's grad_x, the modulated state.
+@pytest.mark.parametrize("op, entry, spoiled", [("norm", "norm_backward", -2), ("modulation", "modulate_forward", -1)])
+def test_block_kernels_that_disagree_with_their_torch_ops_are_not_used(monkeypatch, caplog, op, entry, spoiled):
     if cpu_kernel_build.compiler() is None:
         pytest.skip("no C++ compiler on this machine")
     right = delta_cpu_kernel.DeltaKernel.call
@@ -276,7 +278,7 @@ def test_block_kernels_that_disagree_with_their_torch_ops_are_not_used(monkeypat
     def off_by_a_little(self, name, tensors, shape):
         right(self, name, tensors, shape)
         if name == entry:
-            tensors[-2 if name == "norm_backward" else -1].mul_(1.001)  # grad x, or the modulated state
+            tensors[spoiled].mul_(1.001)
 
     monkeypatch.setattr(delta_cpu_kernel.DeltaKernel, "call", off_by_a_little)
     delta_cpu_kernel.kernel.cache_clear()
