@@ -9,8 +9,8 @@
 
 One run of `train_hydra.train` (Lightning, the composed Hydra config with `callbacks=none`,
 `logger=none`, no validation) carries a callback that, after each of its training steps, runs one
-step of a hand-written loop on its own copy of the same model, data, AdamW, OneCycle schedule and
-gradient clipping. The two loops alternate step by step in one process, so a burst of background
+step of a hand-written loop on its own copy of the same model (starting from the Lightning model's
+weights), data, AdamW, OneCycle schedule and gradient clipping. The two loops alternate step by step in one process, so a burst of background
 load on a shared machine slows both alike. Lightning's time is everything between the plain
 steps, from its on_train_epoch_start to its on_train_epoch_end (its hooks, logging steps and batch
 fetching included); the plain time is the plain steps' (their batch fetching included). The
@@ -37,6 +37,7 @@ from torch import nn
 
 from models import build_model
 from training.floating_point import FlushDenormals
+from training.host_memory import KeepFreedMemory
 from training.optimizers import adamw
 
 INPUT_DIM, HIDDEN_DIM = 4, 64
@@ -88,13 +89,26 @@ class PlainLoopAlongside(pl.Callback):
         self.last_only = self.datamodule.target_mode == "last"
         self.loader = self.datamodule.train_dataloader()
         self.samples = len(self.loader.dataset)
+        self.steps_per_epoch = len(self.loader)
         self.model = seeded_model(model_name)
-        self.optimizer, self.schedule = adamw_onecycle(self.model, len(self.loader) * epochs, fused)
+        self.optimizer, self.schedule = adamw_onecycle(self.model, self.steps_per_epoch * epochs, fused)
         self.lightning_seconds: list[float] = []  # per epoch
         self.plain_seconds: list[float] = []
         self._batches = iter(())
         self._resumed = 0.0  # when Lightning last got the process back from the plain loop
         RUNS.append(self)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The same weights and data on both sides: models that train along different trajectories
+        # can run the same kernels at different speeds (measured: 1 ms, 5 %, of a z2_seam
+        # long-window forward). The plain loop iterates its own loader of the run's DataModule.
+        self.model.load_state_dict(pl_module.model.state_dict())
+        self.loader = trainer.datamodule.train_dataloader()
+        if len(self.loader) != self.steps_per_epoch:
+            raise RuntimeError(
+                f"the run's DataModule gives {len(self.loader)} batches an epoch, not the "
+                f"{self.steps_per_epoch} the plain loop's schedule was built for"
+            )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.lightning_seconds.append(0.0)
@@ -188,10 +202,10 @@ def framework_epochs(
 
 
 def bare_lightning_epochs(
-    model_name: str, epochs: int, data_options: dict, output_dir: Path, fused: bool | str
+    model_name: str, epochs: int, data_options: dict, output_dir: Path, fused: bool | str, keep_freed_memory: bool
 ) -> PlainLoopAlongside:
     """Train `1 + epochs` epochs of a BareLightningModule with a PlainLoopAlongside, both with AdamW
-    fused as `fused` says; return it."""
+    fused as `fused` says, with glibc keeping freed memory where `keep_freed_memory`; return it."""
     total = 1 + epochs
     plain = PlainLoopAlongside(model_name, total, data_options, fused)
     trainer = pl.Trainer(
@@ -205,7 +219,8 @@ def bare_lightning_epochs(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[plain, FlushDenormals()],  # the floating-point mode of the train_hydra.train run
+        # The floating-point mode and allocator setting of the train_hydra.train run.
+        callbacks=[plain, FlushDenormals(), *([KeepFreedMemory()] if keep_freed_memory else [])],
     )
     # The plain loop's own data (already set up): Lightning iterates its own loader of it.
     trainer.fit(BareLightningModule(model_name, plain.last_only, fused), datamodule=plain.datamodule)
@@ -227,7 +242,9 @@ def print_overhead(model_name: str, epochs: int, overrides: list[str]) -> None:
 
     settings = f", overrides: {' '.join(overrides)}" if overrides else ""
     with tempfile.TemporaryDirectory() as tmp:
-        fused = compose_config(overrides, tmp).optim.fused  # the bare and plain loops update alike
+        cfg = compose_config(overrides, tmp)
+    fused = cfg.optim.fused  # the bare and plain loops update alike
+    keep_freed_memory = cfg.trainer.keep_freed_memory
     print(
         f"\n## Framework overhead, {model_name} on antipodal (B=64), {epochs} timed epochs, steps interleaved"
         f"{settings}\n"
@@ -239,7 +256,7 @@ def print_overhead(model_name: str, epochs: int, overrides: list[str]) -> None:
     print("|---|---:|---:|---:|---:|---:|---|")
     for label, (data_options, target) in OVERHEAD_CONFIGS.items():
         with tempfile.TemporaryDirectory() as tmp:
-            bare = bare_lightning_epochs(model_name, epochs, data_options, Path(tmp) / "bare", fused)
+            bare = bare_lightning_epochs(model_name, epochs, data_options, Path(tmp) / "bare", fused, keep_freed_memory)
             run = framework_epochs(model_name, epochs, data_options, Path(tmp) / "framework", overrides)
         plain_samples_per_second = run.samples / statistics.median(run.plain_seconds[1:])
         bare_overhead, _, _, bare_samples_per_second, bare_extra_us = overhead(bare)

@@ -7,6 +7,7 @@
     training.optimizers     AdamW, fused where the device has the kernel (optim.fused)
     training.trainer        create_trainer, its device and precision rules and NoProfiler
     training.floating_point flushing denormal floats to zero while a trainer runs (trainer.flush_denormal)
+    training.host_memory    glibc keeping freed memory for the next step (trainer.keep_freed_memory)
     training.run_checkpoint ModelCheckpoint that keeps the best score on resume into a new dir
     training.checkpoint_io  atomic (write-then-rename) file writes and Lightning's CheckpointIO
     training.run_files      names of the files a run leaves in its directory

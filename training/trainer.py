@@ -1,5 +1,5 @@
-"""create_trainer: a Lightning Trainer with the project's device, precision and denormal rules applied,
-checkpoints written atomically and no profiling cost unless a profiler is asked for."""
+"""create_trainer: a Lightning Trainer with the project's device, precision, denormal and host-memory
+rules applied, checkpoints written atomically and no profiling cost unless a profiler is asked for."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pytorch_lightning.profilers import PassThroughProfiler, Profiler
 from models.contract import OptionError
 from training.checkpoint_io import AtomicCheckpointIO
 from training.floating_point import FlushDenormals
+from training.host_memory import KeepFreedMemory
 
 GPU_ACCELERATORS = {"gpu": "a CUDA or Apple MPS GPU", "cuda": "a CUDA GPU", "mps": "an Apple MPS GPU"}
 
@@ -80,17 +81,21 @@ def create_trainer(
     callbacks: list[pl.Callback] | pl.Callback | None = None,
     logger: Any = True,
     flush_denormal: bool = True,
+    keep_freed_memory: bool = True,
     profiler: Profiler | str | None = None,
     **trainer_kwargs: Any,
 ) -> pl.Trainer:
     """A Lightning Trainer with the project's `auto` device and precision rules applied and
     checkpoints written atomically; with `flush_denormal`, the CPU flushes denormal floats to zero
-    while it trains or evaluates (training/floating_point.py). Without a `profiler` (debug=profiler
+    while it trains or evaluates (training/floating_point.py); with `keep_freed_memory`, glibc keeps
+    freed memory for the next step (training/host_memory.py). Without a `profiler` (debug=profiler
     sets one), hooks run under NoProfiler."""
     accelerator = resolve_accelerator(accelerator)
     callbacks = [callbacks] if isinstance(callbacks, pl.Callback) else list(callbacks or [])
     if flush_denormal:
         callbacks.append(FlushDenormals())
+    if keep_freed_memory:
+        callbacks.append(KeepFreedMemory())
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
         plugins.append(AtomicCheckpointIO())
