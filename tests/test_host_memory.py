@@ -74,7 +74,8 @@ def test_without_glibc_nothing_changes_and_one_line_says_so(monkeypatch, caplog)
     host_memory.keep_freed_memory.cache_clear()
     try:
         with caplog.at_level(logging.INFO, logger=host_memory.__name__):
-            host_memory.KeepFreedMemory().setup(None, None, "fit")
+            for stage in ("fit", "test"):
+                host_memory.KeepFreedMemory().setup(None, None, stage)
     finally:
         host_memory.keep_freed_memory.cache_clear()
     assert [r.getMessage() for r in caplog.records] == [

@@ -45,10 +45,12 @@ def _glibc() -> ctypes.CDLL | None:
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Fix glibc's mmap and trim thresholds so that freed memory stays for reuse; False where the
-    C library is not glibc or refuses (then nothing changes). Once per process."""
+    """Fix glibc's mmap and trim thresholds so that freed memory stays for reuse; False, after one
+    logged line, where the C library is not glibc (then nothing changes), and False where glibc
+    refuses. Once per process."""
     libc = _glibc()
     if libc is None:
+        log.info("keep_freed_memory: the C library is not glibc; its allocator keeps its own defaults.")
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
@@ -57,9 +59,8 @@ def keep_freed_memory() -> bool:
 
 
 class KeepFreedMemory(pl.Callback):
-    """Applies keep_freed_memory at a fit's (test's, ...) setup, in every rank's process (one logged
-    line where the C library is not glibc). create_trainer adds it (trainer.keep_freed_memory)."""
+    """Applies keep_freed_memory at a fit's (test's, ...) setup, in every rank's process.
+    create_trainer adds it (trainer.keep_freed_memory)."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not keep_freed_memory():
-            log.info("keep_freed_memory: the C library is not glibc; its allocator keeps its own defaults.")
+        keep_freed_memory()
