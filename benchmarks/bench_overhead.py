@@ -9,13 +9,14 @@
 
 One run of `train_hydra.train` (Lightning, the composed Hydra config with `callbacks=none`,
 `logger=none`, no validation) carries a callback that, after each of its training steps, runs one
-step of a hand-written loop on its own copy of the same model (starting from the Lightning model's
-weights), data, AdamW, OneCycle schedule and gradient clipping. The two loops alternate step by step in one process, so a burst of background
-load on a shared machine slows both alike. Lightning's time is everything between the plain
-steps, from its on_train_epoch_start to its on_train_epoch_end (its hooks, logging steps and batch
-fetching included); the plain time is the plain steps' (their batch fetching included). The
-overhead of an epoch is Lightning's time over the plain time, minus one; the benchmark prints the
-median over the epochs after one warm-up epoch.
+step of a hand-written loop on its own copy of the same model (from the Lightning model's weights),
+data (its own loader of the run's DataModule), AdamW, OneCycle schedule and gradient clipping. The
+two loops alternate step by step in one process, so a burst of background load on a shared machine
+slows both alike. Lightning's time is everything between the plain steps, from its
+on_train_epoch_start to its on_train_epoch_end (its hooks, logging steps and batch fetching
+included); the plain time is the plain steps' (their batch fetching included). The overhead of an
+epoch is Lightning's time over the plain time, minus one; the benchmark prints the median over the
+epochs after one warm-up epoch.
 
 A second run trains the same model with a bare LightningModule (a training_step and
 configure_optimizers, nothing else) on a pl.Trainer with no callbacks, logger or checkpointing,
