@@ -104,6 +104,17 @@ def _prepared(dtype: torch.dtype, *tensors: Tensor | None) -> tuple[Tensor | Non
     return tuple(None if t is None else t.to(dtype).contiguous() for t in tensors)
 
 
+def _in_compute_dtype(ctx, *inputs: Tensor | None) -> tuple[Tensor | None, ...]:
+    """A Function's inputs, contiguous in their compute dtype; `ctx` keeps their own dtypes."""
+    ctx.input_dtypes = tuple(None if t is None else t.dtype for t in inputs)
+    return _prepared(_compute_dtype(*inputs), *inputs)
+
+
+def _in_input_dtypes(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The gradients of a Function's inputs, each in its input's dtype."""
+    return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.input_dtypes))
+
+
 def invariant_features(kernel: DeltaKernel, u: Tensor, left_right: Tensor) -> Tensor:
     """The features (B, T, 3 + 2k) of GatedDeltaUnit.invariants from u (B, T, d) and its bilinear
     projections [L u | R u] (B, T, 2k), with u_{-1} = 0."""
@@ -165,15 +176,14 @@ WORKSPACE = _Workspace()
 class _InvariantFeatures(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, left_right, kernel):
-        compute = _compute_dtype(u, left_right)
         with torch.autocast("cpu", enabled=False):
-            u_c, lr_c = _prepared(compute, u, left_right)
+            u_c, lr_c = _in_compute_dtype(ctx, u, left_right)
             batch, steps, width = u_c.shape
             shape = _shape(batch, steps, width, rank=lr_c.shape[-1] // 2)
             features = u_c.new_empty(batch, steps, 3 + lr_c.shape[-1])
             kernel.call("features_forward", (u_c, lr_c, features), shape)
         ctx.save_for_backward(u_c, lr_c)
-        ctx.shape, ctx.kernel, ctx.input_dtypes = shape, kernel, (u.dtype, left_right.dtype)
+        ctx.shape, ctx.kernel = shape, kernel
         return features
 
     @staticmethod
@@ -182,8 +192,7 @@ class _InvariantFeatures(torch.autograd.Function):
         (grad_features,) = _prepared(u.dtype, grad_features)
         grad_u, grad_lr = torch.empty_like(u), torch.empty_like(left_right)
         ctx.kernel.call("features_backward", (u, left_right, grad_features, grad_u, grad_lr), ctx.shape)
-        u_dtype, lr_dtype = ctx.input_dtypes
-        return grad_u.to(u_dtype), grad_lr.to(lr_dtype), None
+        return (*_in_input_dtypes(ctx, grad_u, grad_lr), None)
 
 
 class _GatedStates(torch.autograd.Function):
@@ -192,10 +201,8 @@ class _GatedStates(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, gate_weight, gate_bias, u, odd_weight, h0_odd, h0_even, even_dim, temperature, kernel):
-        given = (features, gate_weight, gate_bias, u, odd_weight, h0_odd, h0_even)
-        compute = _compute_dtype(*given)
         with torch.autocast("cpu", enabled=False):
-            prepared = _prepared(compute, *given)
+            prepared = _in_compute_dtype(ctx, features, gate_weight, gate_bias, u, odd_weight, h0_odd, h0_even)
             features, gate_weight, gate_bias, u, odd_weight, start_odd, start_even = prepared
             batch, steps, width = u.shape
             shape = _shape(batch, steps, width, even_dim, temperature=temperature)
@@ -205,7 +212,6 @@ class _GatedStates(torch.autograd.Function):
         ctx.save_for_backward(*prepared, h_odd, h_even)
         ctx.buffers = (pre, drive)
         ctx.shape, ctx.kernel = shape, kernel
-        ctx.input_dtypes = tuple(None if t is None else t.dtype for t in given)
         ctx.set_materialize_grads(False)
         return h_odd, h_even
 
@@ -249,21 +255,19 @@ class _GatedStates(torch.autograd.Function):
             grad_start_even,
         )
         WORKSPACE.give(pre, drive)
-        cast = tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.input_dtypes))
-        return (*cast, None, None, None)
+        return (*_in_input_dtypes(ctx, *grads), None, None, None)
 
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps, kernel):
-        compute = _compute_dtype(x, weight)
         with torch.autocast("cpu", enabled=False):
-            x_c, weight_c = _prepared(compute, x, weight)
-            shape = _steps_shape(x_c, torch.finfo(compute).eps if eps is None else eps)
+            x_c, weight_c = _in_compute_dtype(ctx, x, weight)
+            shape = _steps_shape(x_c, torch.finfo(x_c.dtype).eps if eps is None else eps)
             normed, inverse_rms = torch.empty_like(x_c), x_c.new_empty(x_c.shape[:-1])
             kernel.call("norm_forward", (x_c, weight_c, normed, inverse_rms), shape)
         ctx.save_for_backward(x_c, weight_c, inverse_rms)
-        ctx.shape, ctx.kernel, ctx.input_dtypes = shape, kernel, (x.dtype, weight.dtype)
+        ctx.shape, ctx.kernel = shape, kernel
         return normed
 
     @staticmethod
@@ -272,8 +276,7 @@ class _RMSNorm(torch.autograd.Function):
         (grad_normed,) = _prepared(x.dtype, grad_normed)
         grad_x, grad_weight = torch.empty_like(x), torch.empty_like(weight)
         ctx.kernel.call("norm_backward", (x, weight, inverse_rms, grad_normed, grad_x, grad_weight), ctx.shape)
-        x_dtype, weight_dtype = ctx.input_dtypes
-        return grad_x.to(x_dtype), grad_weight.to(weight_dtype), None, None
+        return (*_in_input_dtypes(ctx, grad_x, grad_weight), None, None)
 
 
 class _Modulated(torch.autograd.Function):
@@ -281,14 +284,13 @@ class _Modulated(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h_odd, modulation, kernel):
-        compute = _compute_dtype(h_odd, modulation)
         with torch.autocast("cpu", enabled=False):
-            h_c, modulation_c = _prepared(compute, h_odd, modulation)
+            h_c, modulation_c = _in_compute_dtype(ctx, h_odd, modulation)
             shape = _steps_shape(h_c)
             out = torch.empty_like(h_c)
             kernel.call("modulate_forward", (h_c, modulation_c, out), shape)
         ctx.save_for_backward(h_c, modulation_c)
-        ctx.shape, ctx.kernel, ctx.input_dtypes = shape, kernel, (h_odd.dtype, modulation.dtype)
+        ctx.shape, ctx.kernel = shape, kernel
         return out
 
     @staticmethod
@@ -297,8 +299,7 @@ class _Modulated(torch.autograd.Function):
         (grad_out,) = _prepared(h_odd.dtype, grad_out)
         grad_h, grad_modulation = torch.empty_like(h_odd), torch.empty_like(modulation)
         ctx.kernel.call("modulate_backward", (h_odd, modulation, grad_out, grad_h, grad_modulation), ctx.shape)
-        h_dtype, modulation_dtype = ctx.input_dtypes
-        return grad_h.to(h_dtype), grad_modulation.to(modulation_dtype), None
+        return (*_in_input_dtypes(ctx, grad_h, grad_modulation), None)
 
 
 def _values_and_gradients(values: list[Tensor], leaves: list[Tensor]) -> list[Tensor]:
