@@ -27,6 +27,7 @@ table separates Lightning's overhead from what the framework adds on top.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -82,17 +83,8 @@ class PlainLoopAlongside(pl.Callback):
     10 % warmup, clipping the gradient norm at 1. It runs inside the Lightning run, so under its
     trainer.flush_denormal."""
 
-    def __init__(self, model_name: str, epochs: int, data_options: dict, fused: bool | str) -> None:
-        from data.antipodal import AntipodalDataModule
-
-        self.datamodule = AntipodalDataModule(**dict(data_options))
-        self.datamodule.setup()
-        self.last_only = self.datamodule.target_mode == "last"
-        self.loader = self.datamodule.train_dataloader()
-        self.samples = len(self.loader.dataset)
-        self.steps_per_epoch = len(self.loader)
-        self.model = seeded_model(model_name)
-        self.optimizer, self.schedule = adamw_onecycle(self.model, self.steps_per_epoch * epochs, fused)
+    def __init__(self, epochs: int, fused: bool | str) -> None:
+        self.epochs, self.fused = epochs, fused
         self.lightning_seconds: list[float] = []  # per epoch
         self.plain_seconds: list[float] = []
         self._batches = iter(())
@@ -100,16 +92,14 @@ class PlainLoopAlongside(pl.Callback):
         RUNS.append(self)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The same weights and data on both sides: models that train along different trajectories
-        # can run the same kernels at different speeds (measured: 1 ms, 5 %, of a z2_seam
-        # long-window forward). The plain loop iterates its own loader of the run's DataModule.
-        self.model.load_state_dict(pl_module.model.state_dict())
+        # A copy of the run's model and its own loader of the run's DataModule: the same weights and
+        # data on both sides. Models that train along different trajectories can run the same
+        # kernels at different speeds (measured: 1 ms, 5 %, of a z2_seam long-window forward).
+        self.model = copy.deepcopy(pl_module.model)
         self.loader = trainer.datamodule.train_dataloader()
-        if len(self.loader) != self.steps_per_epoch:
-            raise RuntimeError(
-                f"the run's DataModule gives {len(self.loader)} batches an epoch, not the "
-                f"{self.steps_per_epoch} the plain loop's schedule was built for"
-            )
+        self.samples = len(self.loader.dataset)
+        self.last_only = trainer.datamodule.target_mode == "last"
+        self.optimizer, self.schedule = adamw_onecycle(self.model, len(self.loader) * self.epochs, self.fused)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.lightning_seconds.append(0.0)
@@ -164,7 +154,6 @@ def framework_epochs(
     from train_hydra import compose_config, train
 
     total = 1 + epochs
-    options = ",".join(f"{key}:{value}" for key, value in data_options.items())
     settings = {
         "model": model_name,
         "trainer.max_epochs": total,
@@ -190,9 +179,7 @@ def framework_epochs(
             *(f"{key}={value}" for key, value in settings.items()),
             *others,
             f"+callbacks.plain_loop._target_={__name__}.PlainLoopAlongside",
-            f"+callbacks.plain_loop.model_name={model_name}",
             f"+callbacks.plain_loop.epochs={total}",
-            f"+callbacks.plain_loop.data_options={{{options}}}",
             "+callbacks.plain_loop.fused=${optim.fused}",
         ],
         output_dir,
@@ -207,8 +194,11 @@ def bare_lightning_epochs(
 ) -> PlainLoopAlongside:
     """Train `1 + epochs` epochs of a BareLightningModule with a PlainLoopAlongside, both with AdamW
     fused as `fused` says, with glibc keeping freed memory where `keep_freed_memory`; return it."""
+    from data.antipodal import AntipodalDataModule
+
     total = 1 + epochs
-    plain = PlainLoopAlongside(model_name, total, data_options, fused)
+    plain = PlainLoopAlongside(total, fused)
+    datamodule = AntipodalDataModule(**data_options)
     trainer = pl.Trainer(
         default_root_dir=output_dir,
         max_epochs=total,
@@ -223,8 +213,8 @@ def bare_lightning_epochs(
         # The floating-point mode and allocator setting of the train_hydra.train run.
         callbacks=[plain, FlushDenormals(), *([KeepFreedMemory()] if keep_freed_memory else [])],
     )
-    # The plain loop's own data (already set up): Lightning iterates its own loader of it.
-    trainer.fit(BareLightningModule(model_name, plain.last_only, fused), datamodule=plain.datamodule)
+    last_only = datamodule.target_mode == "last"
+    trainer.fit(BareLightningModule(model_name, last_only, fused), datamodule=datamodule)
     return plain
 
 
