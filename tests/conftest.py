@@ -1,6 +1,6 @@
 """Shared fixtures and checks: the real Hydra config, composed the way train_hydra.py composes it, the
-two paths of z2_seam's time loop and of z2_delta's units, a tanh counter, and the two-chunk check of
-a model that carries its state."""
+overrides of a quick one-epoch CPU fit, the two paths of z2_seam's time loop and of z2_delta's units,
+a tanh counter, and the two-chunk check of a model that carries its state."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ from torch.overrides import TorchFunctionMode
 
 from models import cpu_kernel_build, delta_cpu_kernel, scan_cpu_kernel, seam_cpu_kernel
 from train_hydra import compose_config, config_without_hydra, train
+
+# A quick fit: one epoch of z2_delta on a short trajectory, on the CPU, without validation or output.
+QUICK_FIT = [
+    "model=z2_delta",
+    "data.generator.T=600",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.limit_val_batches=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
 
 
 def train_like_the_cli(overrides: list[str], output_dir: Path) -> dict:

@@ -6,20 +6,11 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import QUICK_FIT
 from hydra.utils import instantiate
 
 from train_hydra import build_module
 from training.floating_point import denormals_flushed, flush_denormals
-
-RUN = [
-    "model=z2_delta",
-    "data.generator.T=600",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "trainer.limit_val_batches=0",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
 
 needs_flush_mode = pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU has no flush-to-zero mode")
 
@@ -33,7 +24,7 @@ class RecordFlushMode(pl.Callback):
 
 
 def fit_with(make_config, overrides: list[str]) -> RecordFlushMode:
-    cfg = make_config([*RUN, *overrides])
+    cfg = make_config([*QUICK_FIT, *overrides])
     datamodule = instantiate(cfg.data)
     probe = RecordFlushMode()
     trainer = instantiate(cfg.trainer, callbacks=[probe], logger=False, enable_checkpointing=False)

@@ -16,21 +16,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import QUICK_FIT
 from hydra.utils import instantiate
 
 from training import host_memory
 
 REPO = Path(__file__).resolve().parents[1]
 needs_glibc = pytest.mark.skipif(host_memory._glibc() is None, reason="the C library is not glibc")
-RUN = [
-    "model=z2_delta",
-    "data.generator.T=600",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "trainer.limit_val_batches=0",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
 
 # Ten cycles of three 8 MiB blocks allocated, touched and freed: their page faults, as JSON.
 COUNT_FAULTS = textwrap.dedent(
@@ -88,14 +80,14 @@ def page_faults(script: str, *arguments: str) -> int:
 
 @needs_glibc
 def test_after_a_default_fit_freed_blocks_are_reused_without_page_faults(tmp_path):
-    assert page_faults(FIT, str(tmp_path), *RUN) < 100
+    assert page_faults(FIT, str(tmp_path), *QUICK_FIT) < 100
     # The negative control: blocks handed back are faulted in again, 2048 pages each, every cycle.
     assert page_faults(HAND_BACK) >= 10 * 3 * 2048
 
 
 def test_keep_freed_memory_false_leaves_the_allocator_alone(make_config):
     def allocator_callbacks(overrides):
-        trainer = instantiate(make_config([*RUN, *overrides]).trainer, logger=False)
+        trainer = instantiate(make_config([*QUICK_FIT, *overrides]).trainer, logger=False)
         return [c for c in trainer.callbacks if isinstance(c, host_memory.KeepFreedMemory)]
 
     assert len(allocator_callbacks([])) == 1
