@@ -1,4 +1,4 @@
-"""The fused CPU z2_delta block: the kernels of models/delta_kernel.cpp behind four autograd Functions.
+"""The fused CPU z2_delta block: the kernels of models/delta_kernel.cpp behind two autograd Functions.
 
 GatedDeltaUnit (models/gated_delta.py) keeps its matmuls in torch and hands the elementwise work
 around them to two kernels: `invariant_features` (the features of (u_t, u_{t-1}) from u and its
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -118,7 +120,7 @@ def _in_input_dtypes(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
 def invariant_features(kernel: DeltaKernel, u: Tensor, left_right: Tensor) -> Tensor:
     """The features (B, T, 3 + 2k) of GatedDeltaUnit.invariants from u (B, T, d) and its bilinear
     projections [L u | R u] (B, T, 2k), with u_{-1} = 0."""
-    return _InvariantFeatures.apply(u, left_right, kernel)
+    return _PairedKernel.apply(u, left_right, _FEATURES, None, kernel)
 
 
 def gated_states(
@@ -140,12 +142,12 @@ def gated_states(
 
 def rms_norm(kernel: DeltaKernel, x: Tensor, weight: Tensor, eps: float | None) -> Tensor:
     """nn.functional.rms_norm(x, (d,), weight, eps) of x (..., d): eps None is the compute dtype's machine epsilon."""
-    return _RMSNorm.apply(x, weight, eps, kernel)
+    return _PairedKernel.apply(x, weight, _NORM, eps, kernel)
 
 
 def modulated(kernel: DeltaKernel, h_odd: Tensor, modulation: Tensor) -> Tensor:
     """h_odd * sigmoid(modulation), both (..., d): the block's even state modulating its odd one."""
-    return _Modulated.apply(h_odd, modulation, kernel)
+    return _PairedKernel.apply(h_odd, modulation, _MODULATION, None, kernel)
 
 
 class _Workspace:
@@ -171,28 +173,6 @@ class _Workspace:
 
 
 WORKSPACE = _Workspace()
-
-
-class _InvariantFeatures(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, left_right, kernel):
-        with torch.autocast("cpu", enabled=False):
-            u_c, lr_c = _in_compute_dtype(ctx, u, left_right)
-            batch, steps, width = u_c.shape
-            shape = _shape(batch, steps, width, rank=lr_c.shape[-1] // 2)
-            features = u_c.new_empty(batch, steps, 3 + lr_c.shape[-1])
-            kernel.call("features_forward", (u_c, lr_c, features), shape)
-        ctx.save_for_backward(u_c, lr_c)
-        ctx.shape, ctx.kernel = shape, kernel
-        return features
-
-    @staticmethod
-    def backward(ctx, grad_features):
-        u, left_right = ctx.saved_tensors
-        (grad_features,) = _prepared(u.dtype, grad_features)
-        grad_u, grad_lr = torch.empty_like(u), torch.empty_like(left_right)
-        ctx.kernel.call("features_backward", (u, left_right, grad_features, grad_u, grad_lr), ctx.shape)
-        return (*_in_input_dtypes(ctx, grad_u, grad_lr), None)
 
 
 class _GatedStates(torch.autograd.Function):
@@ -258,48 +238,56 @@ class _GatedStates(torch.autograd.Function):
         return (*_in_input_dtypes(ctx, *grads), None, None, None)
 
 
-class _RMSNorm(torch.autograd.Function):
+@dataclass(frozen=True)
+class _KernelPair:
+    """A kernel pair over two inputs (a, b): `<name>_forward` reads them and writes the output and
+    the extras its backward reads; `<name>_backward` reads the inputs, the extras and the output's
+    gradient and writes the gradients of a and b."""
+
+    name: str
+    shape: Callable[[Tensor, Tensor, float | None], Shape]  # of the call, from (a, b, option)
+    outputs: Callable[[Tensor, Tensor], tuple[Tensor, ...]]  # (output, *extras), allocated
+
+
+def _norm_shape(x: Tensor, weight: Tensor, eps: float | None) -> Shape:
+    return _steps_shape(x, torch.finfo(x.dtype).eps if eps is None else eps)
+
+
+_FEATURES = _KernelPair(
+    "features",
+    shape=lambda u, left_right, _: _shape(*u.shape, rank=left_right.shape[-1] // 2),
+    outputs=lambda u, left_right: (u.new_empty(*u.shape[:2], 3 + left_right.shape[-1]),),
+)
+_NORM = _KernelPair(
+    "norm", shape=_norm_shape, outputs=lambda x, weight: (torch.empty_like(x), x.new_empty(x.shape[:-1]))
+)
+# The sigmoid is recomputed in backward from the modulation, so no (B, T, d) gate is stored.
+_MODULATION = _KernelPair(
+    "modulate",
+    shape=lambda h_odd, modulation, _: _steps_shape(h_odd),
+    outputs=lambda h_odd, modulation: (torch.empty_like(h_odd),),
+)
+
+
+class _PairedKernel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, eps, kernel):
+    def forward(ctx, a, b, pair: _KernelPair, option, kernel):
         with torch.autocast("cpu", enabled=False):
-            x_c, weight_c = _in_compute_dtype(ctx, x, weight)
-            shape = _steps_shape(x_c, torch.finfo(x_c.dtype).eps if eps is None else eps)
-            normed, inverse_rms = torch.empty_like(x_c), x_c.new_empty(x_c.shape[:-1])
-            kernel.call("norm_forward", (x_c, weight_c, normed, inverse_rms), shape)
-        ctx.save_for_backward(x_c, weight_c, inverse_rms)
-        ctx.shape, ctx.kernel = shape, kernel
-        return normed
+            a, b = _in_compute_dtype(ctx, a, b)
+            shape = pair.shape(a, b, option)
+            output, *extras = pair.outputs(a, b)
+            kernel.call(f"{pair.name}_forward", (a, b, output, *extras), shape)
+        ctx.save_for_backward(a, b, *extras)
+        ctx.pair, ctx.shape, ctx.kernel = pair, shape, kernel
+        return output
 
     @staticmethod
-    def backward(ctx, grad_normed):
-        x, weight, inverse_rms = ctx.saved_tensors
-        (grad_normed,) = _prepared(x.dtype, grad_normed)
-        grad_x, grad_weight = torch.empty_like(x), torch.empty_like(weight)
-        ctx.kernel.call("norm_backward", (x, weight, inverse_rms, grad_normed, grad_x, grad_weight), ctx.shape)
-        return (*_in_input_dtypes(ctx, grad_x, grad_weight), None, None)
-
-
-class _Modulated(torch.autograd.Function):
-    """The sigmoid is recomputed in backward from the modulation, so no (B, T, d) gate is stored."""
-
-    @staticmethod
-    def forward(ctx, h_odd, modulation, kernel):
-        with torch.autocast("cpu", enabled=False):
-            h_c, modulation_c = _in_compute_dtype(ctx, h_odd, modulation)
-            shape = _steps_shape(h_c)
-            out = torch.empty_like(h_c)
-            kernel.call("modulate_forward", (h_c, modulation_c, out), shape)
-        ctx.save_for_backward(h_c, modulation_c)
-        ctx.shape, ctx.kernel = shape, kernel
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        h_odd, modulation = ctx.saved_tensors
-        (grad_out,) = _prepared(h_odd.dtype, grad_out)
-        grad_h, grad_modulation = torch.empty_like(h_odd), torch.empty_like(modulation)
-        ctx.kernel.call("modulate_backward", (h_odd, modulation, grad_out, grad_h, grad_modulation), ctx.shape)
-        return (*_in_input_dtypes(ctx, grad_h, grad_modulation), None)
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        (grad_output,) = _prepared(saved[0].dtype, grad_output)
+        grad_a, grad_b = torch.empty_like(saved[0]), torch.empty_like(saved[1])
+        ctx.kernel.call(f"{ctx.pair.name}_backward", (*saved, grad_output, grad_a, grad_b), ctx.shape)
+        return (*_in_input_dtypes(ctx, grad_a, grad_b), None, None, None)
 
 
 def _values_and_gradients(values: list[Tensor], leaves: list[Tensor]) -> list[Tensor]:
