@@ -249,17 +249,15 @@ class _KernelPair:
     outputs: Callable[[Tensor, Tensor], tuple[Tensor, ...]]  # (output, *extras), allocated
 
 
-def _norm_shape(x: Tensor, weight: Tensor, eps: float | None) -> Shape:
-    return _steps_shape(x, torch.finfo(x.dtype).eps if eps is None else eps)
-
-
 _FEATURES = _KernelPair(
     "features",
     shape=lambda u, left_right, _: _shape(*u.shape, rank=left_right.shape[-1] // 2),
     outputs=lambda u, left_right: (u.new_empty(*u.shape[:2], 3 + left_right.shape[-1]),),
 )
 _NORM = _KernelPair(
-    "norm", shape=_norm_shape, outputs=lambda x, weight: (torch.empty_like(x), x.new_empty(x.shape[:-1]))
+    "norm",
+    shape=lambda x, weight, eps: _steps_shape(x, torch.finfo(x.dtype).eps if eps is None else eps),
+    outputs=lambda x, weight: (torch.empty_like(x), x.new_empty(x.shape[:-1])),
 )
 # The sigmoid is recomputed in backward from the modulation, so no (B, T, d) gate is stored.
 _MODULATION = _KernelPair(
