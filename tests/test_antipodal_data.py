@@ -126,16 +126,33 @@ def test_windows_and_targets_in_both_modes():
         {"target_mode": "next_step", "stateful": True, "batch_size": 8},
     ],
 )
-def test_batched_gather_equals_collating_the_windows_one_by_one(options):
+def test_batched_gather_equals_slicing_the_sequence_window_by_window(options):
     dm = AntipodalDataModule(generator={"T": 500, "seed": 3}, history_length=7, **options)
     dm.setup()
+    series = {
+        "x": torch.as_tensor(dm.sequence.x, dtype=torch.float32),
+        "regime": torch.as_tensor(dm.sequence.regime, dtype=torch.float32),
+        "transition": torch.as_tensor(dm.sequence.transition),
+    }
     for split, dataset in dm.datasets.items():
         indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1))[:13].tolist()
         gathered = dataset.__getitems__(indices)
-        collated = default_collate([dataset[i] for i in indices])
-        assert gathered.keys() == collated.keys(), split
-        for key, value in collated.items():
+        windows = []
+        for start in dataset.starts[indices].tolist():
+            target = start + 7 if dm.target_mode == "last" else slice(start + 1, start + 8)
+            windows.append(
+                {
+                    "x": series["x"][start : start + 7],
+                    "y": series["x"][target],
+                    "regime": series["regime"][target],
+                    "transition": series["transition"][target],
+                }
+            )
+        sliced = default_collate(windows)
+        assert gathered.keys() == sliced.keys(), split
+        for key, value in sliced.items():
             assert gathered[key].dtype == value.dtype and torch.equal(gathered[key], value), (split, key)
+        assert all(value.is_contiguous() for value in gathered.values()), split
     # The loaders read batches through the gather and pass them through unchanged.
     loader = dm.train_dataloader()
     batch = next(iter(loader))
