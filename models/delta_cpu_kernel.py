@@ -281,10 +281,10 @@ class _PairedKernel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        saved = ctx.saved_tensors
-        (grad_output,) = _prepared(saved[0].dtype, grad_output)
-        grad_a, grad_b = torch.empty_like(saved[0]), torch.empty_like(saved[1])
-        ctx.kernel.call(f"{ctx.pair.name}_backward", (*saved, grad_output, grad_a, grad_b), ctx.shape)
+        a, b, *extras = ctx.saved_tensors
+        (grad_output,) = _prepared(a.dtype, grad_output)
+        grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
+        ctx.kernel.call(f"{ctx.pair.name}_backward", (a, b, *extras, grad_output, grad_a, grad_b), ctx.shape)
         return (*_in_input_dtypes(ctx, grad_a, grad_b), None, None, None)
 
 

@@ -126,7 +126,7 @@ def test_windows_and_targets_in_both_modes():
         {"target_mode": "next_step", "stateful": True, "batch_size": 8},
     ],
 )
-def test_batched_gather_equals_slicing_the_sequence_window_by_window(options):
+def test_batched_gather_equals_slicing_the_sequence_and_collating_the_items(options):
     dm = AntipodalDataModule(generator={"T": 500, "seed": 3}, history_length=7, **options)
     dm.setup()
     series = {
@@ -151,6 +151,10 @@ def test_batched_gather_equals_slicing_the_sequence_window_by_window(options):
         sliced = default_collate(windows)
         assert gathered.keys() == sliced.keys(), split
         for key, value in sliced.items():
+            assert gathered[key].dtype == value.dtype and torch.equal(gathered[key], value), (split, key)
+        collated = default_collate([dataset[i] for i in indices])
+        assert gathered.keys() == collated.keys(), split
+        for key, value in collated.items():
             assert gathered[key].dtype == value.dtype and torch.equal(gathered[key], value), (split, key)
         assert all(value.is_contiguous() for value in gathered.values()), split
     # The loaders read batches through the gather and pass them through unchanged.
