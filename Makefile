@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow test-all test-triton lint clean
+.PHONY: install train test test-slow test-all test-triton test-gpu lint clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ test-all: $(STAMP)
 test-triton: $(STAMP)
 	$(PY) -m pip install "triton>=3.1"
 	$(PY) -m pytest tests/test_scan_triton.py -m "slow or not slow"
+
+# The tests marked gpu: the Triton scan on CUDA, every model's CUDA outputs and gradients against its
+# CPU ones, bf16-mixed training on CUDA. Elsewhere they are skipped, each saying why.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu
 
 clean:
 	rm -rf logs .pytest_cache

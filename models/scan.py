@@ -113,12 +113,12 @@ def select_backend(x: Tensor):
     return EagerScan if fused is None else fused
 
 
-def check_backend_against_reference(candidate, device: torch.device, channels: int) -> None:
+def check_backend_against_reference(candidate, device: torch.device, channels: int, steps: int = 37) -> None:
     """A scan backend must reproduce the float64 reference loop (values and gradients) on `device`
-    before it is used; raises RuntimeError on a mismatch. (3, 37, channels) float64 inputs with a
+    before it is used; raises RuntimeError on a mismatch. (3, steps, channels) float64 inputs with a
     non-zero h0 and decays in (-1, 1)."""
     generator = torch.Generator().manual_seed(0)
-    shape = (3, 37, channels)
+    shape = (3, steps, channels)
     a = (2 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1).requires_grad_()
     b = torch.randn(shape, generator=generator, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(shape[0], channels, generator=generator, dtype=torch.float64)

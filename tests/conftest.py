@@ -1,6 +1,7 @@
-"""Shared fixtures and checks: the real Hydra config, composed the way train_hydra.py composes it, the
-overrides of a quick one-epoch CPU fit, the two paths of z2_seam's time loop and of z2_delta's units,
-a tanh counter, and the two-chunk check of a model that carries its state."""
+"""Shared fixtures and checks: tests marked gpu skipped without CUDA, the real Hydra config (composed
+the way train_hydra.py composes it), the overrides of a quick one-epoch CPU fit, the two paths of
+z2_seam's time loop and of z2_delta's units, a tanh counter, and the two-chunk check of a model that
+carries its state."""
 
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ QUICK_FIT = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run where a CUDA device is present and are skipped, saying so, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    no_cuda = pytest.mark.skip(reason="marked gpu: needs a CUDA device, and this machine has none")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(no_cuda)
 
 
 def train_like_the_cli(overrides: list[str], output_dir: Path) -> dict:

@@ -1,5 +1,6 @@
-"""linear_scan: every backend (the fused CPU kernel and the eager chunked scan) matches the float64
-reference loop in value and gradient, composes, stays fp32 under autocast; the kernel falls back."""
+"""linear_scan: every backend (the fused CPU kernel, the eager chunked scan and, on a CUDA machine, the
+Triton kernel) matches the float64 reference loop in value and gradient, composes, stays fp32 under
+autocast; the CPU kernel falls back."""
 
 from __future__ import annotations
 
@@ -8,26 +9,46 @@ import logging
 import pytest
 import torch
 
-from models import cpu_kernel_build, scan, scan_cpu_kernel
+from models import cpu_kernel_build, scan, scan_cpu_kernel, scan_triton
 from models.scan import EagerScan, linear_scan, linear_scan_reference
 
 
-@pytest.fixture(params=["fused", "eager"])
-def backend(request, monkeypatch):
-    """Run the test once through each backend that linear_scan can dispatch to on CPU."""
+@pytest.fixture(params=["fused", "eager", pytest.param("triton", marks=pytest.mark.gpu)])
+def device(request, monkeypatch) -> torch.device:
+    """Run the test once through each backend that linear_scan can dispatch to: the device whose
+    tensors take it (the CPU for the C++ kernel and the eager scan, CUDA for the Triton kernel)."""
     if request.param == "fused":
         if cpu_kernel_build.compiler() is None:
             pytest.skip("no C++ compiler on this machine: the fused kernel cannot be built")
         fused = scan_cpu_kernel.kernel()
         assert fused is not None, "a compiler exists but the fused kernel did not build (see the logged line)"
         assert scan.select_backend(torch.zeros(1)) is fused
+    elif request.param == "triton":
+        pytest.importorskip("triton", reason="the CUDA scan kernel needs triton (pip install -e '.[gpu]')")
+        compiled = scan_triton.kernel()
+        assert compiled is not None, (
+            "triton and CUDA are present but the Triton kernel did not load (see the logged line)"
+        )
+        assert scan.select_backend(torch.zeros(1, device="cuda")) is compiled
+        return torch.device("cuda")
     else:
         monkeypatch.setattr(scan, "select_backend", lambda x: EagerScan)
-    return request.param
+    return torch.device("cpu")
+
+
+def _leaves(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors moved to `device` as leaves that require grad."""
+    return tuple(t.to(device).requires_grad_() for t in tensors)
+
+
+def _float64_reference(a, b, h0=None) -> tuple[torch.Tensor, ...]:
+    """Float64 CPU leaves of the (detached) inputs, for linear_scan_reference."""
+    return tuple(None if t is None else t.detach().cpu().double().requires_grad_() for t in (a, b, h0))
 
 
 def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+    x, ref = x.detach().cpu().double(), ref.detach().cpu().double()
+    return ((x - ref).norm() / ref.norm()).item()
 
 
 def _gates(regime: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -43,18 +64,21 @@ def _gates(regime: str, shape: tuple[int, ...], generator: torch.Generator) -> t
 
 @pytest.mark.parametrize("regime", ["uniform", "near_zero", "near_one"])
 @pytest.mark.parametrize("T", [1, 2, 63, 100, 1000, 4097])
-def test_value_and_gradients_match_float64_reference(T, regime, backend):
+def test_value_and_gradients_match_float64_reference(T, regime, device):
     generator = torch.Generator().manual_seed(T)
     B, H = 3, 4
-    a = _gates(regime, (B, T, H), generator).requires_grad_()
-    b = torch.randn(B, T, H, generator=generator, requires_grad=True)
-    h0 = torch.randn(B, H, generator=generator, requires_grad=True)
+    a, b, h0 = _leaves(
+        device,
+        _gates(regime, (B, T, H), generator),
+        torch.randn(B, T, H, generator=generator),
+        torch.randn(B, H, generator=generator),
+    )
     upstream = torch.randn(B, T, H, generator=generator)
 
     h = linear_scan(a, b, h0)
-    grads = torch.autograd.grad(h, (a, b, h0), upstream)
+    grads = torch.autograd.grad(h, (a, b, h0), upstream.to(device))
 
-    a64, b64, h064 = (x.detach().double().requires_grad_() for x in (a, b, h0))
+    a64, b64, h064 = _float64_reference(a, b, h0)
     ref = linear_scan_reference(a64, b64, h064)
     ref_grads = torch.autograd.grad(ref, (a64, b64, h064), upstream.double())
 
@@ -68,56 +92,62 @@ def test_value_and_gradients_match_float64_reference(T, regime, backend):
 # Prime T >= 16 is never a whole number of chunks, so those exercise the ragged tail;
 # T < 16 takes the plain loop.
 @pytest.mark.parametrize("T", [1, 3, 18, 23, 37, 50])
-def test_gradcheck_float64(T, backend):
+def test_gradcheck_float64(T, device):
     generator = torch.Generator().manual_seed(T)
-    a = (2 * torch.rand(2, T, 3, generator=generator, dtype=torch.float64) - 1).requires_grad_()
-    b = torch.randn(2, T, 3, generator=generator, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(2, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    a, b, h0 = _leaves(
+        device,
+        2 * torch.rand(2, T, 3, generator=generator, dtype=torch.float64) - 1,
+        torch.randn(2, T, 3, generator=generator, dtype=torch.float64),
+        torch.randn(2, 3, generator=generator, dtype=torch.float64),
+    )
     assert torch.autograd.gradcheck(linear_scan, (a, b, h0))
     assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b), (a, b))
 
 
-def test_float64_inputs_stay_float64(backend):
-    a = torch.rand(2, 40, 3, dtype=torch.float64)
-    b = torch.randn(2, 40, 3, dtype=torch.float64)
+def test_float64_inputs_stay_float64(device):
+    a = torch.rand(2, 40, 3, dtype=torch.float64, device=device)
+    b = torch.randn(2, 40, 3, dtype=torch.float64, device=device)
     h = linear_scan(a, b)
     assert h.dtype == torch.float64
     torch.testing.assert_close(h, linear_scan_reference(a, b), rtol=1e-12, atol=1e-12)
 
 
-def test_zero_h0_equals_no_h0(backend):
-    a, b = torch.rand(2, 50, 3) * 2 - 1, torch.randn(2, 50, 3)
-    torch.testing.assert_close(linear_scan(a, b), linear_scan(a, b, torch.zeros(2, 3)), rtol=0, atol=0)
+def test_zero_h0_equals_no_h0(device):
+    a, b = torch.rand(2, 50, 3, device=device) * 2 - 1, torch.randn(2, 50, 3, device=device)
+    torch.testing.assert_close(linear_scan(a, b), linear_scan(a, b, torch.zeros(2, 3, device=device)), rtol=0, atol=0)
 
 
-def test_two_halves_with_carried_state_equal_one_call(backend):
+def test_two_halves_with_carried_state_equal_one_call(device):
     generator = torch.Generator().manual_seed(0)
-    a = 2 * torch.rand(4, 301, 8, generator=generator) - 1
-    b = torch.randn(4, 301, 8, generator=generator)
-    h0 = torch.randn(4, 8, generator=generator)
+    a = (2 * torch.rand(4, 301, 8, generator=generator) - 1).to(device)
+    b = torch.randn(4, 301, 8, generator=generator).to(device)
+    h0 = torch.randn(4, 8, generator=generator).to(device)
     whole = linear_scan(a, b, h0)
     first = linear_scan(a[:, :137], b[:, :137], h0)
     second = linear_scan(a[:, 137:], b[:, 137:], first[:, -1])
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-6)
 
 
-def test_non_contiguous_inputs(backend):
-    a = (torch.rand(5, 4, 70) * 2 - 1).transpose(1, 2)
-    b = torch.randn(5, 4, 70).transpose(1, 2)
-    h0 = torch.randn(4, 5).t()
+def test_non_contiguous_inputs(device):
+    a = (torch.rand(5, 4, 70, device=device) * 2 - 1).transpose(1, 2)
+    b = torch.randn(5, 4, 70, device=device).transpose(1, 2)
+    h0 = torch.randn(4, 5, device=device).t()
     assert not a.is_contiguous() and not h0.is_contiguous()
-    ref = linear_scan_reference(a, b, h0)
+    ref = linear_scan_reference(*_float64_reference(a, b, h0))
     assert _rel_err(linear_scan(a, b, h0), ref) <= 1e-5
 
 
-def test_autocast_bf16_computes_in_float32_and_returns_input_dtype(backend):
+def test_autocast_bf16_computes_in_float32_and_returns_input_dtype(device):
     generator = torch.Generator().manual_seed(0)
     B, T, H = 4, 1000, 8
-    a = (1 - 0.02 * torch.rand(B, T, H, generator=generator)).bfloat16().requires_grad_()
-    b = torch.randn(B, T, H, generator=generator).bfloat16().requires_grad_()
-    h0 = torch.randn(B, H, generator=generator).bfloat16()
+    a, b = _leaves(
+        device,
+        (1 - 0.02 * torch.rand(B, T, H, generator=generator)).bfloat16(),
+        torch.randn(B, T, H, generator=generator).bfloat16(),
+    )
+    h0 = torch.randn(B, H, generator=generator).bfloat16().to(device)
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         h = linear_scan(a, b, h0)
     assert h.dtype == torch.bfloat16
     # The fp32 scan on the upcast inputs, rounded to bf16 once at the end.
@@ -128,7 +158,7 @@ def test_autocast_bf16_computes_in_float32_and_returns_input_dtype(backend):
     for a_t, b_t in zip(a.detach().unbind(1), b.detach().unbind(1)):
         state = a_t * state + b_t
         bf16_states.append(state)
-    ref = linear_scan_reference(a, b, h0)
+    ref = linear_scan_reference(*_float64_reference(a, b, h0))
     err_scan = _rel_err(h, ref)
     err_bf16_loop = _rel_err(torch.stack(bf16_states, dim=1), ref)
     assert err_scan <= 4e-3  # one bf16 rounding
@@ -138,9 +168,9 @@ def test_autocast_bf16_computes_in_float32_and_returns_input_dtype(backend):
     assert a.grad.dtype == torch.bfloat16 and b.grad.dtype == torch.bfloat16
 
 
-def test_autocast_leaves_float32_inputs_in_float32(backend):
-    a, b = torch.rand(2, 64, 3) * 2 - 1, torch.randn(2, 64, 3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def test_autocast_leaves_float32_inputs_in_float32(device):
+    a, b = torch.rand(2, 64, 3, device=device) * 2 - 1, torch.randn(2, 64, 3, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         h = linear_scan(a, b)
     assert h.dtype == torch.float32
     torch.testing.assert_close(h, linear_scan(a, b), rtol=0, atol=0)
@@ -181,12 +211,10 @@ def _graph_nodes(fn) -> int:
     return len(seen)
 
 
-def test_backward_is_one_node_not_one_per_step(backend):
+def test_backward_is_one_node_not_one_per_step(device):
     counts = []
     for T in (10, 2000):
-        a = torch.rand(2, T, 3, requires_grad=True)
-        b = torch.randn(2, T, 3, requires_grad=True)
-        h0 = torch.randn(2, 3, requires_grad=True)
+        a, b, h0 = _leaves(device, torch.rand(2, T, 3), torch.randn(2, T, 3), torch.randn(2, 3))
         h = linear_scan(a, b, h0)
         assert h.grad_fn.name() == "_LinearScanBackward"
         counts.append(_graph_nodes(h.grad_fn))
@@ -198,14 +226,14 @@ def test_no_graph_when_no_input_requires_grad():
     assert linear_scan(torch.rand(2, 30, 3), torch.randn(2, 30, 3)).grad_fn is None
 
 
-def test_gradient_of_b_alone_skips_grad_a_and_matches_the_reference(backend):
+def test_gradient_of_b_alone_skips_grad_a_and_matches_the_reference(device):
     generator = torch.Generator().manual_seed(1)
-    a = 2 * torch.rand(2, 40, 3, generator=generator) - 1
-    b = torch.randn(2, 40, 3, generator=generator, requires_grad=True)
-    h0 = torch.randn(2, 3, generator=generator)
+    a = (2 * torch.rand(2, 40, 3, generator=generator) - 1).to(device)
+    (b,) = _leaves(device, torch.randn(2, 40, 3, generator=generator))
+    h0 = torch.randn(2, 3, generator=generator).to(device)
     (grad_b,) = torch.autograd.grad(linear_scan(a, b, h0).sum(), (b,))
-    b64 = b.detach().double().requires_grad_()
-    (ref_grad_b,) = torch.autograd.grad(linear_scan_reference(a, b64, h0).sum(), (b64,))
+    _, b64, _ = _float64_reference(a, b)
+    (ref_grad_b,) = torch.autograd.grad(linear_scan_reference(a.cpu(), b64, h0.cpu()).sum(), (b64,))
     assert _rel_err(grad_b, ref_grad_b) <= 1e-5
 
 

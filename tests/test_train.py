@@ -119,16 +119,19 @@ def test_learning_rate_and_gradient_norm_are_logged(make_config):
     assert all(event.value > 0 for event in events.Scalars("train/grad_norm"))
 
 
+@pytest.mark.parametrize("trainer", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize(
     "model, data",
     [(model, SMALL_DATA) for model in model_configs_reading("vectors")]
     + [(model, SMALL_FIELD_DATA) for model in model_configs_reading("fields")],
 )
-def test_every_model_trains_under_bf16_mixed_autocast(make_config, model, data):
+def test_every_model_trains_under_bf16_mixed_autocast(make_config, model, data, trainer):
     # CPU autocast runs the bf16 paths (matmuls in bf16, the scan and the fused kernels in float32)
-    # that bf16-mixed takes on CUDA.
-    record = train(make_config([f"model={model}", "debug=fdr", "trainer.precision=bf16-mixed", *data]))
+    # that bf16-mixed takes on CUDA; on a CUDA machine the gpu case runs them there.
+    overrides = [f"model={model}", f"trainer={trainer}", "debug=fdr", "trainer.precision=bf16-mixed", *data]
+    record = train(make_config(overrides))
     assert record["precision"] == "bf16-mixed"
+    assert record["device"].startswith({"cpu": "cpu", "gpu": "cuda"}[trainer])
     for key in ("val/mse", "test/mse", "test/loss"):
         assert torch.isfinite(torch.tensor(record["metrics"][key])), key
 
