@@ -3,10 +3,11 @@ its achieved memory bandwidth against a plain tensor copy of the same size, time
 
 Run from the repository root, either way:
     python benchmarks/bench_scan.py [--T 100 1000 10000] [--repeats 20] [--threads 2]
+    python benchmarks/bench_scan.py --batch 256 --hidden 1024 --T 1000 --loop-max-T 100   # enough programs to fill a GPU
     python -m benchmarks.bench_scan
 
-All ops run fp32 at B=32, H=64; the scans backpropagate a fixed upstream gradient, the RNNs
-output.sum(). Times are medians of time.perf_counter over the timed runs after warm-up; all ops of
+All ops run fp32 at B=32, H=64 unless --batch and --hidden say otherwise; the scans backpropagate a
+fixed upstream gradient, the RNNs output.sum(). Times are medians of time.perf_counter over the timed runs after warm-up; all ops of
 one T run in the same process, interleaved run by run. Runs on Linux and macOS (peak memory is
 measured from /proc where there is one, and reported as n/a elsewhere).
 """
@@ -34,7 +35,7 @@ from torch import nn
 from benchmarks.timing import synchronize
 from models.scan import EagerScan, linear_scan, select_backend
 
-B, H, RNN_INPUT = 32, 64, 4
+RNN_INPUT = 4
 OPS = ("linear_scan", "per-step loop", "nn.LSTM", "nn.GRU", "tensor copy")
 # fwd reads a, b and writes h; bwd reads a, h and the upstream gradient and writes grad_a, grad_b.
 SCAN_TENSORS_MOVED = 8
@@ -46,8 +47,12 @@ MEMORY_NOTE = {
 }
 
 
-def make_case(op: str, T: int, device: torch.device) -> tuple[Callable[[], None], Callable[[], None]]:
-    """Build inputs for one (op, T) and return (step, clear): step runs one fwd+bwd, clear drops grads."""
+def make_case(
+    op: str, shape: tuple[int, int, int], device: torch.device
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Build inputs of shape (B, T, H) for one op and return (step, clear): step runs one fwd+bwd,
+    clear drops grads."""
+    B, T, H = shape
     generator = torch.Generator().manual_seed(0)
     if op == "tensor copy":
         source = torch.randn(B, T, H, generator=generator).to(device)
@@ -119,10 +124,10 @@ def _proc_status_kib(field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
 
 
-def _cpu_memory_probe(op: str, T: int, threads: int) -> float:
+def _cpu_memory_probe(op: str, shape: tuple[int, int, int], threads: int) -> float:
     """Peak resident-memory growth (MiB) of one fwd+bwd; runs inside a fresh subprocess."""
     torch.set_num_threads(threads)
-    step, clear = make_case(op, T, torch.device("cpu"))
+    step, clear = make_case(op, shape, torch.device("cpu"))
     step()
     clear()
     gc.collect()
@@ -136,8 +141,10 @@ def _cpu_memory_probe(op: str, T: int, threads: int) -> float:
     return (_proc_status_kib("VmHWM") - before) / 1024
 
 
-def cpu_peak_mib(op: str, T: int, threads: int) -> float | None:
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", op, str(T), "--threads", str(threads)]
+def cpu_peak_mib(op: str, shape: tuple[int, int, int], threads: int) -> float | None:
+    B, T, H = shape
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", op, str(T)]
+    command += ["--batch", str(B), "--hidden", str(H), "--threads", str(threads)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
         return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
@@ -155,11 +162,11 @@ def cuda_peak_mib(step: Callable[[], None], clear: Callable[[], None], device: t
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def fresh_buffer_ms(T: int, device: torch.device) -> float:
+def fresh_buffer_ms(shape: tuple[int, int, int], device: torch.device) -> float:
     """Median ms to allocate and first-touch one (B, T, H) fp32 buffer, minus filling a reused one."""
-    reused = torch.empty(B, T, H, device=device)
+    reused = torch.empty(shape, device=device)
     timings = time_cases(
-        {"fresh": lambda: torch.empty(B, T, H, device=device).fill_(0.0), "reused": lambda: reused.fill_(0.0)},
+        {"fresh": lambda: torch.empty(shape, device=device).fill_(0.0), "reused": lambda: reused.fill_(0.0)},
         device,
         15,
         2,
@@ -180,6 +187,7 @@ def _cpu_jiffies() -> tuple[int, int] | None:
 
 def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int, str], float]:
     """Time every op at every T on device, then measure memory, print the table; return median ms per (T, op)."""
+    B, H = args.batch, args.hidden
     selected = {
         T: [op for op in OPS if not (op == "per-step loop" and args.loop_max_T is not None and T > args.loop_max_T)]
         for T in args.T
@@ -188,7 +196,7 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int
     start_wall, start_jiffies = time.perf_counter(), _cpu_jiffies()
     for T, ops in selected.items():
         print(f"timing T={T} on {device.type} ...", file=sys.stderr, flush=True)
-        cases = {op: make_case(op, T, device)[0] for op in ops}
+        cases = {op: make_case(op, (B, T, H), device)[0] for op in ops}
         for op, result in time_cases(cases, device, args.repeats, args.warmup, args.budget_s).items():
             timings[(T, op)] = result
         del cases
@@ -212,11 +220,11 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int
             if args.no_memory:
                 peak = None
             elif device.type == "cuda":
-                step, clear = make_case(op, T, device)
+                step, clear = make_case(op, (B, T, H), device)
                 peak = cuda_peak_mib(step, clear, device)
                 del step, clear
             else:
-                peak = cpu_peak_mib(op, T, args.threads)
+                peak = cpu_peak_mib(op, (B, T, H), args.threads)
             rows.append((T, op, medians[(T, op)], peak, timings[(T, op)][1]))
 
     print(
@@ -244,7 +252,7 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int
     print("vs linear_scan: how many times slower than linear_scan at the same T (linear_scan itself is 1.0x).")
     for T in args.T if device.type == "cpu" else ():
         print(
-            f"first touch of one fresh ({B}, {T}, {H}) fp32 buffer: {fresh_buffer_ms(T, device):.2f} ms "
+            f"first touch of one fresh ({B}, {T}, {H}) fp32 buffer: {fresh_buffer_ms((B, T, H), device):.2f} ms "
             f"(linear_scan fwd+bwd allocates three: h, grad_a, grad_b)"
         )
     for T in args.T:
@@ -297,6 +305,8 @@ def main() -> None:
         default=6.0,
         help="rough seconds of timed runs per (op, T); slow baselines get fewer runs, never < 3",
     )
+    parser.add_argument("--batch", type=int, default=32, help="B of the (B, T, H) inputs")
+    parser.add_argument("--hidden", type=int, default=64, help="H of the (B, T, H) inputs and the RNNs' hidden size")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the CPU runs")
     parser.add_argument("--loop-max-T", type=int, default=None, help="skip the per-step loop above this T")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -307,7 +317,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.memory_probe:
         op, T = args.memory_probe
-        print(json.dumps({"peak_mib": _cpu_memory_probe(op, int(T), args.threads)}))
+        print(json.dumps({"peak_mib": _cpu_memory_probe(op, (args.batch, int(T), args.hidden), args.threads)}))
         return
 
     backend = select_backend(torch.zeros(1))
