@@ -21,8 +21,9 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
+from benchmarks.cli import positive_int, trained_vector_models
 from benchmarks.timing import interleaved_median_seconds, train_step
-from models import build_model, delta_cpu_kernel, get_model_class, list_models, seam_cpu_kernel
+from models import build_model, delta_cpu_kernel, get_model_class, seam_cpu_kernel
 
 INPUT_DIM, HIDDEN_DIM, BATCH = 4, 64, 32
 
@@ -97,14 +98,7 @@ def step_time_table(
     lengths: list[int], repeats: int, device: torch.device, only: list[str] | None = None
 ) -> dict[tuple[str, int], float]:
     candidates = {LSTM: lambda steps: RawLSTM()}
-    # Registered models that read vectors and are trained (the hamilton_imm reference has no train step).
-    for name in (
-        m
-        for m in list_models()
-        if "vectors" in get_model_class(m).supported_inputs
-        and not get_model_class(m).needs_reference_process
-        and (not only or m in only)
-    ):
+    for name in (m for m in trained_vector_models() if not only or m in only):
         candidates[name] = lambda steps, name=name: build_model(
             name, input_dim=INPUT_DIM, output_dim=INPUT_DIM, **width_options(name, steps)
         )
@@ -168,12 +162,13 @@ def print_step_table(results: dict[tuple[str, int], float], lengths: list[int]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--T", type=int, nargs="+", default=[100, 1000], help="sequence lengths")
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per model and length")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--T", type=positive_int, nargs="+", default=[100, 1000], help="sequence lengths")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed steps per model and length")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument(
         "--models",
         nargs="+",
+        choices=trained_vector_models(),
         default=None,
         help="registered models to time next to the LSTM (default: all that read vectors; "
         "z2_delta and z2_seam are needed for the target lines)",

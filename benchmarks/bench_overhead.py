@@ -37,6 +37,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from benchmarks.cli import positive_int, trained_vector_models
 from models import build_model
 from training.floating_point import FlushDenormals
 from training.host_memory import KeepFreedMemory
@@ -262,15 +263,17 @@ def print_overhead(model_name: str, epochs: int, overrides: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="z2_delta", help="registered model that reads vectors")
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per config")
+    parser.add_argument(
+        "--model", default="z2_delta", choices=trained_vector_models(), help="registered model that reads vectors"
+    )
+    parser.add_argument("--epochs", type=positive_int, default=5, help="timed epochs per config")
     parser.add_argument(
         "--overrides",
         nargs="*",
         default=[],
         help="Hydra overrides of the train_hydra.train run, e.g. trainer.log_every_n_steps=10 (each replaces the benchmark's own setting of that key)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads (torch.set_num_threads)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# cpu: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32")

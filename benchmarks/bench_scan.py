@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.cli import non_negative_int, positive_float, positive_int
 from benchmarks.timing import synchronize
 from models.scan import EagerScan, linear_scan, select_backend
 
@@ -296,19 +297,23 @@ def print_targets(medians: dict[tuple[int, str], float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--T", type=int, nargs="+", default=[100, 1000, 10000], help="sequence lengths")
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per (op, T), fewer if over --budget-s")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    parser.add_argument("--T", type=positive_int, nargs="+", default=[100, 1000, 10000], help="sequence lengths")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=20, help="timed runs per (op, T), fewer if over --budget-s"
+    )
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs before timing")
     parser.add_argument(
         "--budget-s",
-        type=float,
+        type=positive_float,
         default=6.0,
         help="rough seconds of timed runs per (op, T); slow baselines get fewer runs, never < 3",
     )
-    parser.add_argument("--batch", type=int, default=32, help="B of the (B, T, H) inputs")
-    parser.add_argument("--hidden", type=int, default=64, help="H of the (B, T, H) inputs and the RNNs' hidden size")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the CPU runs")
-    parser.add_argument("--loop-max-T", type=int, default=None, help="skip the per-step loop above this T")
+    parser.add_argument("--batch", type=positive_int, default=32, help="B of the (B, T, H) inputs")
+    parser.add_argument(
+        "--hidden", type=positive_int, default=64, help="H of the (B, T, H) inputs and the RNNs' hidden size"
+    )
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads for the CPU runs")
+    parser.add_argument("--loop-max-T", type=positive_int, default=None, help="skip the per-step loop above this T")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA runs even where CUDA is available")
     parser.add_argument("--memory-probe", nargs=2, metavar=("OP", "T"), help=argparse.SUPPRESS)

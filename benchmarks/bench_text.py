@@ -26,6 +26,7 @@ import psutil
 import torch
 from torch import nn
 
+from benchmarks.cli import positive_int
 from benchmarks.timing import median_train_step_seconds
 from data.text import TextDataModule
 from data.tokenization import TOKENIZERS
@@ -155,12 +156,12 @@ def markdown(
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=BATCH_SIZES)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per batch size (median; default 2)")
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=BATCH_SIZES)
+    parser.add_argument("--steps", type=positive_int, default=2, help="timed steps per batch size (median; default 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="char", help="data.tokenizer (default char)")
-    parser.add_argument("--vocab-size", type=int, default=None, help="data.vocab_size for word and bpe")
+    parser.add_argument("--vocab-size", type=positive_int, default=None, help="data.vocab_size for word and bpe")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -20,6 +20,7 @@ import argparse
 
 from torch import nn
 
+from benchmarks.cli import positive_int
 from models import build_model
 
 GRID = 16
@@ -102,12 +103,14 @@ def print_resnet_table(channels: list[int]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[32, 256], help="hidden channel counts (columns)")
-    parser.add_argument("--kernel-size", type=int, default=3)
-    parser.add_argument("--num-groups", type=int, default=4, help="groups of the grouped variants")
+    parser.add_argument(
+        "--hidden", type=positive_int, nargs="+", default=[32, 256], help="hidden channel counts (columns)"
+    )
+    parser.add_argument("--kernel-size", type=positive_int, default=3)
+    parser.add_argument("--num-groups", type=positive_int, default=4, help="groups of the grouped variants")
     parser.add_argument(
         "--resnet-channels",
-        type=int,
+        type=positive_int,
         nargs="*",
         default=[64, 128, 256],
         help="encoder widths of the resnet_convgru table (none: no such table)",
