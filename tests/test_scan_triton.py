@@ -1,12 +1,16 @@
 """The Triton scan: its kernels match the float64 reference loop in value and gradient under Triton's CPU
 interpreter (no GPU needed); select_backend gives CUDA tensors the Triton kernel only once it loaded and
-passed its self-check; without triton or CUDA nothing is logged and CPU keeps the C++ kernel."""
+passed its self-check; without triton or CUDA nothing is logged and CPU keeps the C++ kernel; and the
+kernels compile to machine code for A100 and H100/H200 GPUs (Triton's bundled compiler, no GPU), the
+float32 ones without spilling registers."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.machinery
 import logging
+import re
+import subprocess
 import sys
 import types
 
@@ -41,6 +45,7 @@ def interpreted():
         assert isinstance(kernels.scan_forward, InterpretedFunction)
         assert isinstance(kernels.scan_backward, InterpretedFunction)
         yield scan_triton.TritonScan(kernels)
+        sys.modules.pop("models.scan_triton_kernels")  # the monkeypatch puts back only what was there
 
 
 @pytest.fixture
@@ -182,3 +187,75 @@ def test_without_a_cuda_device_nothing_is_logged(fresh_triton_kernel, monkeypatc
     with caplog.at_level(logging.DEBUG):
         assert scan_triton.kernel() is None
     assert caplog.records == []
+
+
+@pytest.fixture
+def compiled_kernels(monkeypatch):
+    """The kernels module as triton.jit builds it for GPUs, even while the interpreted one of this
+    module's other tests is loaded."""
+    pytest.importorskip("triton")
+    from triton.runtime.jit import JITFunction
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delitem(sys.modules, "models.scan_triton_kernels", raising=False)
+    kernels = importlib.import_module("models.scan_triton_kernels")
+    assert isinstance(kernels.scan_forward, JITFunction)
+    return kernels
+
+
+def _compile_for(kernels, kernel_name: str, dtype: str, constexprs: dict, capability: int):
+    """Compile one specialisation of a kernel to a cubin for an NVIDIA GPU of `capability` (80: A100,
+    90: H100/H200) with Triton's bundled LLVM and ptxas: no GPU or driver is needed."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    function = getattr(kernels, kernel_name)
+    signature = {
+        name: "constexpr" if name in constexprs else "i32" if name in ("T", "H") else f"*{dtype}"
+        for name in function.arg_names
+    }
+    source = ASTSource(fn=function, signature=signature, constexprs=constexprs)
+    options = {"num_warps": scan_triton._NUM_WARPS}
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+
+
+def _resource_usage(cubin: bytes, tmp_path) -> str:
+    import triton
+
+    path = tmp_path / "kernel.cubin"
+    path.write_bytes(cubin)
+    command = [triton.knobs.nvidia.cuobjdump.path, "-res-usage", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+# What the interpreter cannot show: that the kernels lower to machine code for real GPUs.
+KERNEL_VARIANTS = [
+    ("scan_forward", {"HAS_H0": True}),
+    ("scan_forward", {"HAS_H0": False}),
+    ("scan_backward", {"HAS_H0": True, "NEED_A": True}),
+    ("scan_backward", {"HAS_H0": False, "NEED_A": False}),
+]
+
+
+def _constexprs(flags: dict) -> dict:
+    return {**flags, "BLOCK_T": scan_triton.BLOCK_T, "BLOCK_H": scan_triton.BLOCK_H}
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+@pytest.mark.parametrize("kernel_name, flags", KERNEL_VARIANTS)
+def test_float64_kernels_compile_for_gpus(compiled_kernels, kernel_name, flags, capability):
+    compiled = _compile_for(compiled_kernels, kernel_name, "fp64", _constexprs(flags), capability)
+    assert f".target sm_{capability}" in compiled.asm["ptx"] and compiled.asm["cubin"]
+
+
+# float32, the dtype training runs the scan in, must not spill registers to local memory: spills
+# add memory traffic to a memory-bound kernel. (float64, the checking dtype, spills 8 bytes in
+# the backward with grad_a on sm_80.)
+@pytest.mark.parametrize("capability", [80, 90])
+@pytest.mark.parametrize("kernel_name, flags", KERNEL_VARIANTS)
+def test_float32_kernels_compile_for_gpus_without_spilling(compiled_kernels, kernel_name, flags, capability, tmp_path):
+    compiled = _compile_for(compiled_kernels, kernel_name, "fp32", _constexprs(flags), capability)
+    assert f".target sm_{capability}" in compiled.asm["ptx"]
+    usage = _resource_usage(compiled.asm["cubin"], tmp_path)
+    assert re.search(r"LOCAL:0\b", usage) and re.search(r"STACK:0\b", usage), usage
