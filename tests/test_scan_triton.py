@@ -6,6 +6,7 @@ float32 ones without spilling registers."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import logging
@@ -30,22 +31,32 @@ GATES = {
 }
 
 
+@contextlib.contextmanager
+def _fresh_kernels_module(interpret: bool):
+    """models.scan_triton_kernels imported anew, its kernels built for Triton's CPU interpreter or for
+    GPUs: triton.jit picks by TRITON_INTERPRET as the module is imported. Afterwards the environment
+    and sys.modules are as they were (the module loaded before, if any, is back)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if interpret:
+            patch.setenv("TRITON_INTERPRET", "1")
+        else:
+            patch.delenv("TRITON_INTERPRET", raising=False)
+        patch.delitem(sys.modules, "models.scan_triton_kernels", raising=False)
+        yield importlib.import_module("models.scan_triton_kernels")
+        sys.modules.pop("models.scan_triton_kernels")  # the monkeypatch puts back only what was there
+
+
 @pytest.fixture(scope="module")
 def interpreted():
-    """A TritonScan over the kernels built for Triton's CPU interpreter, which triton.jit picks when
-    TRITON_INTERPRET=1 is set as the kernels module is imported; that import is undone afterwards.
-    triton itself is imported first, as other tests of a session may have done."""
+    """A TritonScan over the kernels built for Triton's CPU interpreter. triton itself is imported
+    first, as other tests of a session may have done."""
     pytest.importorskip("triton")
     from triton.runtime.interpreter import InterpretedFunction
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRITON_INTERPRET", "1")
-        patch.delitem(sys.modules, "models.scan_triton_kernels", raising=False)
-        kernels = importlib.import_module("models.scan_triton_kernels")
+    with _fresh_kernels_module(interpret=True) as kernels:
         assert isinstance(kernels.scan_forward, InterpretedFunction)
         assert isinstance(kernels.scan_backward, InterpretedFunction)
         yield scan_triton.TritonScan(kernels)
-        sys.modules.pop("models.scan_triton_kernels")  # the monkeypatch puts back only what was there
 
 
 @pytest.fixture
@@ -190,17 +201,15 @@ def test_without_a_cuda_device_nothing_is_logged(fresh_triton_kernel, monkeypatc
 
 
 @pytest.fixture
-def compiled_kernels(monkeypatch):
+def compiled_kernels():
     """The kernels module as triton.jit builds it for GPUs, even while the interpreted one of this
     module's other tests is loaded."""
     pytest.importorskip("triton")
     from triton.runtime.jit import JITFunction
 
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delitem(sys.modules, "models.scan_triton_kernels", raising=False)
-    kernels = importlib.import_module("models.scan_triton_kernels")
-    assert isinstance(kernels.scan_forward, JITFunction)
-    return kernels
+    with _fresh_kernels_module(interpret=False) as kernels:
+        assert isinstance(kernels.scan_forward, JITFunction)
+        yield kernels
 
 
 def _compile_for(kernels, kernel_name: str, dtype: str, constexprs: dict, capability: int):
