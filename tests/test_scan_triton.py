@@ -42,8 +42,10 @@ def _fresh_kernels_module(interpret: bool):
         else:
             patch.delenv("TRITON_INTERPRET", raising=False)
         patch.delitem(sys.modules, "models.scan_triton_kernels", raising=False)
-        yield importlib.import_module("models.scan_triton_kernels")
-        sys.modules.pop("models.scan_triton_kernels")  # the monkeypatch puts back only what was there
+        try:
+            yield importlib.import_module("models.scan_triton_kernels")
+        finally:  # also when the caller's checks fail; the monkeypatch puts back only what was there
+            sys.modules.pop("models.scan_triton_kernels", None)
 
 
 @pytest.fixture(scope="module")
