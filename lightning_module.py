@@ -16,10 +16,10 @@ import torch
 from models import build_model, check_task
 from models.contract import INPUT_KINDS, OptionError
 from training.objectives import HEADLINE_METRIC, OBJECTIVES
-from training.optimizers import adamw, adamw_fused_flag, check_fused, fused_adamw_blocker
+from training.optimizers import adamw, adamw_fused_flag, check_adamw_options, fused_adamw_blocker
 from training.schedules import (
-    SCHEDULERS,
     STEP_SCHEDULERS,
+    check_schedule_options,
     lr_scheduler_config,
     schedule_length,
     stretch_remaining_schedule,
@@ -133,34 +133,10 @@ class SeamGatedLightningModule(pl.LightningModule):
                 f"target_mode={target_mode!r} is not allowed for seq2seq data, whose targets are "
                 "whole answers scored step by step; use next_step.",
             )
-        if learning_rate <= 0:
-            raise OptionError("learning_rate", f"learning_rate={learning_rate} must be > 0.")
-        if weight_decay < 0:
-            raise OptionError("weight_decay", f"weight_decay={weight_decay} must be >= 0.")
-        if scheduler not in SCHEDULERS:
-            raise OptionError(
-                "scheduler", f"scheduler={scheduler!r} is not allowed; choose one of: {', '.join(SCHEDULERS)}."
-            )
-        if not 0.0 <= warmup_fraction < 1.0:
-            raise OptionError("warmup_fraction", f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
-        betas = tuple(float(beta) for beta in betas)
-        if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
-            raise OptionError("betas", f"betas={list(betas)} must be two numbers in [0, 1).")
-        if scheduler == "onecycle" and cycle_momentum and betas[0] != 0.9:
-            raise OptionError(
-                "betas",
-                f"betas={list(betas)}: onecycle with cycle_momentum=true cycles beta1 between 0.95 and "
-                "0.85 in place of betas[0]; set optim.cycle_momentum=false to keep it, or betas[0]=0.9.",
-            )
-        if eps <= 0:
-            raise OptionError("eps", f"eps={eps} must be > 0.")
-        if not 0.0 < plateau_factor < 1.0:
-            raise OptionError("plateau_factor", f"plateau_factor={plateau_factor} must lie in (0, 1).")
-        if plateau_patience < 0:
-            raise OptionError("plateau_patience", f"plateau_patience={plateau_patience} must be >= 0.")
-        check_fused(fused)
-        if not 0.0 <= min_lr < learning_rate:
-            raise OptionError("min_lr", f"min_lr={min_lr} must lie in [0, learning_rate={learning_rate}).")
+        betas = check_adamw_options(learning_rate, weight_decay, betas, eps, fused)
+        check_schedule_options(
+            scheduler, warmup_fraction, cycle_momentum, betas, plateau_factor, plateau_patience, min_lr, learning_rate
+        )
         if output_dim is None:
             output_dim = next_observation_size(**given)
         self.save_hyperparameters()

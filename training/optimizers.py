@@ -22,6 +22,28 @@ def check_fused(fused: bool | str) -> None:
         raise OptionError("fused", f"fused={fused!r} is not allowed; choose auto, true or false.")
 
 
+def check_adamw_options(
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float] | list[float],
+    eps: float,
+    fused: bool | str,
+) -> tuple[float, float]:
+    """Refuses, in one sentence naming the key, an AdamW setting torch would reject or misuse; returns
+    `betas` as a tuple of floats."""
+    if learning_rate <= 0:
+        raise OptionError("learning_rate", f"learning_rate={learning_rate} must be > 0.")
+    if weight_decay < 0:
+        raise OptionError("weight_decay", f"weight_decay={weight_decay} must be >= 0.")
+    betas = tuple(float(beta) for beta in betas)
+    if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+        raise OptionError("betas", f"betas={list(betas)} must be two numbers in [0, 1).")
+    if eps <= 0:
+        raise OptionError("eps", f"eps={eps} must be > 0.")
+    check_fused(fused)
+    return betas
+
+
 @functools.cache
 def device_has_fused_adamw(device_type: str) -> bool:
     """Whether torch has a fused AdamW for parameters on this kind of device (cpu, cuda, mps, ...)."""

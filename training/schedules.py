@@ -13,6 +13,37 @@ SCHEDULERS = ("onecycle", "cosine_warmup", "plateau", "none")
 STEP_SCHEDULERS = ("onecycle", "cosine_warmup")  # those that follow the total number of training steps
 
 
+def check_schedule_options(
+    scheduler: str,
+    warmup_fraction: float,
+    cycle_momentum: bool,
+    betas: tuple[float, float],
+    plateau_factor: float,
+    plateau_patience: int,
+    min_lr: float,
+    learning_rate: float,
+) -> None:
+    """Refuses, in one sentence naming the key, a schedule setting that lr_scheduler_config cannot honour."""
+    if scheduler not in SCHEDULERS:
+        raise OptionError(
+            "scheduler", f"scheduler={scheduler!r} is not allowed; choose one of: {', '.join(SCHEDULERS)}."
+        )
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise OptionError("warmup_fraction", f"warmup_fraction={warmup_fraction} must lie in [0, 1).")
+    if scheduler == "onecycle" and cycle_momentum and betas[0] != 0.9:
+        raise OptionError(
+            "betas",
+            f"betas={list(betas)}: onecycle with cycle_momentum=true cycles beta1 between 0.95 and "
+            "0.85 in place of betas[0]; set optim.cycle_momentum=false to keep it, or betas[0]=0.9.",
+        )
+    if not 0.0 < plateau_factor < 1.0:
+        raise OptionError("plateau_factor", f"plateau_factor={plateau_factor} must lie in (0, 1).")
+    if plateau_patience < 0:
+        raise OptionError("plateau_patience", f"plateau_patience={plateau_patience} must be >= 0.")
+    if not 0.0 <= min_lr < learning_rate:
+        raise OptionError("min_lr", f"min_lr={min_lr} must lie in [0, learning_rate={learning_rate}).")
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     """LR multiplier: linear warm-up to 1, then cosine decay to 0 at total_steps."""
     if step < warmup_steps:
