@@ -272,23 +272,9 @@ def check_numbers_are_finite(cfg: DictConfig) -> None:
     visit(OmegaConf.to_container(config_without_hydra(cfg), resolve=True), "")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test the configured model; write metrics.json into the run dir and return its content."""
-    check_numbers_are_finite(cfg)
-    ckpt_path = resolve_ckpt_path(cfg)
-    set_matmul_precision(cfg.float32_matmul_precision)
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate_from(cfg, "data")
-    if hasattr(datamodule, "save_tokenizer"):  # text data: sampling and load_run read it back
-        datamodule.save_tokenizer(Path(cfg.paths.output_dir))
-    module = build_module(cfg, datamodule)
-    if cfg.compile:
-        # The forward only (nn.Module.compile is skipped by dynamo here): parameter names, and so
-        # checkpoints, stay those of the plain model.
-        module.model.forward = torch.compile(module.model.forward)
-    if ckpt_path is not None:
-        data_name = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
-        check_checkpoint_fits_data(ckpt_path, module, data_name or type(datamodule).__name__)
+def build_trainer(cfg: DictConfig, module: SeamGatedLightningModule) -> pl.Trainer:
+    """The configured Trainer with the run's callbacks and loggers; refuses an optim.fused=true that
+    its precision rules out."""
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
     if not loggers:
@@ -304,23 +290,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module.fused_adamw(trainer)  # optim.fused=true that the trainer's precision rules out
     except OptionError as error:
         raise ConfigError(f"optim.{error}") from error
-    try:
-        tuned = tune(
-            trainer,
-            module,
-            datamodule,
-            OmegaConf.to_container(cfg.get("tuner") or {}, resolve=True),
-            Path(cfg.paths.output_dir),
-            resuming=ckpt_path is not None,
-        )
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(config_without_hydra(cfg), resolve=True))
-    if cfg.print_config:  # only once every check has passed: bad input writes nothing into the run dir
-        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
+    return trainer
 
-    started = time.perf_counter()
+
+def fit_and_evaluate(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    module: SeamGatedLightningModule,
+    datamodule: pl.LightningDataModule,
+    ckpt_path: str | None,
+) -> tuple[dict[str, float], dict[str, Any], str | None]:
+    """Fit (cfg.train), then validate and test (cfg.test) the weights the run reports: the best
+    checkpoint where one exists. Returns the metrics, training_health's record and that checkpoint."""
     metrics: dict[str, float] = {}
     health: dict[str, Any] = {"stopped_early": [], "health": {}}
     evaluated_ckpt = ckpt_path
@@ -344,6 +325,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=evaluated_ckpt or None, weights_only=True, verbose=False)
         metrics.update(run_metrics(trainer))
+    return metrics, health, evaluated_ckpt
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the configured model; write metrics.json into the run dir and return its content."""
+    check_numbers_are_finite(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    set_matmul_precision(cfg.float32_matmul_precision)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate_from(cfg, "data")
+    if hasattr(datamodule, "save_tokenizer"):  # text data: sampling and load_run read it back
+        datamodule.save_tokenizer(Path(cfg.paths.output_dir))
+    module = build_module(cfg, datamodule)
+    if cfg.compile:
+        # The forward only (nn.Module.compile is skipped by dynamo here): parameter names, and so
+        # checkpoints, stay those of the plain model.
+        module.model.forward = torch.compile(module.model.forward)
+    if ckpt_path is not None:
+        data_name = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+        check_checkpoint_fits_data(ckpt_path, module, data_name or type(datamodule).__name__)
+    trainer = build_trainer(cfg, module)
+    try:
+        tuned = tune(
+            trainer,
+            module,
+            datamodule,
+            OmegaConf.to_container(cfg.get("tuner") or {}, resolve=True),
+            Path(cfg.paths.output_dir),
+            resuming=ckpt_path is not None,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(config_without_hydra(cfg), resolve=True))
+    if cfg.print_config:  # only once every check has passed: bad input writes nothing into the run dir
+        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
+
+    started = time.perf_counter()
+    metrics, health, evaluated_ckpt = fit_and_evaluate(cfg, trainer, module, datamodule, ckpt_path)
 
     metrics, non_finite = json_safe_metrics(metrics)
     record = {
