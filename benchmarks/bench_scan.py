@@ -186,13 +186,11 @@ def _cpu_jiffies() -> tuple[int, int] | None:
     return sum(machine) - machine[3] - machine[4], int(own[11]) + int(own[12])
 
 
-def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int, str], float]:
-    """Time every op at every T on device, then measure memory, print the table; return median ms per (T, op)."""
+def time_ops(
+    device: torch.device, args: argparse.Namespace, selected: dict[int, list[str]]
+) -> tuple[dict[tuple[int, str], tuple[float, int]], float | None]:
+    """(median s, runs) per (T, op), and the CPU cores other processes used meanwhile (None off Linux)."""
     B, H = args.batch, args.hidden
-    selected = {
-        T: [op for op in OPS if not (op == "per-step loop" and args.loop_max_T is not None and T > args.loop_max_T)]
-        for T in args.T
-    }
     timings: dict[tuple[int, str], tuple[float, int]] = {}
     start_wall, start_jiffies = time.perf_counter(), _cpu_jiffies()
     for T, ops in selected.items():
@@ -208,25 +206,54 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int
     if start_jiffies and end_jiffies:
         busy, own = (end - begin for end, begin in zip(end_jiffies, start_jiffies))
         other_cores = max(0, busy - own) / os.sysconf("SC_CLK_TCK") / wall
+    return timings, other_cores
 
+
+def peak_mib(device: torch.device, args: argparse.Namespace, op: str, T: int) -> float | None:
+    """Memory growth of one fwd+bwd of op at T (None with --no-memory)."""
+    shape = (args.batch, T, args.hidden)
+    if args.no_memory:
+        return None
+    if device.type == "cuda":
+        step, clear = make_case(op, shape, device)
+        return cuda_peak_mib(step, clear, device)
+    return cpu_peak_mib(op, shape, args.threads)
+
+
+def print_bandwidth(device: torch.device, args: argparse.Namespace, medians: dict[tuple[int, str], float]) -> None:
+    """The scan's achieved bandwidth at each T as a fraction of the copy's in the same run, with PASS/MISS."""
+    for T in args.T:
+        if (T, "linear_scan") in medians and (T, "tensor copy") in medians:
+            copy_rate = COPY_TENSORS_MOVED / medians[(T, "tensor copy")]
+            scan_rate = SCAN_TENSORS_MOVED / medians[(T, "linear_scan")]
+            gbytes = args.batch * T * args.hidden * 4 / 1e9
+            fraction = scan_rate / copy_rate
+            print(
+                f"linear_scan bandwidth on {device.type}, T={T}: {scan_rate * gbytes * 1e3:.1f} GB/s = "
+                f"{100 * fraction:.0f}% of the copy's {copy_rate * gbytes * 1e3:.1f} GB/s in this run "
+                f"({SCAN_TENSORS_MOVED} fp32 (B, T, H) tensors per fwd+bwd; target >= 50%) "
+                f"{'PASS' if fraction >= 0.5 else 'MISS'}"
+            )
+
+
+def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int, str], float]:
+    """Time every op at every T on device, then measure memory, print the table; return median ms per (T, op)."""
+    B, H = args.batch, args.hidden
+    selected = {
+        T: [op for op in OPS if not (op == "per-step loop" and args.loop_max_T is not None and T > args.loop_max_T)]
+        for T in args.T
+    }
+    timings, other_cores = time_ops(device, args, selected)
     if not args.no_memory:
         print("measuring peak memory ...", file=sys.stderr, flush=True)
     medians = {key: median_s * 1e3 for key, (median_s, _) in timings.items()}
-    rows = []
-    for T in args.T:
-        for op in OPS:
-            if op not in selected[T]:
-                rows.append((T, op, None, None, 0))
-                continue
-            if args.no_memory:
-                peak = None
-            elif device.type == "cuda":
-                step, clear = make_case(op, (B, T, H), device)
-                peak = cuda_peak_mib(step, clear, device)
-                del step, clear
-            else:
-                peak = cpu_peak_mib(op, (B, T, H), args.threads)
-            rows.append((T, op, medians[(T, op)], peak, timings[(T, op)][1]))
+    rows = [
+        (T, op, medians[(T, op)], peak_mib(device, args, op, T), timings[(T, op)][1])
+        if op in selected[T]
+        else (T, op, None, None, 0)
+        for T in args.T
+        for op in OPS
+    ]
 
     print(
         f"\n### {device.type}: fwd+bwd, fp32, B={B}, H={H}"
@@ -256,18 +283,7 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict[tuple[int
             f"first touch of one fresh ({B}, {T}, {H}) fp32 buffer: {fresh_buffer_ms((B, T, H), device):.2f} ms "
             f"(linear_scan fwd+bwd allocates three: h, grad_a, grad_b)"
         )
-    for T in args.T:
-        if (T, "linear_scan") in medians and (T, "tensor copy") in medians:
-            copy_rate = COPY_TENSORS_MOVED / medians[(T, "tensor copy")]
-            scan_rate = SCAN_TENSORS_MOVED / medians[(T, "linear_scan")]
-            gbytes = B * T * H * 4 / 1e9
-            fraction = scan_rate / copy_rate
-            print(
-                f"linear_scan bandwidth on {device.type}, T={T}: {scan_rate * gbytes * 1e3:.1f} GB/s = "
-                f"{100 * fraction:.0f}% of the copy's {copy_rate * gbytes * 1e3:.1f} GB/s in this run "
-                f"({SCAN_TENSORS_MOVED} fp32 (B, T, H) tensors per fwd+bwd; target >= 50%) "
-                f"{'PASS' if fraction >= 0.5 else 'MISS'}"
-            )
+    print_bandwidth(device, args, medians)
     return medians
 
 
