@@ -13,16 +13,20 @@ from models import cpu_kernel_build, scan, scan_cpu_kernel, scan_triton
 from models.scan import EagerScan, linear_scan, linear_scan_reference
 
 
-@pytest.fixture(params=["fused", "eager", pytest.param("triton", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["fused", "fused-streaming", "eager", pytest.param("triton", marks=pytest.mark.gpu)])
 def device(request, monkeypatch) -> torch.device:
     """Run the test once through each backend that linear_scan can dispatch to: the device whose
-    tensors take it (the CPU for the C++ kernel and the eager scan, CUDA for the Triton kernel)."""
-    if request.param == "fused":
+    tensors take it (the CPU for the C++ kernel and the eager scan, CUDA for the Triton kernel).
+    `fused-streaming` runs the C++ kernel with the non-temporal stores it uses for large tensors."""
+    if request.param.startswith("fused"):
         if cpu_kernel_build.compiler() is None:
             pytest.skip("no C++ compiler on this machine: the fused kernel cannot be built")
         fused = scan_cpu_kernel.kernel()
         assert fused is not None, "a compiler exists but the fused kernel did not build (see the logged line)"
         assert scan.select_backend(torch.zeros(1)) is fused
+        if request.param == "fused-streaming":
+            monkeypatch.setattr(scan_cpu_kernel, "STREAM_BYTES", 0)
+            assert scan_cpu_kernel.streams_outputs(torch.zeros(1))
     elif request.param == "triton":
         pytest.importorskip("triton", reason="the CUDA scan kernel needs triton (pip install -e '.[gpu]')")
         compiled = scan_triton.kernel()
@@ -235,6 +239,32 @@ def test_gradient_of_b_alone_skips_grad_a_and_matches_the_reference(device):
     _, b64, _ = _float64_reference(a, b)
     (ref_grad_b,) = torch.autograd.grad(linear_scan_reference(a.cpu(), b64, h0.cpu()).sum(), (b64,))
     assert _rel_err(grad_b, ref_grad_b) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("H", [5, 37, 300])  # rows not a whole number of vectors; two channel blocks
+def test_streaming_stores_change_no_bit(H, dtype):
+    if cpu_kernel_build.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    fused = scan_cpu_kernel.kernel()
+    generator = torch.Generator().manual_seed(H)
+    a = (2 * torch.rand(3, 41, H, generator=generator) - 1).to(dtype)
+    b, upstream = (torch.randn(3, 41, H, generator=generator).to(dtype) for _ in range(2))
+    h0 = torch.randn(3, H, generator=generator).to(dtype)
+    for start in (h0, None):
+        cached, streamed = (fused.forward(a, b, start, stream=stream) for stream in (False, True))
+        assert torch.equal(cached, streamed)
+        for need_a in (True, False):
+            cached_grads = fused.backward(a, cached, start, upstream, need_a, stream=False)
+            streamed_grads = fused.backward(a, cached, start, upstream, need_a, stream=True)
+            for expected, got in zip(cached_grads, streamed_grads):
+                assert (expected is None and got is None) or torch.equal(expected, got)
+
+
+def test_large_outputs_are_streamed_and_small_ones_are_not():
+    limit = scan_cpu_kernel.STREAM_BYTES
+    assert scan_cpu_kernel.streams_outputs(torch.empty(limit // 4, dtype=torch.float32))
+    assert not scan_cpu_kernel.streams_outputs(torch.empty(limit // 8 - 1, dtype=torch.float64))
 
 
 @pytest.fixture
