@@ -24,7 +24,7 @@ SOURCE = Path(__file__).with_name("scan_kernel.cpp")
 _POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 # Outputs of at least this size are written past the caches (models/scan_kernel.cpp). On the
-# project's CPU (32 MiB L3) streaming made fwd+bwd 30-35 % faster from 8 MiB tensors up and lost
+# project's CPU (32 MiB L3) streaming made fwd+bwd 27-35 % faster from 8 MiB tensors up and lost
 # below about 1 MiB, where the outputs stay cached for the next op (docs/speed.md).
 STREAM_BYTES = 4 << 20
 
