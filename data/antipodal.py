@@ -128,6 +128,51 @@ def split_bounds(length: int, fractions: tuple[float, float, float]) -> dict[str
     return {name: (int(cuts[i]), int(cuts[i + 1])) for i, name in enumerate(SPLITS)}
 
 
+def check_window_options(
+    target_mode: str, history_length: int, stride: int, stateful: bool, augmentation: Augmentation
+) -> None:
+    """Refuses, in one sentence naming the key, windows the DataModule cannot cut."""
+    if target_mode not in TARGET_MODES:
+        raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: {', '.join(TARGET_MODES)}.")
+    if history_length < 1:
+        raise ValueError(f"history_length={history_length} must be a positive integer.")
+    if stride < 1:
+        raise ValueError(f"stride={stride} must be a positive integer (1: a window at every step).")
+    if stateful and target_mode != "next_step":
+        raise ValueError(
+            f"stateful=true carries the state from chunk to chunk and scores every step, so it "
+            f"needs target_mode=next_step, not {target_mode!r}."
+        )
+    if stateful and augmentation.enabled:
+        raise ValueError(
+            "augmentation is not available with stateful=true: a shifted window would break the "
+            "chunk-to-chunk continuity of the carried state; set data.augmentation.augmentation_prob=0."
+        )
+    if stateful and stride != 1:
+        raise ValueError(
+            f"stride={stride} has no effect with stateful=true, whose chunks never overlap; leave it at 1."
+        )
+
+
+def check_splits_hold_windows(
+    bounds: dict[str, tuple[int, int]], history_length: int, batch_size: int, stateful: bool
+) -> None:
+    """Refuses splits too short for one window and its target (or, stateful, one chunk per batch row)."""
+    shortest = min(stop - start for start, stop in bounds.values())
+    if history_length + 1 > shortest:
+        raise ValueError(
+            f"history_length={history_length} is too long: a window and its target need "
+            f"{history_length + 1} steps but the shortest split has {shortest} (raise generator.T or lower history_length)."
+        )
+    train_steps = bounds["train"][1] - bounds["train"][0]
+    if stateful and train_steps < batch_size * history_length + 1:
+        raise ValueError(
+            f"stateful=true needs batch_size * history_length + 1 = {batch_size * history_length + 1} training "
+            f"steps (one chunk per batch row) but the train split has {train_steps}; lower batch_size or "
+            "history_length, or raise generator.T."
+        )
+
+
 class AntipodalWindows(Dataset):
     """Windows of `history_length` observations inside one segment [start, stop).
 
@@ -236,41 +281,10 @@ class AntipodalDataModule(SplitDataModule):
         process = (
             generator if isinstance(generator, AntipodalProcessConfig) else AntipodalProcessConfig(**(generator or {}))
         )
-        if target_mode not in TARGET_MODES:
-            raise ValueError(f"target_mode={target_mode!r} is not allowed; choose one of: {', '.join(TARGET_MODES)}.")
         split = checked_split(split, batch_size, num_workers)
-        if history_length < 1:
-            raise ValueError(f"history_length={history_length} must be a positive integer.")
-        if stride < 1:
-            raise ValueError(f"stride={stride} must be a positive integer (1: a window at every step).")
-        if stateful and target_mode != "next_step":
-            raise ValueError(
-                f"stateful=true carries the state from chunk to chunk and scores every step, so it "
-                f"needs target_mode=next_step, not {target_mode!r}."
-            )
-        if stateful and self.augmentation.enabled:
-            raise ValueError(
-                "augmentation is not available with stateful=true: a shifted window would break the "
-                "chunk-to-chunk continuity of the carried state; set data.augmentation.augmentation_prob=0."
-            )
-        if stateful and stride != 1:
-            raise ValueError(
-                f"stride={stride} has no effect with stateful=true, whose chunks never overlap; leave it at 1."
-            )
+        check_window_options(target_mode, history_length, stride, stateful, self.augmentation)
         self.bounds = split_bounds(process.T, split)
-        shortest = min(stop - start for start, stop in self.bounds.values())
-        if history_length + 1 > shortest:
-            raise ValueError(
-                f"history_length={history_length} is too long: a window and its target need "
-                f"{history_length + 1} steps but the shortest split has {shortest} (raise generator.T or lower history_length)."
-            )
-        train_steps = self.bounds["train"][1] - self.bounds["train"][0]
-        if stateful and train_steps < batch_size * history_length + 1:
-            raise ValueError(
-                f"stateful=true needs batch_size * history_length + 1 = {batch_size * history_length + 1} training "
-                f"steps (one chunk per batch row) but the train split has {train_steps}; lower batch_size or "
-                "history_length, or raise generator.T."
-            )
+        check_splits_hold_windows(self.bounds, history_length, batch_size, stateful)
         self.process = process
         self.history_length = history_length
         self.target_mode = target_mode
