@@ -133,9 +133,18 @@ class SeamGatedLightningModule(pl.LightningModule):
                 f"target_mode={target_mode!r} is not allowed for seq2seq data, whose targets are "
                 "whole answers scored step by step; use next_step.",
             )
-        betas = check_adamw_options(learning_rate, weight_decay, betas, eps, fused)
+        betas = check_adamw_options(
+            learning_rate=learning_rate, weight_decay=weight_decay, betas=betas, eps=eps, fused=fused
+        )
         check_schedule_options(
-            scheduler, warmup_fraction, cycle_momentum, betas, plateau_factor, plateau_patience, min_lr, learning_rate
+            scheduler=scheduler,
+            warmup_fraction=warmup_fraction,
+            cycle_momentum=cycle_momentum,
+            betas=betas,
+            plateau_factor=plateau_factor,
+            plateau_patience=plateau_patience,
+            min_lr=min_lr,
+            learning_rate=learning_rate,
         )
         if output_dim is None:
             output_dim = next_observation_size(**given)

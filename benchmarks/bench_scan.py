@@ -211,9 +211,9 @@ def time_ops(
 
 def peak_mib(device: torch.device, args: argparse.Namespace, op: str, T: int) -> float | None:
     """Memory growth of one fwd+bwd of op at T (None with --no-memory)."""
-    shape = (args.batch, T, args.hidden)
     if args.no_memory:
         return None
+    shape = (args.batch, T, args.hidden)
     if device.type == "cuda":
         step, clear = make_case(op, shape, device)
         return cuda_peak_mib(step, clear, device)

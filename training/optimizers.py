@@ -23,6 +23,7 @@ def check_fused(fused: bool | str) -> None:
 
 
 def check_adamw_options(
+    *,
     learning_rate: float,
     weight_decay: float,
     betas: tuple[float, float] | list[float],

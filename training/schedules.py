@@ -14,6 +14,7 @@ STEP_SCHEDULERS = ("onecycle", "cosine_warmup")  # those that follow the total n
 
 
 def check_schedule_options(
+    *,
     scheduler: str,
     warmup_fraction: float,
     cycle_momentum: bool,
