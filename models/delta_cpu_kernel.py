@@ -9,6 +9,10 @@ in place of about two dozen torch ops and their (B, T, d) intermediates.
 models/cpu_kernel_build.py compiles the kernels at first use and caches them per machine.
 ``kernel()`` returns None, after one logged line, wherever they cannot be built or disagree with
 the block's torch path; the block then takes that path. ``SEAM_DELTA_KERNEL=eager`` skips the kernels on purpose.
+
+Each function the block calls here (``kernel_for`` and the four kernels) is ``torch.compiler.disable``d,
+so that under compile=true each is one opaque call: dynamo would otherwise trace into the cached
+loader and the ctypes calls, warn, recompile for every kernel name and at times fail while guarding.
 """
 
 from __future__ import annotations
@@ -117,12 +121,14 @@ def _in_input_dtypes(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
     return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.input_dtypes))
 
 
+@torch.compiler.disable
 def invariant_features(kernel: DeltaKernel, u: Tensor, left_right: Tensor) -> Tensor:
     """The features (B, T, 3 + 2k) of GatedDeltaUnit.invariants from u (B, T, d) and its bilinear
     projections [L u | R u] (B, T, 2k), with u_{-1} = 0."""
     return _PairedKernel.apply(u, left_right, _FEATURES, None, kernel)
 
 
+@torch.compiler.disable
 def gated_states(
     kernel: DeltaKernel,
     features: Tensor,
@@ -140,11 +146,13 @@ def gated_states(
     return _GatedStates.apply(features, *gate_map, u, odd_weight, *state, even_dim, temperature, kernel)
 
 
+@torch.compiler.disable
 def rms_norm(kernel: DeltaKernel, x: Tensor, weight: Tensor, eps: float | None) -> Tensor:
     """nn.functional.rms_norm(x, (d,), weight, eps) of x (..., d): eps None is the compute dtype's machine epsilon."""
     return _PairedKernel.apply(x, weight, _NORM, eps, kernel)
 
 
+@torch.compiler.disable
 def modulated(kernel: DeltaKernel, h_odd: Tensor, modulation: Tensor) -> Tensor:
     """h_odd * sigmoid(modulation), both (..., d): the block's even state modulating its odd one."""
     return _PairedKernel.apply(h_odd, modulation, _MODULATION, None, kernel)
@@ -340,6 +348,7 @@ def kernel() -> DeltaKernel | None:
     return load_checked(SOURCE, DeltaKernel, _self_check, "SEAM_DELTA_KERNEL", log, "z2_delta", "its torch path")
 
 
-def supports(x: Tensor) -> bool:
-    """Whether the fused kernels compute this input's unit: CPU tensors of a floating dtype."""
-    return x.device.type == "cpu" and x.is_floating_point()
+@torch.compiler.disable
+def kernel_for(x: Tensor) -> DeltaKernel | None:
+    """kernel() where the fused kernels compute the unit of input x (CPU tensors of a floating dtype), else None."""
+    return kernel() if x.device.type == "cpu" and x.is_floating_point() else None

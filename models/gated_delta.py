@@ -165,12 +165,8 @@ class GatedDeltaUnit(nn.Module):
         """The fused CPU kernels where they compute this input (else None: the torch path). The
         reference loop (use_parallel_scan=False) and a torch function mode (the audit's gate
         recorder, which must see the gate ops) take the torch path."""
-        if (
-            self.use_parallel_scan
-            and delta_cpu_kernel.supports(u)
-            and not torch.overrides._is_torch_function_mode_enabled()
-        ):
-            return delta_cpu_kernel.kernel()
+        if self.use_parallel_scan and not torch.overrides._is_torch_function_mode_enabled():
+            return delta_cpu_kernel.kernel_for(u)
         return None
 
     def states(self, u: torch.Tensor, state: tuple[torch.Tensor, ...] | None, kernel: DeltaKernel | None):

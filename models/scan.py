@@ -61,12 +61,17 @@ def linear_scan_reference(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Ten
     return torch.stack(states, dim=1)
 
 
+@torch.compiler.disable
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Compute h_t = a_t * h_{t-1} + b_t over dim 1 of (B, T, H) tensors a and b.
 
     h0 is the (B, H) state before the first step (zeros if None). Returns all
     states (B, T, H) in b's dtype. The scan runs in float32 for half-precision
     inputs and under autocast, and in float64 when any input is float64.
+
+    torch.compile runs it as one opaque call (torch.compiler.disable), whichever backend
+    computes it: dynamo cannot trace the kernels' launches, and would unroll the eager
+    scan's chunk loop into a graph for every T.
     """
     _check_inputs(a, b, h0)
     return _LinearScan.apply(a, b, h0, select_backend(b))

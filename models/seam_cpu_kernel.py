@@ -6,6 +6,9 @@ one call of the kernel instead of a dozen small torch ops and autograd nodes per
 models/cpu_kernel_build.py compiles the kernel at first use and caches it per machine. ``kernel()``
 returns None, after one logged line, wherever the kernel cannot be built or disagrees with the
 model's eager loop; the model then runs that loop. ``SEAM_SEAM_KERNEL=eager`` skips the kernel on purpose.
+
+``kernel_for`` and ``seam_recurrence`` are ``torch.compiler.disable``d: under compile=true each is one
+opaque call, where dynamo would otherwise trace into the cached loader and the ctypes call.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class SeamKernel:
         return grads
 
 
+@torch.compiler.disable
 def seam_recurrence(
     kernel: SeamKernel,
     x: Tensor,
@@ -234,6 +238,7 @@ def kernel() -> SeamKernel | None:
     return load_checked(SOURCE, SeamKernel, _self_check, "SEAM_SEAM_KERNEL", log, "z2_seam", "the eager step loop")
 
 
-def supports(x: Tensor) -> bool:
-    """Whether the fused kernel computes this input's recurrence: CPU float32/float64 tensors."""
-    return x.device.type == "cpu" and x.dtype in _SUFFIX
+@torch.compiler.disable
+def kernel_for(x: Tensor) -> SeamKernel | None:
+    """kernel() where the fused kernel computes the recurrence of input x (CPU float32/float64 tensors), else None."""
+    return kernel() if x.device.type == "cpu" and x.dtype in _SUFFIX else None

@@ -172,8 +172,8 @@ class Z2SeamRNN(SequenceModel):
         else:
             h_even, h_odd = state
         # A torch function mode (the audit's gate recorder) must see the per-step ops, which the kernel hides.
-        if seam_cpu_kernel.supports(x) and not torch.overrides._is_torch_function_mode_enabled():
-            fused = seam_cpu_kernel.kernel()
+        if not torch.overrides._is_torch_function_mode_enabled():
+            fused = seam_cpu_kernel.kernel_for(x)
             if fused is not None:
                 return self._run_fused(x, h_even, h_odd, return_diagnostics, fused)
         return self._run_eager(x, h_even, h_odd, return_diagnostics)
