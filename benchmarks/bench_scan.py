@@ -41,6 +41,9 @@ OPS = ("linear_scan", "per-step loop", "nn.LSTM", "nn.GRU", "tensor copy")
 # fwd reads a, b and writes h; bwd reads a, h and the upstream gradient and writes grad_a, grad_b.
 SCAN_TENSORS_MOVED = 8
 COPY_TENSORS_MOVED = 2  # dst.copy_(src) reads one (B, T, H) tensor and writes one
+# The bandwidth target (README) is set at this length. At the default B and H a T=100 tensor
+# (0.8 MB) stays in a CPU's caches, so there the copy measures cache speed, not memory's.
+BANDWIDTH_TARGET_T = 1000
 MEMORY_NOTE = {
     "cpu": "peak MiB: growth of resident memory (VmHWM minus VmRSS before) during one fwd+bwd, "
     "in a fresh subprocess after one warm-up run and malloc_trim; counts outputs, saved tensors and grads.",
@@ -221,18 +224,23 @@ def peak_mib(device: torch.device, args: argparse.Namespace, op: str, T: int) ->
 
 
 def print_bandwidth(device: torch.device, args: argparse.Namespace, medians: dict[tuple[int, str], float]) -> None:
-    """The scan's achieved bandwidth at each T as a fraction of the copy's in the same run, with PASS/MISS."""
+    """The scan's achieved bandwidth at each T as a fraction of the copy's in the same run, with
+    PASS/MISS at BANDWIDTH_TARGET_T."""
     for T in args.T:
         if (T, "linear_scan") in medians and (T, "tensor copy") in medians:
             copy_rate = COPY_TENSORS_MOVED / medians[(T, "tensor copy")]
             scan_rate = SCAN_TENSORS_MOVED / medians[(T, "linear_scan")]
             gbytes = args.batch * T * args.hidden * 4 / 1e9
             fraction = scan_rate / copy_rate
+            verdict = (
+                f"target >= 50% {'PASS' if fraction >= 0.5 else 'MISS'}"
+                if T == BANDWIDTH_TARGET_T
+                else f"no target at this T, it is set at T={BANDWIDTH_TARGET_T}"
+            )
             print(
                 f"linear_scan bandwidth on {device.type}, T={T}: {scan_rate * gbytes * 1e3:.1f} GB/s = "
                 f"{100 * fraction:.0f}% of the copy's {copy_rate * gbytes * 1e3:.1f} GB/s in this run "
-                f"({SCAN_TENSORS_MOVED} fp32 (B, T, H) tensors per fwd+bwd; target >= 50%) "
-                f"{'PASS' if fraction >= 0.5 else 'MISS'}"
+                f"({SCAN_TENSORS_MOVED} fp32 (B, T, H) tensors per fwd+bwd); {verdict}"
             )
 
 
