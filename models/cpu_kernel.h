@@ -1,5 +1,6 @@
 // What the fused CPU kernels (models/*_kernel.cpp) share: splitting their independent batch rows
-// over threads, prefetching the rows a walk backwards in time reads next, and a dot product.
+// over threads, prefetching the rows a walk backwards in time reads next, a dot product, and exp,
+// sigmoid and tanh written so that loops calling them vectorise.
 //
 // models/cpu_kernel_build.py hashes this header with each kernel's source, so an edit here rebuilds
 // every kernel that includes it.
@@ -8,7 +9,9 @@
 #define SEAM_CPU_KERNEL_H_
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -56,6 +59,58 @@ inline S dot(const S* x, const S* y, int64_t n) {
   S sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
   return sum;
+}
+
+// exp for float32 in plain arithmetic (Cephes' range reduction and polynomial, about 1 ulp), so that
+// loops calling it vectorise; float64, the precision of the checks, keeps std::exp.
+inline float exp_of(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + shifter) - shifter;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+inline double exp_of(double x) { return std::exp(x); }
+
+template <typename S>
+inline S sigmoid(S v) {
+  return S(1) / (S(1) + exp_of(-v));
+}
+
+// tanh for float32 as Cephes computes it (an odd polynomial below |v| = 0.625, where 1 - 2 / (e^2|v| + 1)
+// would lose the digits of small values, that form above), on |v| with v's sign put back: exactly
+// odd, as the Z2 models' equivariance needs. float64 keeps std::tanh.
+inline float tanh_of(float v) {
+  const float a = std::fabs(v), z = a * a;
+  const float small =
+      ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
+       3.33332819422e-1f) * z * a + a;
+  const float large = 1.0f - 2.0f / (exp_of(2.0f * a) + 1.0f);
+  return std::copysign(a < 0.625f ? small : large, v);
+}
+
+inline double tanh_of(double v) { return std::tanh(v); }
+
+template <typename S>
+void sigmoid_into(const S* __restrict p, S* __restrict out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = sigmoid(p[j]);
+}
+
+template <typename S>
+void tanh_into(const S* __restrict p, S* __restrict out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = tanh_of(p[j]);
 }
 
 }  // namespace cpu_kernel

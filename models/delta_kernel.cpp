@@ -29,6 +29,9 @@
 namespace {
 
 using cpu_kernel::dot;
+using cpu_kernel::sigmoid;
+using cpu_kernel::sigmoid_into;
+using cpu_kernel::tanh_into;
 
 // Mirrors the ctypes Structure `Shape` of models/delta_cpu_kernel.py field by field.
 struct Shape {
@@ -40,42 +43,6 @@ struct Shape {
 constexpr int kBaseFeatures = 3;
 // Below this many row-steps per thread a thread costs more to start than it saves.
 constexpr int64_t kMinRowStepsPerThread = 512;
-
-// exp for float32 in plain arithmetic (Cephes' range reduction and polynomial, about 1 ulp), so that
-// loops calling it vectorise; float64, the precision of the checks, keeps std::exp.
-inline float exp_of(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504088896341f + shifter) - shifter;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return y * scale;
-}
-
-inline double exp_of(double x) { return std::exp(x); }
-
-template <typename S>
-inline S sigmoid(S v) {
-  return S(1) / (S(1) + exp_of(-v));
-}
-
-inline float tanh_of(float v) { return 2.0f * sigmoid(2.0f * v) - 1.0f; }
-inline double tanh_of(double v) { return std::tanh(v); }
-
-template <typename S>
-void sigmoid_into(const S* __restrict p, S* __restrict out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = sigmoid(p[j]);
-}
 
 int64_t workers(const Shape& s) {
   return cpu_kernel::worker_count(s.threads, s.batch, s.batch * s.steps, kMinRowStepsPerThread);
@@ -273,11 +240,6 @@ void features_backward(const S* u, const S* lr, const S* g, S* grad_u, S* grad_l
       }
     }
   });
-}
-
-template <typename S>
-void tanh_into(const S* __restrict p, S* __restrict out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = tanh_of(p[j]);
 }
 
 // The gates of one step from its pre-activations: seam flip 1 - 2 s, update gates, even candidate.

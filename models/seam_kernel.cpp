@@ -26,6 +26,9 @@
 namespace {
 
 using cpu_kernel::dot;
+using cpu_kernel::sigmoid;
+using cpu_kernel::sigmoid_into;
+using cpu_kernel::tanh_into;
 
 enum GateKind : int32_t { kLearned = 0, kThreshold = 1, kConstant = 2 };
 
@@ -43,11 +46,6 @@ constexpr int64_t kMinRowStepsPerThread = 256;
 template <typename S>
 inline void axpy(S a, const S* __restrict x, S* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-template <typename S>
-inline S sigmoid(S v) {
-  return S(1) / (S(1) + std::exp(-v));
 }
 
 template <typename S>
@@ -99,16 +97,17 @@ void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, con
   const std::vector<S> readout_t = transposed(w.readout, D, O);
   const S temperature = S(s.temperature), threshold = S(s.threshold), constant = S(s.constant_gate);
 
-  auto readout = [&](const S* h_even, const S* h_odd, S* modulation, S* y) {
-    std::copy(w.bias, w.bias + O, modulation);
-    for (int64_t k = 0; k < E; ++k) axpy(h_even[k], modulation_t.data() + k * O, modulation, O);
-    for (int64_t i = 0; i < O; ++i) modulation[i] = sigmoid(modulation[i]);
+  // `linear` is a scratch row of O values: a pre-activation before its sigmoid or tanh.
+  auto readout = [&](const S* h_even, const S* h_odd, S* linear, S* modulation, S* y) {
+    std::copy(w.bias, w.bias + O, linear);
+    for (int64_t k = 0; k < E; ++k) axpy(h_even[k], modulation_t.data() + k * O, linear, O);
+    sigmoid_into(linear, modulation, O);
     std::fill(y, y + D, S(0));
     for (int64_t i = 0; i < O; ++i) axpy(h_odd[i] * modulation[i], readout_t.data() + i * D, y, D);
   };
 
   cpu_kernel::for_row_ranges(s.batch, worker_count(s), [&](int64_t first, int64_t last, int64_t) {
-    std::vector<S> pre(C), flipped(O);
+    std::vector<S> pre(C), flipped(O), linear(O);
     for (int64_t r = first; r < last; ++r) {
       S* h_even = out.h_even + r * (T + 1) * E;
       S* h_odd = out.h_odd + r * (T + 1) * O;
@@ -118,7 +117,7 @@ void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, con
       S* gate = out.gate + r * T;
       std::copy(h_even0 + r * E, h_even0 + (r + 1) * E, h_even);
       std::copy(h_odd0 + r * O, h_odd0 + (r + 1) * O, h_odd);
-      readout(h_even, h_odd, modulation, y);
+      readout(h_even, h_odd, linear.data(), modulation, y);
       alpha[0] = parity_energy(h_even, h_odd, E, O);
       for (int64_t t = 0; t < T; ++t) {
         const S* x_t = x + (r * T + t) * D;
@@ -143,12 +142,12 @@ void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, con
         const S flip = S(1) - S(2) * g;
         for (int64_t j = 0; j < O; ++j) flipped[j] = flip * odd_prev[j];
         S* odd_next = h_odd + (t + 1) * O;
-        std::copy(drive + (r * T + t) * O, drive + (r * T + t + 1) * O, odd_next);
-        for (int64_t j = 0; j < O; ++j) axpy(flipped[j], odd_t.data() + j * O, odd_next, O);
-        for (int64_t i = 0; i < O; ++i) odd_next[i] = std::tanh(odd_next[i]);
+        std::copy(drive + (r * T + t) * O, drive + (r * T + t + 1) * O, linear.data());
+        for (int64_t j = 0; j < O; ++j) axpy(flipped[j], odd_t.data() + j * O, linear.data(), O);
+        tanh_into(linear.data(), odd_next, O);
         S* even_next = h_even + (t + 1) * E;
-        for (int64_t k = 0; k < E; ++k) even_next[k] = std::tanh(pre[even_column + k]);
-        readout(even_next, odd_next, modulation + (t + 1) * O, y + (t + 1) * D);
+        tanh_into(pre.data() + even_column, even_next, E);
+        readout(even_next, odd_next, linear.data(), modulation + (t + 1) * O, y + (t + 1) * D);
         alpha[t + 1] = parity_energy(even_next, odd_next, E, O);
       }
     }
