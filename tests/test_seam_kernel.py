@@ -1,6 +1,7 @@
 """The fused CPU z2_seam kernel: equal to the model's eager step loop in value, diagnostics, final state
 and every gradient, a correct autograd Function (gradcheck), float32 under autocast, and replaced by
-the eager loop under a torch function mode, where it is switched off and where it cannot be built."""
+the eager loop under a torch function mode, where it is switched off and where it cannot be built;
+exactly equivariant in float32 too."""
 
 from __future__ import annotations
 
@@ -189,3 +190,18 @@ def test_the_environment_switch_selects_the_eager_loop_without_a_warning(monkeyp
     finally:
         seam_cpu_kernel.kernel.cache_clear()
     assert not _fallback_lines(caplog)
+
+
+@pytest.mark.parametrize("gate", ["kstar", "learned"])
+def test_in_float32_the_kernel_is_exactly_equivariant(kernel, gate):
+    # Negation is exact in every product and sum, so only an odd function computed asymmetrically
+    # (a tanh that is not exactly odd) could break the symmetry.
+    model = _model(gate, torch.float32)
+    x, h_even, h_odd = (leaf.detach() for leaf in _inputs(model, 3, 200, torch.float32))
+    output, diagnostics, (final_even, final_odd) = model._run_fused(x, h_even, h_odd, True, kernel)
+    flipped, flipped_diagnostics, (flipped_even, flipped_odd) = model._run_fused(-x, h_even, -h_odd, True, kernel)
+    assert output.abs().mean() > 1e-3
+    torch.testing.assert_close(flipped, -output, rtol=0, atol=0)
+    torch.testing.assert_close(flipped_odd, -final_odd, rtol=0, atol=0)
+    torch.testing.assert_close(flipped_even, final_even, rtol=0, atol=0)
+    torch.testing.assert_close(flipped_diagnostics["gate"], diagnostics["gate"], rtol=0, atol=0)
