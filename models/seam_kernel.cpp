@@ -48,6 +48,28 @@ inline void axpy(S a, const S* __restrict x, S* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+// y[0..n) += sum over j < rows of a[j] w[j, 0..n) (w row-major): each y[i] summed in the order of j,
+// as that many axpys would, but a block of y at a time held in registers across the rows. Axpys into
+// one y are a chain of stores and loads through memory, which bounds a small mat-vec by latency.
+template <typename S>
+void add_rows(const S* __restrict a, const S* __restrict w, int64_t rows, int64_t n, S* __restrict y) {
+  constexpr int64_t kBlock = 128 / sizeof(S);  // four 32-byte vectors
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    S block[kBlock];
+    for (int64_t l = 0; l < kBlock; ++l) block[l] = y[i + l];
+    for (int64_t j = 0; j < rows; ++j) {
+      const S a_j = a[j];
+      const S* row = w + j * n + i;
+      for (int64_t l = 0; l < kBlock; ++l) block[l] += a_j * row[l];
+    }
+    for (int64_t l = 0; l < kBlock; ++l) y[i + l] = block[l];
+  }
+  if (i < n) {
+    for (int64_t j = 0; j < rows; ++j) axpy(a[j], w + j * n + i, y + i, n - i);
+  }
+}
+
 template <typename S>
 std::vector<S> transposed(const S* w, int64_t rows, int64_t cols) {
   std::vector<S> t(rows * cols);
@@ -100,7 +122,7 @@ void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, con
   // `linear` is a scratch row of O values: a pre-activation before its sigmoid or tanh.
   auto readout = [&](const S* h_even, const S* h_odd, S* linear, S* modulation, S* y) {
     std::copy(w.bias, w.bias + O, linear);
-    for (int64_t k = 0; k < E; ++k) axpy(h_even[k], modulation_t.data() + k * O, linear, O);
+    add_rows(h_even, modulation_t.data(), E, O, linear);
     sigmoid_into(linear, modulation, O);
     std::fill(y, y + D, S(0));
     for (int64_t i = 0; i < O; ++i) axpy(h_odd[i] * modulation[i], readout_t.data() + i * D, y, D);
@@ -129,7 +151,7 @@ void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, con
         axpy(dot(x_t, y_t, D), w.state, pre.data(), C);
         axpy(dot(y_t, y_t, D), w.state + C, pre.data(), C);
         axpy(alpha[t], w.state + 2 * C, pre.data(), C);
-        for (int64_t k = 0; k < E; ++k) axpy(even_prev[k], w.state + (kFeatures + k) * C, pre.data(), C);
+        add_rows(even_prev, w.state + kFeatures * C, E, C, pre.data());
         S g;
         if (s.gate == kLearned) {
           g = sigmoid(pre[0]);
@@ -143,7 +165,7 @@ void forward(const S* x, const S* static_part, const S* drive, Weights<S> w, con
         for (int64_t j = 0; j < O; ++j) flipped[j] = flip * odd_prev[j];
         S* odd_next = h_odd + (t + 1) * O;
         std::copy(drive + (r * T + t) * O, drive + (r * T + t + 1) * O, linear.data());
-        for (int64_t j = 0; j < O; ++j) axpy(flipped[j], odd_t.data() + j * O, linear.data(), O);
+        add_rows(flipped.data(), odd_t.data(), O, O, linear.data());
         tanh_into(linear.data(), odd_next, O);
         S* even_next = h_even + (t + 1) * E;
         tanh_into(pre.data() + even_column, even_next, E);
@@ -216,6 +238,15 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
       S d_alpha = 0;
       // State n (0: the initial one) feeds y_n and alpha_n, read by step n and reported as output n - 1.
       for (int64_t n = T; n >= 0; --n) {
+        if (n > cpu_kernel::kPrefetchSteps) {
+          const int64_t ahead = n - cpu_kernel::kPrefetchSteps;
+          cpu_kernel::prefetch(h_even + ahead * E, E);
+          cpu_kernel::prefetch(h_odd + ahead * O, O);
+          cpu_kernel::prefetch(modulation + ahead * O, O);
+          cpu_kernel::prefetch(y + ahead * D, D);
+          cpu_kernel::prefetch(grad_y + (r * T + ahead - 1) * D, D);
+          cpu_kernel::prefetch(x + (r * T + ahead - 1) * D, D);
+        }
         const S* even = h_even + n * E;
         const S* odd = h_odd + n * O;
         const S* m = modulation + n * O;
@@ -225,8 +256,8 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
         }
         // y = V (h_odd * m), m = sigmoid(G h_even + c).
         std::fill(d_z.begin(), d_z.end(), S(0));
+        add_rows(d_y.data(), w.readout, D, O, d_z.data());
         for (int64_t d = 0; d < D; ++d) {
-          axpy(d_y[d], w.readout + d * O, d_z.data(), O);
           for (int64_t i = 0; i < O; ++i) g_readout[d * O + i] += d_y[d] * odd[i] * m[i];
         }
         for (int64_t i = 0; i < O; ++i) {
@@ -234,8 +265,8 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
           d_q[i] = d_z[i] * odd[i] * m[i] * (S(1) - m[i]);
           g_bias[i] += d_q[i];
           axpy(d_q[i], even, g_modulation + i * E, E);
-          axpy(d_q[i], w.modulation + i * E, d_even.data(), E);
         }
+        add_rows(d_q.data(), w.modulation, O, E, d_even.data());
         // alpha = o / (o + e + eps), o = ||h_odd||^2, e = ||h_even||^2.
         {
           const S o = dot(odd, odd, O), total = o + dot(even, even, E) + S(1e-8);
@@ -258,10 +289,8 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
         }
         for (int64_t j = 0; j < O; ++j) flipped[j] = flip * odd_prev[j];
         std::fill(d_flipped.begin(), d_flipped.end(), S(0));
-        for (int64_t i = 0; i < O; ++i) {
-          axpy(d_pre_odd[i], flipped.data(), g_odd + i * O, O);
-          axpy(d_pre_odd[i], w.odd + i * O, d_flipped.data(), O);
-        }
+        for (int64_t i = 0; i < O; ++i) axpy(d_pre_odd[i], flipped.data(), g_odd + i * O, O);
+        add_rows(d_pre_odd.data(), w.odd, O, O, d_flipped.data());
         for (int64_t j = 0; j < O; ++j) next_odd[j] = flip * d_flipped[j];
         S d_gate = S(-2) * dot(d_flipped.data(), odd_prev, O);
         if (grad_gate != nullptr) d_gate += grad_gate[r * T + t];
@@ -280,7 +309,7 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
         axpy(alpha[t], d_pre.data(), g_state + 2 * C, C);
         for (int64_t k = 0; k < E; ++k) axpy(even_prev[k], d_pre.data(), g_state + (kFeatures + k) * C, C);
         std::fill(d_features.begin(), d_features.end(), S(0));
-        for (int64_t c = 0; c < C; ++c) axpy(d_pre[c], state_t.data() + c * F, d_features.data(), F);
+        add_rows(d_pre.data(), state_t.data(), C, F, d_features.data());
         const S d_xy = d_features[0], d_yy = d_features[1];
         d_alpha_prev += d_features[2];
         std::copy(d_features.begin() + kFeatures, d_features.end(), next_even.begin());
