@@ -49,8 +49,8 @@ inline void axpy(S a, const S* __restrict x, S* __restrict y, int64_t n) {
 }
 
 // y[0..n) += sum over j < rows of a[j] w[j, 0..n) (w row-major): each y[i] summed in the order of j,
-// as that many axpys would, but a block of y at a time held in registers across the rows. Axpys into
-// one y are a chain of stores and loads through memory, which bounds a small mat-vec by latency.
+// as that many axpys would, but over all rows for one block of y at a time, kept in a local array,
+// instead of one pass over the whole of y per row (measured faster: docs/speed.md, z2_seam kernel).
 template <typename S>
 void add_rows(const S* __restrict a, const S* __restrict w, int64_t rows, int64_t n, S* __restrict y) {
   constexpr int64_t kBlock = 128 / sizeof(S);  // four 32-byte vectors
