@@ -129,7 +129,7 @@ def split_bounds(length: int, fractions: tuple[float, float, float]) -> dict[str
 
 
 def check_window_options(
-    target_mode: str, history_length: int, stride: int, stateful: bool, augmentation: Augmentation
+    *, target_mode: str, history_length: int, stride: int, stateful: bool, augmentation: Augmentation
 ) -> None:
     """Refuses, in one sentence naming the key, windows the DataModule cannot cut."""
     if target_mode not in TARGET_MODES:
@@ -155,7 +155,7 @@ def check_window_options(
 
 
 def check_splits_hold_windows(
-    bounds: dict[str, tuple[int, int]], history_length: int, batch_size: int, stateful: bool
+    bounds: dict[str, tuple[int, int]], *, history_length: int, batch_size: int, stateful: bool
 ) -> None:
     """Refuses splits too short for one window and its target (or, stateful, one chunk per batch row)."""
     shortest = min(stop - start for start, stop in bounds.values())
@@ -282,9 +282,15 @@ class AntipodalDataModule(SplitDataModule):
             generator if isinstance(generator, AntipodalProcessConfig) else AntipodalProcessConfig(**(generator or {}))
         )
         split = checked_split(split, batch_size, num_workers)
-        check_window_options(target_mode, history_length, stride, stateful, self.augmentation)
+        check_window_options(
+            target_mode=target_mode,
+            history_length=history_length,
+            stride=stride,
+            stateful=stateful,
+            augmentation=self.augmentation,
+        )
         self.bounds = split_bounds(process.T, split)
-        check_splits_hold_windows(self.bounds, history_length, batch_size, stateful)
+        check_splits_hold_windows(self.bounds, history_length=history_length, batch_size=batch_size, stateful=stateful)
         self.process = process
         self.history_length = history_length
         self.target_mode = target_mode
