@@ -213,11 +213,12 @@ def _self_check(candidate: SeamKernel) -> None:
         return torch.randn(*size, generator=generator, dtype=torch.float64)
 
     for gate in GATE_TYPES:
-        model = Z2SeamRNN(3, hidden_dim=6, gate=gate, temperature=0.3).double()
+        # Hidden 20: 10 channels, so the backward's float64 register tiles of outer products and their tails all run.
+        model = Z2SeamRNN(3, hidden_dim=20, gate=gate, temperature=0.3).double()
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.copy_(0.7 * draw(*parameter.shape))
-        x, h_even, h_odd = (draw(*size).requires_grad_() for size in ((2, 9, 3), (2, 3), (2, 3)))
+        x, h_even, h_odd = (draw(*size).requires_grad_() for size in ((2, 9, 3), (2, 10), (2, 10)))
         leaves = [x, h_even, h_odd, *model.parameters()]
         results = {}
         for path, run in (("eager", model._run_eager), ("fused", partial(model._run_fused, kernel=candidate))):

@@ -70,6 +70,59 @@ void add_rows(const S* __restrict a, const S* __restrict w, int64_t rows, int64_
   }
 }
 
+// add_outer_products on the rows [first_row, last_row) and columns [first_col, cols) only, step by step.
+template <typename S>
+void add_outer_products_by_step(const S* l, int64_t l_step, const S* scale, const S* r, int64_t r_step,
+                                int64_t steps, int64_t first_row, int64_t last_row, int64_t first_col, int64_t cols,
+                                S* g) {
+  if (first_col >= cols) return;
+  for (int64_t t = 0; t < steps; ++t) {
+    const S factor = scale == nullptr ? S(1) : scale[t];
+    for (int64_t i = first_row; i < last_row; ++i) {
+      axpy(factor * l[t * l_step + i], r + t * r_step + first_col, g + i * cols + first_col, cols - first_col);
+    }
+  }
+}
+
+// g[i, j] += sum over steps t < steps of scale_t l[t, i] r[t, j] for i < rows, j < cols, with
+// steps strided by l_step and r_step, g row-major with `cols` columns; scale null means 1. A tile of
+// 4 rows x 2 vectors of sums stays in registers through all steps, so g is loaded and stored once
+// per call, where one outer product per step would load and store all of g at every step.
+template <typename S>
+void add_outer_products(const S* __restrict l, int64_t l_step, const S* __restrict scale, const S* __restrict r,
+                        int64_t r_step, int64_t steps, int64_t rows, int64_t cols, S* __restrict g) {
+  typedef S Vec __attribute__((vector_size(32)));
+  constexpr int64_t kLanes = 32 / sizeof(S), kTileRows = 4, kTileCols = 2 * kLanes;
+  int64_t i0 = 0;
+  for (; i0 + kTileRows <= rows; i0 += kTileRows) {
+    int64_t j0 = 0;
+    for (; j0 + kTileCols <= cols; j0 += kTileCols) {
+      Vec sums[kTileRows][2] = {};
+      for (int64_t t = 0; t < steps; ++t) {
+        const S* l_t = l + t * l_step + i0;
+        Vec low, high;
+        std::memcpy(&low, r + t * r_step + j0, sizeof low);
+        std::memcpy(&high, r + t * r_step + j0 + kLanes, sizeof high);
+        const S factor = scale == nullptr ? S(1) : scale[t];
+        for (int64_t a = 0; a < kTileRows; ++a) {
+          const Vec left = Vec{} + factor * l_t[a];
+          sums[a][0] += left * low;
+          sums[a][1] += left * high;
+        }
+      }
+      for (int64_t a = 0; a < kTileRows; ++a) {
+        S* g_row = g + (i0 + a) * cols + j0;
+        for (int64_t c = 0; c < kLanes; ++c) {
+          g_row[c] += sums[a][0][c];
+          g_row[kLanes + c] += sums[a][1][c];
+        }
+      }
+    }
+    add_outer_products_by_step(l, l_step, scale, r, r_step, steps, i0, i0 + kTileRows, j0, cols, g);
+  }
+  add_outer_products_by_step(l, l_step, scale, r, r_step, steps, i0, rows, int64_t(0), cols, g);
+}
+
 template <typename S>
 std::vector<S> transposed(const S* w, int64_t rows, int64_t cols) {
   std::vector<S> t(rows * cols);
@@ -215,8 +268,10 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
     S* g_modulation = partial[worker].data() + offsets[2];
     S* g_bias = partial[worker].data() + offsets[3];
     S* g_readout = partial[worker].data() + offsets[4];
-    std::vector<S> d_even(E), d_odd(O), d_y(D), d_z(O), d_q(O), d_pre_odd(O), d_flipped(O), d_pre(C), d_features(F);
-    std::vector<S> next_even(E), next_odd(O), next_y(D), flipped(O);
+    std::vector<S> d_even(E), d_odd(O), d_y(D), d_z(O), d_flipped(O), d_features(F);
+    std::vector<S> next_even(E), next_odd(O), next_y(D);
+    // Of one row: each state's gradient of G h_even + c, and each step's flip 1 - 2 g.
+    std::vector<S> modulation_pre_grads((T + 1) * O), flips(T);
     for (int64_t r = first; r < last; ++r) {
       const S* h_even = saved.h_even + r * (T + 1) * E;
       const S* h_odd = saved.h_odd + r * (T + 1) * O;
@@ -260,13 +315,13 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
         for (int64_t d = 0; d < D; ++d) {
           for (int64_t i = 0; i < O; ++i) g_readout[d * O + i] += d_y[d] * odd[i] * m[i];
         }
+        S* d_q = modulation_pre_grads.data() + n * O;
         for (int64_t i = 0; i < O; ++i) {
           d_odd[i] += d_z[i] * m[i];
           d_q[i] = d_z[i] * odd[i] * m[i] * (S(1) - m[i]);
           g_bias[i] += d_q[i];
-          axpy(d_q[i], even, g_modulation + i * E, E);
         }
-        add_rows(d_q.data(), w.modulation, O, E, d_even.data());
+        add_rows(d_q, w.modulation, O, E, d_even.data());
         // alpha = o / (o + e + eps), o = ||h_odd||^2, e = ||h_even||^2.
         {
           const S o = dot(odd, odd, O), total = o + dot(even, even, E) + S(1e-8);
@@ -276,25 +331,21 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
         }
         if (n == 0) break;
         const int64_t t = n - 1;  // step t maps state t to state n
-        const S* even_prev = h_even + t * E;
         const S* odd_prev = h_odd + t * O;
         const S* x_t = x + (r * T + t) * D;
         const S* y_t = y + t * D;
         const S g = gate[t], flip = S(1) - S(2) * g;
+        flips[t] = flip;
         // h_odd,n = tanh(W_oo (flip h_odd,t) + drive_t).
-        S* g_drive = grad.drive + (r * T + t) * O;
-        for (int64_t i = 0; i < O; ++i) {
-          d_pre_odd[i] = d_odd[i] * (S(1) - odd[i] * odd[i]);
-          g_drive[i] = d_pre_odd[i];
-        }
-        for (int64_t j = 0; j < O; ++j) flipped[j] = flip * odd_prev[j];
+        S* d_pre_odd = grad.drive + (r * T + t) * O;
+        for (int64_t i = 0; i < O; ++i) d_pre_odd[i] = d_odd[i] * (S(1) - odd[i] * odd[i]);
         std::fill(d_flipped.begin(), d_flipped.end(), S(0));
-        for (int64_t i = 0; i < O; ++i) axpy(d_pre_odd[i], flipped.data(), g_odd + i * O, O);
-        add_rows(d_pre_odd.data(), w.odd, O, O, d_flipped.data());
+        add_rows(d_pre_odd, w.odd, O, O, d_flipped.data());
         for (int64_t j = 0; j < O; ++j) next_odd[j] = flip * d_flipped[j];
         S d_gate = S(-2) * dot(d_flipped.data(), odd_prev, O);
         if (grad_gate != nullptr) d_gate += grad_gate[r * T + t];
         // h_even,n = tanh(pre[even]), pre = static_t + features_t W_state.
+        S* d_pre = grad.static_part + (r * T + t) * C;
         for (int64_t k = 0; k < E; ++k) d_pre[even_column + k] = d_even[k] * (S(1) - even[k] * even[k]);
         S d_alpha_prev = 0;
         if (s.gate == kLearned) {
@@ -302,14 +353,11 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
         } else if (s.gate == kThreshold) {
           d_alpha_prev += d_gate * g * (S(1) - g) / temperature;
         }
-        std::copy(d_pre.begin(), d_pre.end(), grad.static_part + (r * T + t) * C);
-        const S xy = dot(x_t, y_t, D), yy = dot(y_t, y_t, D);
-        axpy(xy, d_pre.data(), g_state, C);
-        axpy(yy, d_pre.data(), g_state + C, C);
-        axpy(alpha[t], d_pre.data(), g_state + 2 * C, C);
-        for (int64_t k = 0; k < E; ++k) axpy(even_prev[k], d_pre.data(), g_state + (kFeatures + k) * C, C);
+        axpy(dot(x_t, y_t, D), d_pre, g_state, C);
+        axpy(dot(y_t, y_t, D), d_pre, g_state + C, C);
+        axpy(alpha[t], d_pre, g_state + 2 * C, C);
         std::fill(d_features.begin(), d_features.end(), S(0));
-        add_rows(d_pre.data(), state_t.data(), C, F, d_features.data());
+        add_rows(d_pre, state_t.data(), C, F, d_features.data());
         const S d_xy = d_features[0], d_yy = d_features[1];
         d_alpha_prev += d_features[2];
         std::copy(d_features.begin() + kFeatures, d_features.end(), next_even.begin());
@@ -326,6 +374,10 @@ void backward(const S* x, Weights<S> w, States<const S*> saved, const S* grad_y,
       }
       std::copy(d_even.begin(), d_even.end(), grad.h_even0 + r * E);
       std::copy(d_odd.begin(), d_odd.end(), grad.h_odd0 + r * O);
+      // The weight gradients that are outer products with the states, over the row's steps at once.
+      add_outer_products<S>(h_even, E, nullptr, grad.static_part + r * T * C, C, T, E, C, g_state + kFeatures * C);
+      add_outer_products<S>(grad.drive + r * T * O, O, flips.data(), h_odd, O, T, O, O, g_odd);
+      add_outer_products<S>(modulation_pre_grads.data(), O, nullptr, h_even, E, T + 1, O, E, g_modulation);
     }
   });
   for (int i = 0; i < 5; ++i) {
